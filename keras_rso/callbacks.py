@@ -1,0 +1,129 @@
+"""Callbacks for RSO training: sigma annealing and per-layer TensorBoard logs."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def _rso_optimizer(model):
+    from keras_rso.optimizer import RSO
+
+    opt = getattr(model, "optimizer", None)
+    if not isinstance(opt, RSO):
+        raise ValueError(
+            "This callback needs a model compiled with `keras_rso.RSO`; "
+            f"the model's optimizer is {opt!r}.")
+    return opt
+
+
+class SigmaAnnealing(keras.callbacks.Callback):
+    """Scales every variable's sigma per epoch (one epoch = one RSO cycle).
+
+    By default the scale falls linearly from 1 at the first epoch of `fit`
+    to `final_fraction` at the last (the paper uses 1/10), like
+    `keras.callbacks.LearningRateScheduler` does for a learning rate. A
+    `schedule(epoch, scale) -> scale` replaces the linear rule.
+
+    Args:
+        final_fraction: Scale used in the last epoch of `fit`, in (0, 1].
+        schedule: Optional function of the epoch index (0-based) and the
+            current scale returning the new scale.
+        verbose: If 1, print the scale at each epoch start.
+
+    Example:
+
+    ```python
+    trainer.fit(x, y, epochs=50,
+                callbacks=[keras_rso.callbacks.SigmaAnnealing(0.1)])
+    ```
+    """
+
+    def __init__(self, final_fraction: float = 0.1,
+                 schedule: Optional[Callable[[int, float], float]] = None,
+                 verbose: int = 0):
+        super().__init__()
+        if not (0.0 < final_fraction <= 1.0):
+            raise ValueError(
+                f"`final_fraction` must be in (0, 1]; received {final_fraction}.")
+        self.final_fraction = float(final_fraction)
+        self.schedule = schedule
+        self.verbose = verbose
+
+    def linear(self, epoch: int) -> float:
+        """The default schedule: 1 at epoch 0, `final_fraction` at the last."""
+        epochs = int(self.params.get("epochs") or 1)
+        if epochs <= 1:
+            return self.final_fraction
+        t = min(max(epoch / (epochs - 1), 0.0), 1.0)
+        return 1.0 - (1.0 - self.final_fraction) * t
+
+    def on_epoch_begin(self, epoch, logs=None):
+        opt = _rso_optimizer(self.model)
+        current = float(opt.sigma_scale.numpy())
+        if self.schedule is not None:
+            scale = float(self.schedule(epoch, current))
+        else:
+            scale = self.linear(epoch)
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(
+                f"The sigma schedule returned {scale} at epoch {epoch}; it "
+                "must return a positive finite scale.")
+        opt.sigma_scale.assign(scale)
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: SigmaAnnealing sets sigma scale to {scale:.4g}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["sigma_scale"] = float(_rso_optimizer(self.model).sigma_scale.numpy())
+
+
+class LayerAcceptRates(keras.callbacks.Callback):
+    """Writes each searched variable's accept rate per epoch to TensorBoard.
+
+    Scalars go to `log_dir/train` (next to those of
+    `keras.callbacks.TensorBoard`) under `accept_rate/<variable path>`,
+    at step = epoch. The rate is accepted trials / trials of that variable
+    in the epoch.
+
+    Args:
+        log_dir: TensorBoard log directory (the one given to `TensorBoard`).
+    """
+
+    def __init__(self, log_dir: str):
+        super().__init__()
+        self.log_dir = log_dir
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        opt = _rso_optimizer(self.model)
+        self._tried0 = opt.trials_per_variable.numpy().copy()
+        self._acc0 = opt.updates_per_variable.numpy().copy()
+
+    def rates(self) -> dict:
+        """Accept rate of each variable since the epoch began."""
+        opt = _rso_optimizer(self.model)
+        tried = opt.trials_per_variable.numpy() - self._tried0
+        acc = opt.updates_per_variable.numpy() - self._acc0
+        return {
+            v.path: float(acc[i] / tried[i])
+            for i, v in enumerate(self.model.trainable_variables)
+            if tried[i] > 0
+        }
+
+    def on_epoch_end(self, epoch, logs=None):
+        with self._writer.as_default():
+            for path, rate in self.rates().items():
+                tf.summary.scalar(f"accept_rate/{path}", rate, step=epoch)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,362 @@
+"""`RSOModel`: trains any Keras model with RSO through `compile`/`fit`."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Optional, Sequence, Union
+
+import keras
+import tensorflow as tf
+from keras.src.trainers.data_adapters import array_slicing  # validation_split
+from keras.src.trainers.data_adapters import get_data_adapter
+from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+from keras.src.trainers.data_adapters.tf_dataset_adapter import TFDatasetAdapter
+
+from keras_rso.errors import NonFiniteLossError
+from keras_rso.evaluators import ChainEvaluator, FullForwardEvaluator, chain_layers
+from keras_rso.metrics import AcceptRate
+from keras_rso.optimizer import RSO
+from keras_rso.search import TrialLoop
+
+VariableSpec = Union[None, Sequence[Union[keras.Variable, str]],
+                     Callable[[keras.Variable], bool]]
+
+
+def _copy_metrics(metrics):
+    """Fresh metric objects, so the two models never share metric state."""
+    if metrics is None:
+        return None
+    def copy(m):
+        if isinstance(m, keras.metrics.Metric):
+            return keras.metrics.deserialize(keras.metrics.serialize(m))
+        return m
+    if isinstance(metrics, dict):
+        return {k: _copy_metrics(v) if isinstance(v, (list, tuple)) else copy(v)
+                for k, v in metrics.items()}
+    return [_copy_metrics(m) if isinstance(m, (list, tuple)) else copy(m)
+            for m in metrics]
+
+
+def _unscale(loss):
+    """Undoes Keras' per-replica loss scaling (identity on one device)."""
+    ctx = tf.distribute.get_replica_context()
+    n = ctx.num_replicas_in_sync if ctx is not None else 1
+    return loss * n
+
+
+@keras.saving.register_keras_serializable(package="keras_rso")
+class RSOModel(keras.Model):
+    """Wraps a Keras model so that `fit` trains it with RSO, gradient-free.
+
+    The wrapped model is untouched: after `fit` it holds the trained
+    weights and can be evaluated, saved and reloaded as a plain Keras model.
+    One epoch of `fit` is one RSO cycle (every searched scalar tried once);
+    the data are repeated as needed and `steps_per_epoch` is computed for
+    you.
+
+    Args:
+        model: Any Keras model (Sequential, functional or subclassed).
+        variables: Which weights to search. `None` (default) searches all
+            of `model.trainable_variables` (kernels, biases, BatchNorm
+            gamma/beta). Otherwise a list of variables or variable paths
+            (`variable.path`), or a predicate `fn(variable) -> bool`.
+            Non-trainable variables are never searched.
+        fast_path: Use the layer-chain evaluator when the model is a chain
+            and the order is `"output_to_input"` (re-runs only downstream
+            layers). `False` forces a full forward pass per candidate.
+        **kwargs: Passed to `keras.Model` (e.g. `name`).
+
+    Example:
+
+    ```python
+    model = keras_rso.models.mnist_paper_net()
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=16, seed=0),
+                    loss="sparse_categorical_crossentropy",
+                    metrics=["accuracy"])
+    trainer.fit(x_train, y_train, batch_size=256, epochs=5,
+                callbacks=[keras_rso.callbacks.SigmaAnnealing(0.1)])
+    model.save("mnist.keras")  # a plain Keras model
+    ```
+    """
+
+    def __init__(self, model: keras.Model, variables: VariableSpec = None,
+                 fast_path: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(model, keras.layers.Layer):
+            raise TypeError(
+                f"RSOModel wraps a Keras model; received {type(model).__name__}.")
+        self.model = model
+        self.variable_spec = variables
+        self.fast_path = bool(fast_path)
+        self.accept_rate_tracker = AcceptRate()
+        if model.built:
+            self._check_trainable()
+
+    # ------------------------------------------------------------ structure
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=training)
+
+    def _check_trainable(self):
+        if not self.model.trainable_variables:
+            raise ValueError(
+                f"Model '{self.model.name}' has no trainable weights, so RSO "
+                "has nothing to search. Check `layer.trainable` and that the "
+                "model has layers with weights.")
+
+    def searched_variables(self) -> List[keras.Variable]:
+        """The variables RSO searches, in the model's (input-to-output) order."""
+        all_vars = list(self.model.trainable_variables)
+        spec = self.variable_spec
+        if spec is None:
+            chosen = all_vars
+        elif callable(spec):
+            chosen = [v for v in all_vars if spec(v)]
+        else:
+            wanted = list(spec)
+            chosen = []
+            for v in all_vars:
+                if any(w is v or (isinstance(w, str) and w == v.path) for w in wanted):
+                    chosen.append(v)
+            known = {v.path for v in all_vars}
+            unknown = [w for w in wanted if isinstance(w, str) and w not in known]
+            unknown += [w.path for w in wanted if isinstance(w, keras.Variable)
+                        and all(w is not v for v in all_vars)]
+            if unknown:
+                raise ValueError(
+                    f"`variables` names weights that are not trainable weights "
+                    f"of '{self.model.name}': {unknown}. Trainable weights: "
+                    f"{sorted(known)}")
+        if not chosen:
+            raise ValueError(
+                "No variable is selected for RSO: the `variables` option "
+                "matches none of the model's trainable weights.")
+        return chosen
+
+    def _plan(self):
+        """Chooses an evaluator and the visiting order (Python only)."""
+        self._check_trainable()
+        all_vars = list(self.trainable_variables)
+        searched = {id(v) for v in self.searched_variables()}
+        index = [i for i, v in enumerate(all_vars) if id(v) in searched]
+        order = self.optimizer.order
+        layers = chain_layers(self.model) if self.fast_path else None
+        if layers is not None and order == "output_to_input" and \
+                ChainEvaluator.supports(all_vars, layers):
+            ev = ChainEvaluator(layers, all_vars, self._loss_fn)
+            # Output to input by layer; within a layer, last variable first.
+            index.sort(key=lambda i: (-ev.layer_of[i], -i))
+        else:
+            ev = FullForwardEvaluator(self.model, all_vars, self._loss_fn)
+            if order != "input_to_output":
+                index.reverse()
+        return ev, index
+
+    def _layer_ids(self) -> List[int]:
+        """For each trainable variable, an id of the layer that owns it."""
+        owner = {}
+        for layer in self.model._flatten_layers(include_self=False):
+            for v in layer._trainable_variables if hasattr(layer, "_trainable_variables") else []:
+                owner.setdefault(id(v), id(layer))
+        return [owner.get(id(v), i) for i, v in enumerate(self.trainable_variables)]
+
+    @property
+    def trials_per_cycle(self) -> int:
+        """Number of scalar weights tried in one cycle."""
+        return int(sum(math.prod(v.shape) for v in self.searched_variables()))
+
+    def steps_per_cycle(self) -> int:
+        """Train steps (mini-batches) per cycle: ceil(trials / K)."""
+        return math.ceil(self.trials_per_cycle / self.optimizer.weights_per_batch)
+
+    # ------------------------------------------------------------- compile
+    def compile(self, optimizer: Union[RSO, str, dict, None] = None, **kwargs):
+        """Configures the model for RSO training.
+
+        Args:
+            optimizer: An `RSO` instance, `"rso"`, an `RSO` config dict, or
+                `None` for `RSO()` with defaults. Gradient optimizers are
+                rejected: RSO computes no gradient.
+            **kwargs: Everything `keras.Model.compile` takes (`loss`,
+                `metrics`, `steps_per_execution`, ...).
+        """
+        if optimizer is None or (isinstance(optimizer, str) and optimizer.lower() == "rso"):
+            optimizer = RSO()
+        elif isinstance(optimizer, dict):
+            optimizer = keras.optimizers.deserialize(optimizer)
+        if not isinstance(optimizer, RSO):
+            raise TypeError(
+                "RSOModel trains without gradients and needs "
+                "`optimizer=keras_rso.RSO(...)`; received "
+                f"{optimizer!r}. To train with a gradient optimizer, compile "
+                "and fit the wrapped model itself.")
+        if kwargs.get("loss") is None:
+            raise ValueError(
+                "RSOModel.compile needs a `loss`: RSO keeps the candidate "
+                "with the lowest loss.")
+        super().compile(optimizer=optimizer, **kwargs)
+        if not getattr(self.model, "compiled", False) and isinstance(self.model, keras.Model):
+            # So that `model.evaluate(...)` works on the plain model after
+            # training, as it would after a gradient `fit`; no optimizer, so
+            # the saved model needs no keras_rso to load.
+            self.model.compile(
+                optimizer=None, loss=kwargs.get("loss"),
+                metrics=_copy_metrics(kwargs.get("metrics")),
+                weighted_metrics=_copy_metrics(kwargs.get("weighted_metrics")))
+
+    def _loss_fn(self, y, y_pred, sample_weight):
+        return self.compute_loss(x=None, y=y, y_pred=y_pred,
+                                 sample_weight=sample_weight, training=True)
+
+    # ---------------------------------------------------------- train step
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        evaluator, visit = self._plan()
+        result = TrialLoop(self.optimizer, evaluator, visit)(x, y, sample_weight)
+        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        self._loss_tracker.update_state(_unscale(result.loss), sample_weight=batch)
+        logs = self.compute_metrics(x, y, result.y_pred, sample_weight)
+        self.accept_rate_tracker.update_state(result.accepted, result.trials)
+        opt = self.optimizer
+        logs["accept_rate"] = self.accept_rate_tracker.result()
+        logs["sigma_scale"] = tf.convert_to_tensor(opt.sigma_scale)
+        logs["weight_updates"] = tf.cast(tf.convert_to_tensor(opt.weight_updates), tf.float32)
+        logs["trials"] = tf.cast(tf.convert_to_tensor(opt.trials), tf.float32)
+        return logs
+
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return self.train_function
+        super().make_train_function(force=force)
+        compiled = self.train_function
+
+        def train_function(iterator):
+            logs = compiled(iterator)
+            self._raise_if_nonfinite()
+            return logs
+
+        self.train_function = train_function
+        return train_function
+
+    def _raise_if_nonfinite(self):
+        opt = self.optimizer
+        step = int(opt.nonfinite_step.numpy())
+        if step < 0:
+            return
+        opt.nonfinite_step.assign(-1)  # so a later fit on clean data can go on
+        ev, visit = self._plan()
+        total = self.trials_per_cycle
+        pos = int(opt.position.numpy())
+        nxt = ev.variables[visit[0]].path
+        acc = 0
+        for v in visit:
+            acc += math.prod(ev.variables[v].shape)
+            if pos < acc:
+                nxt = ev.variables[v].path
+                break
+        raise NonFiniteLossError(
+            f"RSO stopped at train step {step} (cycle {int(opt.cycle.numpy())}, "
+            f"trial {pos} of {total}, next variable '{nxt}'): the loss of the "
+            "current weights on this batch is NaN or infinite, so no "
+            "candidate can be compared. No weight was changed by that step; "
+            "the model holds the weights of the last good step. Check the "
+            "inputs and targets for NaN/inf values and that the loss is "
+            "defined for them.")
+
+    # ------------------------------------------------------------------ fit
+    def _ensure_ready(self, data_batch):
+        if not self.compiled or self.optimizer is None:
+            raise RuntimeError(
+                "You must call `compile(optimizer=keras_rso.RSO(...), loss=...)` "
+                "before `fit`.")
+        if not self.built or not self.model.built:
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(data_batch)
+            self(x, training=False)
+        self._check_trainable()
+        self.searched_variables()
+        if not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto",
+            callbacks=None, validation_split=0.0, validation_data=None,
+            shuffle=True, class_weight=None, sample_weight=None,
+            initial_epoch=0, steps_per_epoch=None, validation_steps=None,
+            validation_batch_size=None, validation_freq=1):
+        """Trains with RSO; one epoch is one cycle over all searched weights.
+
+        Takes the arguments of `keras.Model.fit`. The training data are
+        repeated (and reshuffled each pass, when `shuffle=True`) as often as
+        a cycle needs. Leave `steps_per_epoch=None` to get exactly one cycle
+        per epoch; an explicit value makes epochs and cycles independent.
+        """
+        if validation_split and validation_data is None:
+            (x, y, sample_weight), validation_data = array_slicing.train_validation_split(
+                (x, y, sample_weight), validation_split=validation_split)
+        adapter = get_data_adapter(x, y, sample_weight, batch_size=batch_size,
+                                   shuffle=shuffle, class_weight=class_weight)
+        if isinstance(adapter, (ArrayDataAdapter, TFDatasetAdapter)):
+            dataset = adapter.get_tf_dataset().repeat()
+        else:
+            # Generators and PyDatasets cannot be rewound safely; they are
+            # expected to yield enough batches for a cycle.
+            dataset = x
+        first = next(iter(adapter.get_tf_dataset())) if not isinstance(
+            dataset, tf.data.Dataset) else next(iter(dataset))
+        if not isinstance(first, tuple):
+            first = (first,)
+        self._ensure_ready(first)
+        if steps_per_epoch is None:
+            steps_per_epoch = self.steps_per_cycle()
+        callbacks = list(callbacks or []) + [_CycleKeeper()]
+        return super().fit(
+            dataset, epochs=epochs, verbose=verbose, callbacks=callbacks,
+            shuffle=False,  # the repeated dataset already reshuffles
+            validation_data=validation_data, initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+            validation_batch_size=validation_batch_size,
+            validation_freq=validation_freq)
+
+    # --------------------------------------------------------------- config
+    def get_config(self) -> dict:
+        spec = self.variable_spec
+        if callable(spec):
+            raise ValueError(
+                "An RSOModel built with a callable `variables` cannot be "
+                "serialized; pass a list of variable paths instead, or save "
+                "the wrapped model (`trainer.model.save(...)`).")
+        if spec is not None:
+            spec = [v if isinstance(v, str) else v.path for v in spec]
+        return {
+            "name": self.name,
+            "model": keras.saving.serialize_keras_object(self.model),
+            "variables": spec,
+            "fast_path": self.fast_path,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None) -> "RSOModel":
+        config = dict(config)
+        model = keras.saving.deserialize_keras_object(
+            config.pop("model"), custom_objects=custom_objects)
+        return cls(model, **config)
+
+
+class _CycleKeeper(keras.callbacks.Callback):
+    """Internal: measures sigma at the start and starts cycles on epochs.
+
+    Added last to the callbacks of `RSOModel.fit`, so `BackupAndRestore` has
+    restored the RSO state before sigma would be measured.
+    """
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        opt = model.optimizer
+        if int(opt.sigmas_ready.numpy()) == 0:
+            opt.initialize_sigmas(model.trainable_variables, model._layer_ids())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        opt = self.model.optimizer
+        if int(opt.position.numpy()) >= self.model.trials_per_cycle:
+            opt.position.assign(0)
+            opt.cycle.assign_add(1)

@@ -1,0 +1,219 @@
+"""The `RSO` optimizer: hyperparameters and state of random search optimization.
+
+RSO (Tripathi & Singh, 2020, arXiv:2005.05955) trains a network without
+gradients: each scalar weight in turn is perturbed by `dw ~ N(0, sigma)`, and
+the best of `{w + dw, w, w - dw}` under the loss on a mini-batch is kept.
+
+`RSO` plays the part of a gradient optimizer in `compile()`: it carries the
+hyperparameters and every piece of state the search needs (position in the
+cycle, per-variable sigma, sigma scale, counters). All of that state lives in
+Keras variables, so it is saved with the model's training state and restored
+by `keras.callbacks.BackupAndRestore`. The search itself runs in
+`keras_rso.RSOModel.train_step`; `RSO` never sees a gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import keras
+import numpy as np
+
+ORDERS = ("output_to_input", "input_to_output", "random")
+
+
+@keras.saving.register_keras_serializable(package="keras_rso")
+class RSO(keras.optimizers.Optimizer):
+    """Random search optimization, in place of a gradient optimizer.
+
+    One *cycle* tries every searched scalar exactly once. `RSOModel.fit`
+    makes one epoch equal one cycle.
+
+    Args:
+        weights_per_batch: Number of consecutive weight trials that share one
+            mini-batch (`K`). `1` is the paper's setting (a fresh batch for
+            every weight); larger values amortise the cost of the base
+            forward pass over `K` trials.
+        seed: Integer seed of the perturbation stream. Draws are stateless
+            and keyed on `(seed, trial number)`, so a run is reproducible and
+            identical on every replica.
+        order: Order in which a cycle visits the weights:
+            `"output_to_input"` (the paper's order, and the fast path for
+            chain models), `"input_to_output"`, or `"random"` (a fresh
+            permutation of all scalars each cycle).
+        zero_std_sigma: Sigma used for a variable whose standard deviation
+            is zero when training starts (a zero-initialised bias, a
+            BatchNormalization `gamma`/`beta`). `None` (default) takes the
+            largest sigma of the other variables in the same layer (for a
+            bias, its kernel's), or, where the layer has none, the median
+            sigma of all variables with non-zero std. A float sets it
+            explicitly.
+        sigma_scale: Initial multiplier applied to every sigma. The
+            `keras_rso.callbacks.SigmaAnnealing` callback changes it per
+            epoch.
+        name: Optimizer name.
+
+    Example:
+
+    ```python
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=16, seed=0),
+                    loss="sparse_categorical_crossentropy",
+                    metrics=["accuracy"])
+    trainer.fit(x, y, batch_size=256, epochs=5)
+    ```
+    """
+
+    def __init__(
+        self,
+        weights_per_batch: int = 16,
+        seed: int = 0,
+        order: str = "output_to_input",
+        zero_std_sigma: Optional[float] = None,
+        sigma_scale: float = 1.0,
+        name: str = "rso",
+        **kwargs,
+    ):
+        # Gradient-optimizer knobs have no meaning here; keep them out.
+        kwargs.pop("learning_rate", None)
+        super().__init__(learning_rate=0.0, name=name, **kwargs)
+        if isinstance(weights_per_batch, bool) or not isinstance(
+            weights_per_batch, (int, np.integer)
+        ):
+            raise TypeError(
+                "`weights_per_batch` must be an int >= 1 (the number of "
+                f"weight trials per mini-batch). Received: {weights_per_batch!r}"
+            )
+        if weights_per_batch < 1:
+            raise ValueError(
+                "`weights_per_batch` must be >= 1 (use 1 for the paper's "
+                f"fresh batch per weight). Received: {weights_per_batch}"
+            )
+        if order not in ORDERS:
+            raise ValueError(
+                f"Unknown `order`={order!r}. Expected one of {ORDERS}."
+            )
+        if zero_std_sigma is not None and not (
+            np.isfinite(zero_std_sigma) and zero_std_sigma > 0
+        ):
+            raise ValueError(
+                "`zero_std_sigma` must be a positive finite float or None. "
+                f"Received: {zero_std_sigma}"
+            )
+        if not (np.isfinite(sigma_scale) and sigma_scale > 0):
+            raise ValueError(
+                "`sigma_scale` must be a positive finite float. "
+                f"Received: {sigma_scale}"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"`seed` must be an int. Received: {seed!r}")
+        self.weights_per_batch = int(weights_per_batch)
+        self.seed = int(seed)
+        self.order = order
+        self.zero_std_sigma = (
+            None if zero_std_sigma is None else float(zero_std_sigma)
+        )
+        self.initial_sigma_scale = float(sigma_scale)
+
+    # ------------------------------------------------------------------ state
+    def build(self, variables: Sequence[keras.Variable]) -> None:
+        """Creates the search state for `variables` (the searched weights).
+
+        Args:
+            variables: The model variables RSO will search, in the model's
+                order (input to output).
+        """
+        if self.built:
+            return
+        super().build(variables)
+        n = len(variables)
+        int_kw = dict(dtype="int64", aggregation="only_first_replica")
+        self.sigma_scale = self.add_variable(
+            (), initializer=keras.initializers.Constant(self.initial_sigma_scale),
+            dtype="float32", aggregation="only_first_replica", name="sigma_scale")
+        # Per-variable sigma, measured once when training starts (see
+        # `initialize_sigmas`); `sigmas_ready` tells whether that happened.
+        self.sigmas = self.add_variable(
+            (max(n, 1),), dtype="float32", aggregation="only_first_replica",
+            name="sigmas")
+        self.sigmas_ready = self.add_variable((), name="sigmas_ready", **int_kw)
+        self.cycle = self.add_variable((), name="cycle", **int_kw)
+        self.position = self.add_variable((), name="position", **int_kw)
+        self.trials = self.add_variable((), name="trials", **int_kw)
+        self.weight_updates = self.add_variable(
+            (), name="weight_updates", **int_kw)
+        self.trials_per_variable = self.add_variable(
+            (max(n, 1),), name="trials_per_variable", **int_kw)
+        self.updates_per_variable = self.add_variable(
+            (max(n, 1),), name="updates_per_variable", **int_kw)
+        # Set when a batch had a non-finite base loss; the step that saw it
+        # (and every later one) leaves the weights alone.
+        self.nonfinite_step = self.add_variable(
+            (), initializer=keras.initializers.Constant(-1),
+            name="nonfinite_step", **int_kw)
+
+    def initialize_sigmas(self, variables: Sequence[keras.Variable],
+                          layer_of: Sequence[int]) -> np.ndarray:
+        """Measures each variable's std once, at the start of training.
+
+        Args:
+            variables: The searched variables (same order as `build`).
+            layer_of: For each variable, an id of the layer that owns it,
+                used for the zero-std fallback.
+
+        Returns:
+            The sigmas as a numpy array.
+        """
+        stds = np.array(
+            [float(np.std(keras.ops.convert_to_numpy(v.value))) for v in variables],
+            dtype=np.float64,
+        )
+        sigmas = stds.copy()
+        nonzero = stds[stds > 0]
+        for i, s in enumerate(stds):
+            if s > 0:
+                continue
+            if self.zero_std_sigma is not None:
+                sigmas[i] = self.zero_std_sigma
+                continue
+            same_layer = [stds[k] for k in range(len(stds))
+                          if layer_of[k] == layer_of[i] and stds[k] > 0]
+            if same_layer:
+                sigmas[i] = max(same_layer)
+            elif nonzero.size:
+                sigmas[i] = float(np.median(nonzero))
+            else:
+                raise ValueError(
+                    "Every searched variable has zero standard deviation, so "
+                    "RSO cannot derive a perturbation scale. Pass "
+                    "`RSO(zero_std_sigma=...)` or initialise the weights "
+                    "randomly (the paper uses He-normal)."
+                )
+        self.sigmas.assign(sigmas.astype(np.float32))
+        self.sigmas_ready.assign(1)
+        return sigmas
+
+    # ------------------------------------------------------ gradient API guard
+    def update_step(self, gradient, variable, learning_rate):
+        raise NotImplementedError(
+            "RSO is gradient-free and does not apply gradients. Train with "
+            "`keras_rso.RSOModel(model).compile(optimizer=keras_rso.RSO(...))`."
+        )
+
+    def apply(self, grads, trainable_variables=None):
+        self.update_step(None, None, None)
+
+    # --------------------------------------------------------------- config
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "weights_per_batch": self.weights_per_batch,
+            "seed": self.seed,
+            "order": self.order,
+            "zero_std_sigma": self.zero_std_sigma,
+            "sigma_scale": self.initial_sigma_scale,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None) -> "RSO":
+        return cls(**config)

@@ -1,0 +1,174 @@
+"""One RSO step: up to `weights_per_batch` weight trials on one mini-batch.
+
+Everything here is traced into the train function: the position in the
+cycle, the random draw and the accept/reject decision are tensors, and the
+per-variable code is selected with `tf.switch_case`, so no Python runs per
+weight.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from keras_rso.optimizer import RSO
+
+KEEP, PLUS, MINUS = 0, 1, 2
+
+
+class StepResult(NamedTuple):
+    loss: tf.Tensor         # loss of the accepted weights on this batch
+    y_pred: object          # predictions of the accepted weights
+    trials: tf.Tensor       # trials made in this step
+    accepted: tf.Tensor     # trials whose candidate was accepted
+
+
+def decide(loss0, loss_plus, loss_minus):
+    """Chooses among `{w, w + dw, w - dw}` (KEEP, PLUS or MINUS).
+
+    A candidate must be strictly better than the current weight (ties keep
+    `w`), a candidate with a non-finite loss is never taken, and `+dw` wins
+    a tie between the two candidates.
+    """
+    inf = tf.constant(np.inf, loss0.dtype)
+    lp = tf.where(tf.math.is_finite(loss_plus), loss_plus, inf)
+    lm = tf.where(tf.math.is_finite(loss_minus), loss_minus, inf)
+    take_plus = tf.logical_and(lp < loss0, lp <= lm)
+    take_minus = tf.logical_and(lm < loss0, lm < lp)
+    return tf.where(take_plus, PLUS, tf.where(take_minus, MINUS, KEEP))
+
+
+def reduce_across_replicas(value):
+    """Sums a (replica-scaled) loss over replicas; identity on one device."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+    return value
+
+
+class TrialLoop:
+    """Builds the traced trial loop for a fixed list of searched variables.
+
+    Args:
+        optimizer: The built `RSO` instance holding state and settings.
+        evaluator: A `FullForwardEvaluator` or `ChainEvaluator`.
+        visit: Indices into `evaluator.variables`, in the order a cycle
+            visits them (output to input for the paper's order).
+    """
+
+    def __init__(self, optimizer: RSO, evaluator, visit: Sequence[int]):
+        self.opt = optimizer
+        self.ev = evaluator
+        self.visit = list(visit)
+        self.variables = evaluator.variables
+        sizes = [int(np.prod(self.variables[v].shape)) for v in self.visit]
+        self.total = int(sum(sizes))
+        ends = np.cumsum(sizes)
+        self.starts = tf.constant(ends - np.asarray(sizes), tf.int64)
+        self.ends = tf.constant(ends, tf.int64)
+        self.visit_t = tf.constant(self.visit, tf.int64)
+
+    def _locate(self, g):
+        """Maps a global index in visiting order to (slot, flat index)."""
+        slot = tf.searchsorted(self.ends, tf.reshape(g, [1]), side="right")[0]
+        slot = tf.minimum(slot, len(self.visit) - 1)
+        return slot, g - tf.gather(self.starts, slot)
+
+    def __call__(self, x, y, sample_weight) -> StepResult:
+        opt = self.opt
+        k_max = opt.weights_per_batch
+        position = tf.convert_to_tensor(opt.position)
+        stopped = tf.convert_to_tensor(opt.nonfinite_step) >= 0
+        n = tf.clip_by_value(self.total - position, 0, k_max)
+
+        loss0, y_pred0, fixed, carried0 = self.ev.begin(x, y, sample_weight)
+        loss0 = reduce_across_replicas(loss0)
+        finite = tf.math.is_finite(loss0)
+        n = tf.where(tf.logical_or(stopped, tf.logical_not(finite)),
+                     tf.constant(0, tf.int64), n)
+
+        def flag_nonfinite():
+            opt.nonfinite_step.assign(tf.cast(opt.iterations, tf.int64))
+            return tf.constant(True)
+
+        tf.cond(tf.logical_and(tf.logical_not(finite), tf.logical_not(stopped)),
+                flag_nonfinite, lambda: tf.constant(False))
+
+        first_trial = tf.convert_to_tensor(opt.trials)
+        sigmas = tf.convert_to_tensor(opt.sigmas)
+        scale = tf.convert_to_tensor(opt.sigma_scale)
+        if opt.order == "random":
+            perm = tf.random.experimental.stateless_shuffle(
+                tf.range(self.total, dtype=tf.int64),
+                seed=tf.stack([tf.constant(opt.seed, tf.int64) + 1,
+                               tf.convert_to_tensor(opt.cycle)]))
+        seed0 = tf.constant(opt.seed, tf.int64)
+        n_vars = len(self.variables)
+
+        def body(k, loss, y_pred, carried, accepted_vec, tried_vec):
+            t = position + k
+            g = tf.gather(perm, t) if opt.order == "random" else t
+            slot, j = self._locate(g)
+            noise = tf.random.stateless_normal(
+                [], seed=tf.stack([seed0, first_trial + k]), dtype=tf.float32)
+
+            def make_branch(v):
+                var = self.variables[v]
+
+                def branch():
+                    dw = noise * sigmas[v] * scale
+                    lp, yp, lm, ym, c_plus, c_minus = self.ev.trial(
+                        v, j, dw, fixed, carried, x, y, sample_weight)
+                    lp = reduce_across_replicas(lp)
+                    lm = reduce_across_replicas(lm)
+                    choice = decide(loss, lp, lm)
+
+                    def commit():
+                        value = tf.convert_to_tensor(var.value)
+                        w = tf.gather(tf.reshape(value, [-1]), j)
+                        sign = tf.where(choice == PLUS, 1.0, -1.0)
+                        new = w + tf.cast(sign, value.dtype) * tf.cast(dw, value.dtype)
+                        flat = tf.tensor_scatter_nd_update(
+                            tf.reshape(value, [-1]), tf.reshape(j, [1, 1]),
+                            tf.reshape(new, [1]))
+                        var.assign(tf.reshape(flat, value.shape))
+                        return tf.constant(True)
+
+                    committed = tf.cond(choice != KEEP, commit,
+                                        lambda: tf.constant(False))
+                    # Later trials must read the committed weight.
+                    with tf.control_dependencies([committed]):
+                        picked = tf.switch_case(
+                            tf.cast(choice, tf.int32),
+                            [lambda: (tf.identity(loss), y_pred, carried),
+                             lambda: (tf.identity(lp), yp, c_plus),
+                             lambda: (tf.identity(lm), ym, c_minus)])
+                        return tuple(picked) + (tf.cast(committed, tf.int64),)
+
+                return branch
+
+            new_loss, new_y_pred, new_carried, acc = tf.switch_case(
+                tf.cast(slot, tf.int32),
+                [make_branch(v) for v in self.visit])
+            v_index = tf.reshape(tf.gather(self.visit_t, slot), [1, 1])
+            accepted_vec = tf.tensor_scatter_nd_add(accepted_vec, v_index, [acc])
+            tried_vec = tf.tensor_scatter_nd_add(
+                tried_vec, v_index, tf.ones([1], tf.int64))
+            return k + 1, new_loss, new_y_pred, new_carried, accepted_vec, tried_vec
+
+        zeros = tf.zeros([max(n_vars, 1)], tf.int64)
+        _, loss, y_pred, _, accepted_vec, tried_vec = tf.while_loop(
+            lambda k, *_: k < n,
+            body,
+            (tf.constant(0, tf.int64), loss0, y_pred0, carried0, zeros, zeros),
+        )
+        accepted = tf.reduce_sum(accepted_vec)
+        opt.position.assign_add(n)
+        opt.trials.assign_add(n)
+        opt.weight_updates.assign_add(accepted)
+        opt.trials_per_variable.assign_add(tried_vec)
+        opt.updates_per_variable.assign_add(accepted_vec)
+        opt.iterations.assign_add(1)
+        return StepResult(loss, y_pred, n, accepted)
