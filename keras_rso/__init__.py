@@ -5,6 +5,7 @@ For Training Deep Neural Networks" (arXiv:2005.05955) as a Keras 3 trainer.
 """
 
 from keras_rso import callbacks
+from keras_rso import datasets
 from keras_rso import models
 from keras_rso.errors import NonFiniteLossError
 from keras_rso.model import RSOModel
@@ -12,4 +13,4 @@ from keras_rso.optimizer import RSO
 
 __version__ = "0.1.0"
 
-__all__ = ["RSO", "RSOModel", "NonFiniteLossError", "callbacks", "models"]
+__all__ = ["RSO", "RSOModel", "NonFiniteLossError", "callbacks", "datasets", "models"]

@@ -160,6 +160,21 @@ class RSOModel(keras.Model):
                 owner.setdefault(id(v), id(layer))
         return [owner.get(id(v), i) for i, v in enumerate(self.trainable_variables)]
 
+    def visit_schedule(self, cycle: int = 0) -> List[tuple]:
+        """The `(variable path, flat index)` of every trial of a cycle, in order.
+
+        Computed by the same code that drives the traced train step; the
+        model and optimizer must be built (after `fit`, or `build`).
+        """
+        evaluator, visit = self._plan()
+        loop = TrialLoop(self.optimizer, evaluator, visit)
+        perm = loop.permutation(cycle) if self.optimizer.order == "random" else None
+        out = []
+        for t in range(loop.total):
+            slot, j = loop.target(tf.constant(t, tf.int64), perm)
+            out.append((evaluator.variables[visit[int(slot)]].path, int(j)))
+        return out
+
     @property
     def trials_per_cycle(self) -> int:
         """Number of scalar weights tried in one cycle."""
@@ -222,6 +237,11 @@ class RSOModel(keras.Model):
         logs["sigma_scale"] = tf.convert_to_tensor(opt.sigma_scale)
         logs["weight_updates"] = tf.cast(tf.convert_to_tensor(opt.weight_updates), tf.float32)
         logs["trials"] = tf.cast(tf.convert_to_tensor(opt.trials), tf.float32)
+        return logs
+
+    def test_step(self, data):
+        logs = super().test_step(data)
+        logs.pop(self.accept_rate_tracker.name, None)  # a training-only figure
         return logs
 
     def make_train_function(self, force=False):
@@ -293,8 +313,10 @@ class RSOModel(keras.Model):
         if validation_split and validation_data is None:
             (x, y, sample_weight), validation_data = array_slicing.train_validation_split(
                 (x, y, sample_weight), validation_split=validation_split)
-        adapter = get_data_adapter(x, y, sample_weight, batch_size=batch_size,
-                                   shuffle=shuffle, class_weight=class_weight)
+        adapter = get_data_adapter(
+            x, y, sample_weight, batch_size=batch_size,
+            shuffle=False if isinstance(x, tf.data.Dataset) else shuffle,
+            class_weight=class_weight)
         if isinstance(adapter, (ArrayDataAdapter, TFDatasetAdapter)):
             dataset = adapter.get_tf_dataset().repeat()
         else:

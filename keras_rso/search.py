@@ -76,6 +76,18 @@ class TrialLoop:
         slot = tf.minimum(slot, len(self.visit) - 1)
         return slot, g - tf.gather(self.starts, slot)
 
+    def permutation(self, cycle):
+        """The random visiting permutation of a cycle (order="random")."""
+        return tf.random.experimental.stateless_shuffle(
+            tf.range(self.total, dtype=tf.int64),
+            seed=tf.stack([tf.constant(self.opt.seed, tf.int64) + 1,
+                           tf.cast(cycle, tf.int64)]))
+
+    def target(self, t, perm=None):
+        """Trial `t` of a cycle -> (slot in `visit`, flat index)."""
+        g = tf.gather(perm, t) if perm is not None else t
+        return self._locate(g)
+
     def __call__(self, x, y, sample_weight) -> StepResult:
         opt = self.opt
         k_max = opt.weights_per_batch
@@ -99,18 +111,13 @@ class TrialLoop:
         first_trial = tf.convert_to_tensor(opt.trials)
         sigmas = tf.convert_to_tensor(opt.sigmas)
         scale = tf.convert_to_tensor(opt.sigma_scale)
-        if opt.order == "random":
-            perm = tf.random.experimental.stateless_shuffle(
-                tf.range(self.total, dtype=tf.int64),
-                seed=tf.stack([tf.constant(opt.seed, tf.int64) + 1,
-                               tf.convert_to_tensor(opt.cycle)]))
+        perm = (self.permutation(tf.convert_to_tensor(opt.cycle))
+                if opt.order == "random" else None)
         seed0 = tf.constant(opt.seed, tf.int64)
         n_vars = len(self.variables)
 
         def body(k, loss, y_pred, carried, accepted_vec, tried_vec):
-            t = position + k
-            g = tf.gather(perm, t) if opt.order == "random" else t
-            slot, j = self._locate(g)
+            slot, j = self.target(position + k, perm)
             noise = tf.random.stateless_normal(
                 [], seed=tf.stack([seed0, first_trial + k]), dtype=tf.float32)
 

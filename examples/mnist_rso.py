@@ -1,0 +1,29 @@
+#!/usr/bin/env python
+"""Train the paper's MNIST network with RSO (no gradients).
+
+Network: 6 conv 3x3x16 + BatchNorm + ReLU, average pooling after convs 2 and
+4, global average pooling, Dense 10; He-normal init; standardized inputs.
+
+Example:
+    python examples/mnist_rso.py --cycles 5 --save mnist.keras --logdir logs/mnist
+"""
+
+import argparse
+
+from keras_rso import datasets, models
+from keras_rso.experiment import add_rso_flags, run_rso
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_rso_flags(parser, cycles=5, batch_size=256, weights_per_batch=16)
+    parser.add_argument("--fashion", action="store_true",
+                        help="use Fashion-MNIST instead of MNIST")
+    args = parser.parse_args(argv)
+    data = datasets.load_mnist(limit=args.limit, fashion=args.fashion)
+    return run_rso(models.mnist_paper_net, data, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Shared driver of the example scripts: train, evaluate, record results.
+
+Every number the README quotes comes from a JSON file written here, which
+holds the exact command line that produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+
+from keras_rso.callbacks import LayerAcceptRates, SigmaAnnealing
+from keras_rso.model import RSOModel
+from keras_rso.optimizer import RSO
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Keeps every epoch's logs with the cumulative wall-clock time."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = []
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1,
+               "seconds": round(time.perf_counter() - self._start, 2)}
+        row.update({k: float(v) for k, v in (logs or {}).items()})
+        self.rows.append(row)
+
+
+def _write(results: dict, path: Optional[str]):
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"Results written to {path}")
+
+
+def _header(args) -> dict:
+    return {
+        "command": "python " + " ".join(sys.argv),
+        "args": vars(args),
+        "machine": {"python": platform.python_version(),
+                    "tensorflow": __import__("tensorflow").__version__,
+                    "keras": keras.__version__, "cpus": os.cpu_count()},
+    }
+
+
+def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
+    """Trains `build_model()` with RSO as the example scripts' flags say.
+
+    Args:
+        build_model: Returns a fresh, uncompiled Keras model.
+        data: `((x_train, y_train), (x_test, y_test))`.
+        args: Parsed flags: cycles, batch_size, weights_per_batch, seed,
+            final_fraction, order, logdir, save, results, verbose.
+
+    Returns:
+        The results dictionary (also written to `args.results`).
+    """
+    (x_train, y_train), (x_test, y_test) = data
+    keras.utils.set_random_seed(args.seed)
+    model = build_model()
+    trainer = RSOModel(model)
+    trainer.compile(
+        optimizer=RSO(weights_per_batch=args.weights_per_batch, seed=args.seed,
+                      order=args.order),
+        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    recorder = EpochRecorder()
+    callbacks = [SigmaAnnealing(final_fraction=args.final_fraction), recorder]
+    if args.logdir:
+        callbacks += [LayerAcceptRates(args.logdir),
+                      keras.callbacks.TensorBoard(args.logdir)]
+    trainer.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.cycles,
+                validation_data=(x_test, y_test), callbacks=callbacks,
+                verbose=args.verbose)
+    test_loss, test_acc = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
+    results = _header(args)
+    results.update({
+        "method": "rso",
+        "model": model.name,
+        "parameters": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
+        "trials_per_cycle": trainer.trials_per_cycle,
+        "per_cycle": recorder.rows,
+        "test_accuracy": float(test_acc), "test_loss": float(test_loss),
+        "weight_updates": int(trainer.optimizer.weight_updates.numpy()),
+        "seconds": recorder.rows[-1]["seconds"] if recorder.rows else 0.0,
+    })
+    print(f"Test accuracy after {args.cycles} cycle(s): {test_acc:.4f}  "
+          f"({results['weight_updates']} weight updates, {results['seconds']:.0f} s)")
+    if args.save:
+        model.save(args.save)
+        print(f"Saved the trained model to {args.save}")
+    _write(results, args.results)
+    return results
+
+
+def run_gradient(build_model: Callable[[], keras.Model], data, args) -> dict:
+    """Trains the same network with a gradient optimizer, for comparison.
+
+    Records accuracy per epoch and the number of parameter updates
+    (parameters x steps), the paper's count for SGD.
+    """
+    (x_train, y_train), (x_test, y_test) = data
+    keras.utils.set_random_seed(args.seed)
+    model = build_model()
+    optimizer = {"sgd": keras.optimizers.SGD(args.learning_rate, momentum=0.9),
+                 "adam": keras.optimizers.Adam(args.learning_rate)}[args.optimizer]
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    recorder = EpochRecorder()
+    callbacks = [recorder]
+    if args.logdir:
+        callbacks.append(keras.callbacks.TensorBoard(args.logdir))
+    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
+              validation_data=(x_test, y_test), callbacks=callbacks,
+              verbose=args.verbose)
+    test_loss, test_acc = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
+    params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
+    steps = int(np.ceil(len(x_train) / args.batch_size))
+    for row in recorder.rows:
+        row["weight_updates"] = params * steps * row["epoch"]
+    results = _header(args)
+    results.update({
+        "method": args.optimizer, "model": model.name, "parameters": params,
+        "per_cycle": recorder.rows, "test_accuracy": float(test_acc),
+        "test_loss": float(test_loss),
+        "weight_updates": params * steps * args.epochs,
+        "seconds": recorder.rows[-1]["seconds"] if recorder.rows else 0.0,
+    })
+    print(f"Test accuracy after {args.epochs} epoch(s): {test_acc:.4f}")
+    if args.save:
+        model.save(args.save)
+    _write(results, args.results)
+    return results
+
+
+def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
+    """Adds the flags shared by the RSO example scripts."""
+    parser.add_argument("--cycles", type=int, default=cycles,
+                        help="RSO cycles (= epochs); each tries every weight once")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--weights-per-batch", type=int, default=weights_per_batch,
+                        help="weight trials sharing one mini-batch (K; paper: 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--final-fraction", type=float, default=0.1,
+                        help="sigma scale at the last cycle (paper: 0.1)")
+    parser.add_argument("--order", default="output_to_input",
+                        choices=["output_to_input", "input_to_output", "random"])
+    parser.add_argument("--limit", type=int, default=None,
+                        help="train on the first N images only (smoke runs)")
+    parser.add_argument("--logdir", default=None, help="TensorBoard log directory")
+    parser.add_argument("--save", default=None, help="save the trained model (.keras)")
+    parser.add_argument("--results", default=None, help="write results JSON here")
+    parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])

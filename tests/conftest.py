@@ -1,0 +1,53 @@
+"""Test set-up: offline Keras data cache, quiet TF, two logical CPUs."""
+
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+_shared = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "keras"
+if "KERAS_HOME" not in os.environ and _shared.is_dir():
+    os.environ["KERAS_HOME"] = str(_shared)
+
+import keras  # noqa: E402  (after KERAS_HOME is set)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPU devices, for MirroredStrategy tests (must precede any op).
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    _cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+@pytest.fixture
+def toy_data():
+    """A small learnable 3-class image problem (class = brightest quadrant)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(192, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 3, size=192).astype("int32")
+    for i, c in enumerate(y):
+        r, s = divmod(int(c), 2)
+        x[i, r * 4:(r + 1) * 4, s * 4:(s + 1) * 4, 0] += 1.5
+    return x, y
+
+
+def small_convnet(seed=1, bn=True):
+    """A tiny chain: conv-BN-ReLU-pool-conv-GAP-dense."""
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, padding="same")]
+    if bn:
+        layers.append(keras.layers.BatchNormalization())
+    layers += [
+        keras.layers.ReLU(), keras.layers.AveragePooling2D(2),
+        keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3, activation="softmax"),
+    ]
+    return keras.Sequential(layers)
+
+
+def mnist_subset(n_train=512, n_test=1000):
+    from keras_rso import datasets
+
+    (x, y), (xt, yt) = datasets.load_mnist(limit=n_train)
+    return (x, y), (xt[:n_test], yt[:n_test])

@@ -1,0 +1,218 @@
+"""Behaviour of one RSO cycle: coverage, order, acceptance, BN, sigma, seeds."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_rso
+from conftest import small_convnet
+
+
+def _trainer(model, k=4, seed=0, order="output_to_input", fast_path=True, **kw):
+    trainer = keras_rso.RSOModel(model, fast_path=fast_path)
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=seed, order=order, **kw),
+                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return trainer
+
+
+def _weights(model):
+    return [v.numpy().copy() for v in model.weights]
+
+
+class StepRecorder(keras.callbacks.Callback):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn, self.values = fn, []
+
+    def on_train_begin(self, logs=None):
+        self.values.append(self.fn(self.model))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.values.append(self.fn(self.model))
+
+
+def test_cycle_tries_every_scalar_once_output_to_input(toy_data):
+    x, y = toy_data
+    model = small_convnet()
+    trainer = _trainer(model, k=7)
+    trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    opt = trainer.optimizer
+    sizes = [int(np.prod(v.shape)) for v in trainer.trainable_variables]
+    # Every variable was tried exactly as many times as it has scalars ...
+    np.testing.assert_array_equal(opt.trials_per_variable.numpy(), sizes)
+    assert int(opt.trials.numpy()) == sum(sizes) == trainer.trials_per_cycle
+    # ... and the schedule driving the step visits each scalar exactly once,
+    # layers from the output to the input.
+    schedule = trainer.visit_schedule()
+    assert len(schedule) == len(set(schedule)) == sum(sizes)
+    depth = {v.path: i for i, l in enumerate(model.layers) for v in l.trainable_variables}
+    layer_seq = [depth[path] for path, _ in schedule]
+    assert layer_seq[0] == len(model.layers) - 1
+    assert all(a >= b for a, b in zip(layer_seq, layer_seq[1:]))
+    # One epoch == one cycle: ceil(trials / K) steps.
+    assert trainer.steps_per_cycle() == -(-sum(sizes) // 7)
+
+
+@pytest.mark.parametrize("order", ["input_to_output", "random"])
+def test_other_orders_cover_every_scalar(toy_data, order):
+    x, y = toy_data
+    model = small_convnet()
+    trainer = _trainer(model, k=5, order=order)
+    trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    sizes = [int(np.prod(v.shape)) for v in trainer.trainable_variables]
+    np.testing.assert_array_equal(trainer.optimizer.trials_per_variable.numpy(), sizes)
+    schedule = trainer.visit_schedule()
+    assert len(set(schedule)) == sum(sizes)
+    depth = {v.path: i for i, l in enumerate(model.layers) for v in l.trainable_variables}
+    seq = [depth[p] for p, _ in schedule]
+    if order == "input_to_output":
+        assert all(a <= b for a, b in zip(seq, seq[1:]))
+    else:
+        assert seq != sorted(seq) and seq != sorted(seq, reverse=True)
+        assert schedule != trainer.visit_schedule(cycle=1)  # fresh each cycle
+
+
+def test_rejected_candidates_leave_weights_bit_identical(toy_data):
+    x, y = toy_data
+    model = small_convnet()
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    trainer = _trainer(model, k=1)
+    trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    after = [v.numpy() for v in model.trainable_variables]
+    changed = sum(int(np.sum(a != b)) for a, b in zip(before, after))
+    accepted = int(trainer.optimizer.weight_updates.numpy())
+    # Each scalar is tried once per cycle: exactly the accepted ones moved,
+    # every rejected one is bit-identical.
+    assert 0 < accepted < trainer.trials_per_cycle
+    assert changed == accepted
+    np.testing.assert_array_equal(
+        trainer.optimizer.updates_per_variable.numpy(),
+        [int(np.sum(a != b)) for a, b in zip(before, after)])
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_loss_on_a_fixed_batch_never_increases(toy_data, fast_path):
+    x, y = toy_data
+    xb, yb = x[:48], y[:48]
+    model = small_convnet()
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+
+    def batch_loss(trainer):
+        with keras.StatelessScope():  # batch statistics, no BN update
+            return float(loss_fn(yb, model(xb, training=True)))
+
+    trainer = _trainer(model, k=16, fast_path=fast_path)
+    rec = StepRecorder(batch_loss)
+    ds = tf.data.Dataset.from_tensors((xb, yb)).repeat()
+    trainer.fit(ds, epochs=1, verbose=0, callbacks=[rec])
+    losses = np.array(rec.values)
+    assert len(losses) == trainer.steps_per_cycle() + 1
+    assert np.all(np.diff(losses) <= 1e-6 * losses[:-1])
+    assert losses[-1] < 0.9 * losses[0]
+
+
+def test_trials_never_touch_batchnorm_moving_statistics(toy_data):
+    x, y = toy_data
+    xb, yb = x[:32], y[:32]
+    model = small_convnet()
+    reference = keras.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    trainer = _trainer(model, k=64)
+    ds = tf.data.Dataset.from_tensors((xb, yb)).repeat()
+    trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)
+    assert int(trainer.optimizer.weight_updates.numpy()) > 10
+    # The moving statistics saw exactly one update, from the weights the
+    # step started with: as if the reference ran one training forward pass.
+    reference(xb, training=True)
+    bn, bn_ref = model.layers[1], reference.layers[1]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), bn_ref.moving_mean.numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), bn_ref.moving_variance.numpy(), rtol=1e-6)
+
+
+def test_fast_path_matches_full_forward_path(toy_data):
+    x, y = toy_data
+    weights = {}
+    for fast in (True, False):
+        model = small_convnet()
+        trainer = _trainer(model, k=8, seed=3, fast_path=fast)
+        trainer.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+        weights[fast] = _weights(model)
+    for a, b in zip(weights[True], weights[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_sigma_annealing_reaches_final_fraction_on_last_epoch(toy_data):
+    x, y = toy_data
+    trainer = _trainer(small_convnet(), k=64)
+    hist = trainer.fit(x, y, batch_size=32, epochs=3, verbose=0,
+                       callbacks=[keras_rso.callbacks.SigmaAnnealing(final_fraction=0.1)])
+    np.testing.assert_allclose(hist.history["sigma_scale"], [1.0, 0.55, 0.1], rtol=1e-6)
+    assert float(trainer.optimizer.sigma_scale.numpy()) == pytest.approx(0.1)
+
+
+def test_custom_sigma_schedule_is_used(toy_data):
+    x, y = toy_data
+    trainer = _trainer(small_convnet(), k=64)
+    hist = trainer.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[
+        keras_rso.callbacks.SigmaAnnealing(schedule=lambda epoch, s: 0.5 ** epoch)])
+    np.testing.assert_allclose(hist.history["sigma_scale"], [1.0, 0.5])
+
+
+def test_sigma_is_std_at_start_with_fallback_for_zero_std(toy_data):
+    x, y = toy_data
+    model = small_convnet()
+    stds = [float(np.std(v.numpy())) for v in model.trainable_variables]
+    trainer = _trainer(model, k=64)
+    trainer.fit(x, y, batch_size=32, epochs=1, steps_per_epoch=1, verbose=0)
+    sigmas = trainer.optimizer.sigmas.numpy()
+    paths = [v.path for v in model.trainable_variables]
+    for path, s, sd in zip(paths, sigmas, stds):
+        assert s > 0
+        if sd > 0:
+            assert s == pytest.approx(sd, rel=1e-6)
+    # A zero-initialised conv bias borrows its kernel's std.
+    kernel, bias = paths.index(model.layers[0].kernel.path), paths.index(model.layers[0].bias.path)
+    assert sigmas[bias] == pytest.approx(stds[kernel], rel=1e-6)
+
+
+def test_same_seed_gives_identical_weights(toy_data):
+    x, y = toy_data
+    runs = []
+    for seed in (5, 5, 6):
+        model = small_convnet()
+        _trainer(model, k=8, seed=seed).fit(x, y, batch_size=32, epochs=1,
+                                            shuffle=False, verbose=0)
+        runs.append(_weights(model))
+    for a, b in zip(runs[0], runs[1]):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, c) for a, c in zip(runs[0], runs[2]))
+
+
+def test_variables_option_restricts_the_search(toy_data):
+    x, y = toy_data
+    model = small_convnet()
+    dense = model.layers[-1]
+    before = _weights(model)
+    trainer = keras_rso.RSOModel(model, variables=[dense.kernel.path, dense.bias])
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=4), loss="sparse_categorical_crossentropy")
+    trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    assert trainer.trials_per_cycle == 15
+    after = _weights(model)
+    for v, a, b in zip(model.weights, before, after):
+        if v is dense.kernel or v is dense.bias:
+            assert not np.array_equal(a, b)
+        elif v.trainable:
+            np.testing.assert_array_equal(a, b)
+
+
+def test_logs_report_rso_counters(toy_data):
+    x, y = toy_data
+    trainer = _trainer(small_convnet(), k=16)
+    hist = trainer.fit(x, y, batch_size=32, epochs=2, verbose=0, validation_data=(x, y))
+    h = hist.history
+    n = trainer.trials_per_cycle
+    assert h["trials"] == [n, 2 * n]
+    assert 0 < h["accept_rate"][0] <= 1
+    assert h["weight_updates"][1] == int(trainer.optimizer.weight_updates.numpy())
+    assert "val_accept_rate" not in h and "val_accuracy" in h
