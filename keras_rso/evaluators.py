@@ -134,7 +134,8 @@ def chain_layers(model: keras.Model) -> Optional[List[keras.layers.Layer]]:
             node = op._inbound_nodes[node_index]
             if isinstance(op, keras.layers.InputLayer):
                 break
-            if len(node.input_tensors) != 1 or node.arguments.kwargs:
+            extra = [v for v in node.arguments.kwargs.values() if v is not None]
+            if len(node.input_tensors) != 1 or extra:
                 return None
             layers.append(op)
             tensor = node.input_tensors[0]
@@ -146,9 +147,6 @@ def chain_layers(model: keras.Model) -> Optional[List[keras.layers.Layer]]:
         return None
     if len(set(map(id, layers))) != len(layers):
         return None  # a shared layer appears twice
-    for layer in layers:
-        if len(getattr(layer, "_inbound_nodes", [])) > 1:
-            return None
     return layers
 
 

@@ -218,6 +218,23 @@ class RSOModel(keras.Model):
                 optimizer=None, loss=kwargs.get("loss"),
                 metrics=_copy_metrics(kwargs.get("metrics")),
                 weighted_metrics=_copy_metrics(kwargs.get("weighted_metrics")))
+            # Keras (3.15) cannot reload a model compiled with
+            # `optimizer=None`: `compile_from_config` then calls
+            # `None.build(...)`. Drop the compile config, so the saved plain
+            # model reloads anywhere (uncompiled, like any model saved
+            # before `compile`).
+            if hasattr(self.model, "_compile_config"):
+                del self.model._compile_config
+
+    def get_compile_config(self) -> dict:
+        return super().get_compile_config()
+
+    def compile_from_config(self, config: dict) -> None:
+        """Re-compiles from `get_compile_config()` (used by `load_model`)."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def _loss_fn(self, y, y_pred, sample_weight):
         return self.compute_loss(x=None, y=y, y_pred=y_pred,

@@ -1,0 +1,61 @@
+"""The trained plain model saves and reloads without keras_rso."""
+
+import subprocess
+import sys
+
+import keras
+import numpy as np
+
+import keras_rso
+from conftest import small_convnet
+
+
+def _trained(toy_data):
+    x, y = toy_data
+    model = small_convnet()
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=16, seed=1),
+                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    return model, trainer
+
+
+def test_saved_model_reloads_without_custom_objects(toy_data, tmp_path):
+    x, _ = toy_data
+    model, _ = _trained(toy_data)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    expected = model.predict(x, verbose=0)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "expected.npy", expected)
+    # A fresh interpreter that never imports keras_rso.
+    code = (
+        "import numpy as np, keras, sys;"
+        f"m = keras.models.load_model(r'{path}');"
+        f"p = m.predict(np.load(r'{tmp_path / 'x.npy'}'), verbose=0);"
+        f"np.testing.assert_array_equal(p, np.load(r'{tmp_path / 'expected.npy'}'));"
+        "assert 'keras_rso' not in sys.modules; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+def test_trainer_round_trips_with_rso_state(toy_data, tmp_path):
+    x, y = toy_data
+    model, trainer = _trained(toy_data)
+    path = tmp_path / "trainer.keras"
+    trainer.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, keras_rso.RSOModel)
+    assert isinstance(loaded.optimizer, keras_rso.RSO)
+    assert loaded.optimizer.get_config() == trainer.optimizer.get_config()
+    assert int(loaded.optimizer.trials.numpy()) == int(trainer.optimizer.trials.numpy())
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_rso_config_round_trip():
+    opt = keras_rso.RSO(weights_per_batch=3, seed=7, order="random", zero_std_sigma=0.02)
+    again = keras_rso.RSO.from_config(opt.get_config())
+    assert again.get_config() == opt.get_config()
+    assert keras.optimizers.deserialize(keras.optimizers.serialize(opt)).get_config() == opt.get_config()
