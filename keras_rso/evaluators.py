@@ -87,9 +87,14 @@ class FullForwardEvaluator:
         self.model = model
         self.variables = list(variables)
         self.loss_fn = loss_fn
+        self.batchnorms = batchnorm_layers(model)
 
     def _forward(self, x):
         return self.model(x, training=True)
+
+    def forward(self, x):
+        """A training-mode pass that applies state updates (BN statistics)."""
+        return self._forward(x)
 
     def begin(self, x, y, sample_weight):
         """Base loss with the current weights; updates moving statistics."""
@@ -109,6 +114,12 @@ class FullForwardEvaluator:
             results.append((loss, y_pred))
         (lp, yp), (lm, ym) = results
         return lp, yp, lm, ym, carried, carried
+
+
+def batchnorm_layers(model) -> List[keras.layers.Layer]:
+    """Every BatchNormalization layer inside `model`."""
+    return [l for l in model._flatten_layers(include_self=True)
+            if isinstance(l, keras.layers.BatchNormalization)]
 
 
 def chain_layers(model: keras.Model) -> Optional[List[keras.layers.Layer]]:
@@ -150,22 +161,51 @@ def chain_layers(model: keras.Model) -> Optional[List[keras.layers.Layer]]:
     return layers
 
 
+def _is_mixer(layer) -> bool:
+    """Plain Dense/Conv2D: its pre-activation output is cached and updated."""
+    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+        return False
+    if type(layer) is keras.layers.Dense:
+        return True
+    return (type(layer) is keras.layers.Conv2D and layer.groups == 1
+            and layer.data_format == "channels_last")
+
+
 def _rank_one_kind(layer, var) -> Optional[str]:
     """Names the rank-one rule for `var` in `layer`, or None."""
-    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+    if not _is_mixer(layer):
         return None
-    if type(layer) is keras.layers.Dense:
-        if var is layer.kernel:
-            return "dense_kernel"
-        if layer.use_bias and var is layer.bias:
-            return "dense_bias"
-    if (type(layer) is keras.layers.Conv2D and layer.groups == 1
-            and layer.data_format == "channels_last"):
-        if var is layer.kernel:
-            return "conv_kernel"
-        if layer.use_bias and var is layer.bias:
-            return "conv_bias"
+    prefix = "dense" if type(layer) is keras.layers.Dense else "conv"
+    if var is layer.kernel:
+        return f"{prefix}_kernel"
+    if layer.use_bias and var is layer.bias:
+        return f"{prefix}_bias"
     return None
+
+
+_ELEMENTWISE = ("relu", "linear", "sigmoid", "tanh", "elu", "selu", "gelu",
+                "silu", "swish", "softplus", "softsign", "leaky_relu",
+                "relu6", "hard_sigmoid", "hard_silu", "mish", "exponential")
+
+
+def _elementwise_activation(fn) -> bool:
+    return fn is None or getattr(fn, "__name__", "") in _ELEMENTWISE
+
+
+def _is_channelwise(layer) -> bool:
+    """True if output channel c depends only on input channel c."""
+    t = type(layer)
+    if t is keras.layers.BatchNormalization:
+        return (layer.axis in (-1, len(layer.input.shape) - 1)
+                and not layer.synchronized and not getattr(layer, "renorm", False))
+    if t in (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU):
+        return True
+    if t is keras.layers.Activation:
+        return _elementwise_activation(layer.activation)
+    if t in (keras.layers.AveragePooling2D, keras.layers.MaxPooling2D,
+             keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D):
+        return layer.data_format == "channels_last"
+    return False
 
 
 def _pre_activation(layer, x):
@@ -186,39 +226,57 @@ def _activate(layer, out):
     return layer.activation(out) if layer.activation is not None else out
 
 
-def _rank_one_delta(kind: str, layer, x, j, shape):
-    """Change of the layer's pre-activation output per unit change of w_j."""
+def _output_channel(kind: str, j, shape):
+    return j % shape[-1] if kind.endswith("kernel") else j
+
+
+def _channel_delta(kind: str, layer, x, j, shape, like):
+    """d(pre-activation[..., c]) / d(w_j), with c the output channel of w_j.
+
+    Shape `like[..., :1]`: a single channel. For a conv kernel weight
+    (kh, kw, cin, cout) it is input channel `cin` shifted by the tap
+    (kh, kw): a 1-in/1-out convolution with a one-hot filter gives exactly
+    that, with the layer's strides, padding and dilation.
+    """
     if kind == "dense_kernel":
-        n_in, n_out = shape
-        cin, cout = j // n_out, j % n_out
-        column = tf.gather(x, cin, axis=-1)[..., None]
-        return column * tf.one_hot(cout, n_out, dtype=x.dtype)
+        return tf.gather(x, j // shape[1], axis=-1)[..., None]
     if kind in ("dense_bias", "conv_bias"):
-        return tf.one_hot(j, shape[0], dtype=x.dtype)
-    # conv_kernel, shape (KH, KW, Cin, Cout): w_j adds its input channel,
-    # shifted by the tap (kh, kw), to output channel cout. A 1-in/1-out
-    # convolution with a one-hot filter gives exactly that shifted slice
-    # with the layer's strides, padding and dilation.
+        return tf.ones_like(like[..., :1])
     kh_, kw_, c_in, c_out = shape
-    cout = j % c_out
     cin = (j // c_out) % c_in
     tap = j // (c_out * c_in)
     channel = tf.gather(x, cin, axis=-1)[..., None]
     onehot = tf.reshape(tf.one_hot(tap, kh_ * kw_, dtype=x.dtype), (kh_, kw_, 1, 1))
-    contribution = layer.convolution_op(channel, onehot)
-    return contribution * tf.one_hot(cout, c_out, dtype=x.dtype)
+    return layer.convolution_op(channel, onehot)
+
+
+def _replace_channel(t, c, new):
+    mask = tf.one_hot(c, tf.shape(t)[-1], dtype=t.dtype)
+    return t * (1 - mask) + new * mask
 
 
 class ChainEvaluator:
-    """Evaluates candidates by re-running only the layers downstream.
+    """Evaluates candidates by re-running only what a weight can change.
 
-    Valid only while trials within a batch move from the output towards the
-    input (`order="output_to_input"`): then the activation entering the
-    perturbed layer cannot have changed since the batch began.
+    For a trial in layer `i`, only layers `i..n` run, on both candidates
+    stacked along the batch axis. For a weight of a plain `Dense`/`Conv2D`
+    (a *mixer*) the work shrinks further: the weight changes one output
+    channel `c` by `dw` times a slice of the input, so that channel is
+    updated in the cached pre-activation; while the next layers act per
+    channel (BatchNormalization, ReLU, pooling), only channel `c` is carried
+    through them; and at the next mixer the change enters as a
+    one-input-channel convolution added to that mixer's cached
+    pre-activation. Everything after that mixer runs in full.
+
+    Caches (the input and pre-activation of every mixer) are kept current
+    as candidates are accepted. This is valid while trials within a batch
+    move from the output towards the input (`order="output_to_input"`):
+    a trial can only change what lies downstream of the perturbed layer,
+    and later trials in the batch lie upstream of it.
 
     Args:
         layers: The chain, from `chain_layers`.
-        variables: The searched variables; each must belong to one layer.
+        variables: The model's trainable variables, each owned by one layer.
         loss_fn: `loss_fn(y, y_pred, sample_weight) -> scalar`.
     """
 
@@ -239,9 +297,28 @@ class ChainEvaluator:
         self.layer_of = [owner[id(v)] for v in self.variables]
         self.kind = [_rank_one_kind(self.layers[i], v)
                      for i, v in zip(self.layer_of, self.variables)]
-        # Layers whose pre-activation output is cached for rank-one updates.
-        self.pre_layers = sorted({i for i, k in zip(self.layer_of, self.kind) if k})
+        n = len(self.layers)
+        self.mixers = [i for i, l in enumerate(self.layers) if _is_mixer(l)]
+        self.slot = {m: k for k, m in enumerate(self.mixers)}
+        # next_mixer[i]: first mixer after layer i (None if none).
+        self.next_mixer = [next((m for m in self.mixers if m > i), None) for i in range(n)]
+        # sparse_to[i]: for a mixer i whose output feeds only channel-wise
+        # layers up to the next mixer m, that m; else None.
+        self.sparse_to = {}
+        for i in self.mixers:
+            m = self.next_mixer[i]
+            if (m is not None and _elementwise_activation(self.layers[i].activation)
+                    and all(_is_channelwise(l) for l in self.layers[i + 1:m])):
+                self.sparse_to[i] = m
         self.per_sample = [type(l) in PER_SAMPLE_LAYERS for l in self.layers]
+        self.batchnorms = [b for l in self.layers for b in batchnorm_layers(l)]
+
+    def forward(self, x):
+        """A training-mode pass that applies state updates (BN statistics)."""
+        h = x
+        for layer in self.layers:
+            h = layer(h, training=True)
+        return h
 
     @staticmethod
     def supports(variables, layers) -> bool:
@@ -249,58 +326,122 @@ class ChainEvaluator:
         return all(id(v) in ids for v in variables)
 
     def begin(self, x, y, sample_weight):
-        """Runs the chain once, caching the input of every layer.
+        """Runs the chain once, caching every layer's input.
 
         Called outside any stateless scope: this is the one pass per batch
         that updates BatchNormalization's moving statistics.
+
+        Returns:
+            `(loss, y_pred, fixed, carried)`: `fixed` holds every layer's
+            input; `carried` holds `(inputs of mixers, pre-activations of
+            mixers)`, which trials update.
         """
         inputs, pre = [], []
         h = x
         for i, layer in enumerate(self.layers):
             inputs.append(h)
-            if i in self.pre_layers:
+            if i in self.slot:
                 p = _pre_activation(layer, h)
                 pre.append(p)
                 h = _activate(layer, p)
             else:
                 h = layer(h, training=True)
-        return self.loss_fn(y, h, sample_weight), h, tuple(inputs), tuple(pre)
+        mix_in = tuple(inputs[m] for m in self.mixers)
+        return self.loss_fn(y, h, sample_weight), h, tuple(inputs), (mix_in, tuple(pre))
 
-    def _downstream(self, start: int, h, batch):
-        """Runs layers `start..` on two candidates stacked along axis 0."""
-        for layer, per_sample in zip(self.layers[start:], self.per_sample[start:]):
-            if per_sample:
+    def _run(self, start: int, h, batch, record: Optional[int]):
+        """Runs layers `start..` on two stacked candidates.
+
+        If `record` is a mixer index, also returns that mixer's stacked
+        input and pre-activation.
+        """
+        seen = (None, None)
+        for i in range(start, len(self.layers)):
+            layer = self.layers[i]
+            if i == record:
+                p = _pre_activation(layer, h)
+                seen = (h, p)
+                h = _activate(layer, p)
+            elif self.per_sample[i]:
                 h = layer(h, training=True)
             else:
                 h = tf.concat([layer(h[:batch], training=True),
                                layer(h[batch:], training=True)], axis=0)
-        return h
+        return h, seen
+
+    def _channel_layer(self, layer, h, c, batch):
+        """Applies a channel-wise layer to channel `c` only, per candidate."""
+        if type(layer) is not keras.layers.BatchNormalization:
+            return layer(h, training=True)
+        gamma = tf.gather(layer.gamma, c) if layer.scale else None
+        beta = tf.gather(layer.beta, c) if layer.center else None
+        if layer.trainable:
+            two = tf.reshape(h, tf.concat([[2, batch], tf.shape(h)[1:]], 0))
+            axes = list(range(1, len(h.shape) + 1))
+            mean, var = tf.nn.moments(two, axes=axes[:-1], keepdims=True)
+            out = tf.nn.batch_normalization(two, mean, var, beta, gamma, layer.epsilon)
+            return tf.reshape(out, tf.shape(h))
+        mean = tf.gather(layer.moving_mean, c)
+        var = tf.gather(layer.moving_variance, c)
+        return tf.nn.batch_normalization(h, mean, var, beta, gamma, layer.epsilon)
 
     def trial(self, v: int, j, dw, fixed, carried, x, y, sample_weight):
-        inputs, pre = fixed, carried
+        inputs = fixed
+        mix_in, pre = carried
         i = self.layer_of[v]
         layer, var, kind = self.layers[i], self.variables[v], self.kind[v]
-        h_in = inputs[i]
+        h_in = mix_in[self.slot[i]] if i in self.slot else inputs[i]
         batch = tf.shape(h_in)[0]
+        m = self.next_mixer[i]
+        new_plus, new_minus = dict(), dict()   # cache slot -> candidate value
         with keras.StatelessScope():
             if kind is not None:
-                k = self.pre_layers.index(i)
-                delta = _rank_one_delta(kind, layer, h_in, j, tuple(var.shape))
-                step = tf.cast(dw, delta.dtype) * delta
-                p_plus, p_minus = pre[k] + step, pre[k] - step
-                h = _activate(layer, tf.concat([p_plus, p_minus], axis=0))
-                pre_plus = pre[:k] + (p_plus,) + pre[k + 1:]
-                pre_minus = pre[:k] + (p_minus,) + pre[k + 1:]
+                k = self.slot[i]
+                shape = tuple(var.shape)
+                c = _output_channel(kind, j, shape)
+                base_c = tf.gather(pre[k], c, axis=-1)[..., None]
+                step = tf.cast(dw, base_c.dtype) * _channel_delta(kind, layer, h_in, j, shape, pre[k])
+                new_plus[("pre", k)] = _replace_channel(pre[k], c, base_c + step)
+                new_minus[("pre", k)] = _replace_channel(pre[k], c, base_c - step)
+                if i in self.sparse_to:
+                    hc = _activate(layer, tf.concat([base_c + step, base_c - step], 0))
+                    for l in range(i + 1, m):
+                        hc = self._channel_layer(self.layers[l], hc, c, batch)
+                    km = self.slot[m]
+                    base_in = tf.gather(mix_in[km], c, axis=-1)[..., None]
+                    diff = hc - tf.concat([base_in, base_in], 0)
+                    mixer = self.layers[m]
+                    if type(mixer) is keras.layers.Dense:
+                        dpre = tf.matmul(diff, tf.gather(mixer.kernel, [c], axis=0))
+                    else:
+                        dpre = mixer.convolution_op(
+                            diff, tf.gather(mixer.kernel, [c], axis=2))
+                    p_m = tf.concat([pre[km], pre[km]], 0) + dpre
+                    new_plus[("in", km)] = _replace_channel(mix_in[km], c, hc[:batch])
+                    new_minus[("in", km)] = _replace_channel(mix_in[km], c, hc[batch:])
+                    new_plus[("pre", km)], new_minus[("pre", km)] = p_m[:batch], p_m[batch:]
+                    y_pred, _ = self._run(m + 1, _activate(mixer, p_m), batch, None)
+                else:
+                    h = _activate(layer, tf.concat(
+                        [new_plus[("pre", k)], new_minus[("pre", k)]], 0))
+                    y_pred, seen = self._run(i + 1, h, batch, m)
             else:
                 _, plus, minus = candidate_values(var, j, dw)
                 outs = []
                 for value in (plus, minus):
                     with keras.StatelessScope(state_mapping=[(var, value)]):
                         outs.append(layer(h_in, training=True))
-                h = tf.concat(outs, axis=0)
-                pre_plus = pre_minus = pre
-            y_pred = self._downstream(i + 1, h, batch)
+                y_pred, seen = self._run(i + 1, tf.concat(outs, 0), batch, m)
+            if m is not None and ("pre", self.slot[m]) not in new_plus:
+                km = self.slot[m]
+                new_plus[("in", km)], new_minus[("in", km)] = seen[0][:batch], seen[0][batch:]
+                new_plus[("pre", km)], new_minus[("pre", km)] = seen[1][:batch], seen[1][batch:]
             yp, ym = y_pred[:batch], y_pred[batch:]
             lp = self.loss_fn(y, yp, sample_weight)
             lm = self.loss_fn(y, ym, sample_weight)
-        return lp, yp, lm, ym, pre_plus, pre_minus
+
+        def updated(new):
+            return (tuple(new.get(("in", k), t) for k, t in enumerate(mix_in)),
+                    tuple(new.get(("pre", k), t) for k, t in enumerate(pre)))
+
+        return lp, yp, lm, ym, updated(new_plus), updated(new_minus)

@@ -76,6 +76,21 @@ class TrialLoop:
         slot = tf.minimum(slot, len(self.visit) - 1)
         return slot, g - tf.gather(self.starts, slot)
 
+    def _refresh_statistics(self, x):
+        def refresh():
+            saved = [bn.momentum for bn in self.ev.batchnorms]
+            try:
+                # Momentum is read when the graph is traced; 0 makes the
+                # update write the batch statistics themselves.
+                for bn in self.ev.batchnorms:
+                    bn.momentum = 0.0
+                self.ev.forward(x)
+            finally:
+                for bn, m in zip(self.ev.batchnorms, saved):
+                    bn.momentum = m
+            return tf.constant(True)
+        return refresh
+
     def permutation(self, cycle):
         """The random visiting permutation of a cycle (order="random")."""
         return tf.random.experimental.stateless_shuffle(
@@ -172,6 +187,13 @@ class TrialLoop:
             (tf.constant(0, tf.int64), loss0, y_pred0, carried0, zeros, zeros),
         )
         accepted = tf.reduce_sum(accepted_vec)
+        if opt.bn_refresh and self.ev.batchnorms:
+            # The cycle ends with this step: make BN's moving statistics the
+            # batch statistics of the final weights (see `RSO`).
+            ends_cycle = tf.logical_and(n > 0, position + n >= self.total)
+            with tf.control_dependencies([loss]):
+                tf.cond(ends_cycle, self._refresh_statistics(x),
+                        lambda: tf.constant(False))
         opt.position.assign_add(n)
         opt.trials.assign_add(n)
         opt.weight_updates.assign_add(accepted)

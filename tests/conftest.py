@@ -51,3 +51,19 @@ def mnist_subset(n_train=512, n_test=1000):
 
     (x, y), (xt, yt) = datasets.load_mnist(limit=n_train)
     return (x, y), (xt[:n_test], yt[:n_test])
+
+
+def deeper_convnet(seed=1):
+    """Three mixers in a row with BN between them: exercises every cache."""
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        L.Conv2D(4, 3, padding="same", use_bias=False), L.BatchNormalization(), L.ReLU(),
+        L.AveragePooling2D(2),
+        L.Conv2D(4, 3, padding="same", use_bias=False), L.BatchNormalization(),
+        L.Activation("relu"),
+        L.Conv2D(5, 3, activation="relu"), L.MaxPooling2D(2),
+        L.GlobalAveragePooling2D(), L.Dense(6, activation="relu"),
+        L.Dense(3, activation="softmax"),
+    ])

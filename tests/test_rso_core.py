@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_rso
-from conftest import small_convnet
+from conftest import deeper_convnet, small_convnet
 
 
 def _trainer(model, k=4, seed=0, order="output_to_input", fast_path=True, **kw):
@@ -91,11 +91,12 @@ def test_rejected_candidates_leave_weights_bit_identical(toy_data):
         [int(np.sum(a != b)) for a, b in zip(before, after)])
 
 
-@pytest.mark.parametrize("fast_path", [True, False])
-def test_loss_on_a_fixed_batch_never_increases(toy_data, fast_path):
+@pytest.mark.parametrize("fast_path,build", [(True, small_convnet), (False, small_convnet),
+                                             (True, deeper_convnet)])
+def test_loss_on_a_fixed_batch_never_increases(toy_data, fast_path, build):
     x, y = toy_data
     xb, yb = x[:48], y[:48]
-    model = small_convnet()
+    model = build()
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
 
     def batch_loss(trainer):
@@ -130,12 +131,13 @@ def test_trials_never_touch_batchnorm_moving_statistics(toy_data):
     np.testing.assert_allclose(bn.moving_variance.numpy(), bn_ref.moving_variance.numpy(), rtol=1e-6)
 
 
-def test_fast_path_matches_full_forward_path(toy_data):
+@pytest.mark.parametrize("build,k", [(small_convnet, 8), (deeper_convnet, 64)])
+def test_fast_path_matches_full_forward_path(toy_data, build, k):
     x, y = toy_data
     weights = {}
     for fast in (True, False):
-        model = small_convnet()
-        trainer = _trainer(model, k=8, seed=3, fast_path=fast)
+        model = build()
+        trainer = _trainer(model, k=k, seed=3, fast_path=fast)
         trainer.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
         weights[fast] = _weights(model)
     for a, b in zip(weights[True], weights[False]):
@@ -216,3 +218,34 @@ def test_logs_report_rso_counters(toy_data):
     assert 0 < h["accept_rate"][0] <= 1
     assert h["weight_updates"][1] == int(trainer.optimizer.weight_updates.numpy())
     assert "val_accept_rate" not in h and "val_accuracy" in h
+
+
+def test_cycle_end_refreshes_batchnorm_statistics_from_final_weights(toy_data):
+    x, y = toy_data
+    xb, yb = x[:64], y[:64]
+    model = small_convnet()
+    trainer = _trainer(model, k=1000)  # the whole cycle in one step
+    ds = tf.data.Dataset.from_tensors((xb, yb)).repeat()
+    trainer.fit(ds, epochs=1, verbose=0)
+    assert trainer.steps_per_cycle() == 1
+    # Moving statistics now equal the batch statistics of the final weights.
+    reference = keras.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    reference.layers[1].momentum = 0.0
+    reference(xb, training=True)
+    bn = model.layers[1]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), reference.layers[1].moving_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), reference.layers[1].moving_variance.numpy(), rtol=1e-5)
+    # So inference on that batch matches training-mode outputs.
+    np.testing.assert_allclose(model(xb, training=False), model(xb, training=True), rtol=1e-4, atol=1e-5)
+
+
+def test_without_refresh_statistics_are_moving_averages(toy_data):
+    x, y = toy_data
+    xb, yb = x[:64], y[:64]
+    model = small_convnet()
+    trainer = _trainer(model, k=1000, bn_refresh=False)
+    trainer.fit(tf.data.Dataset.from_tensors((xb, yb)).repeat(), epochs=1, verbose=0)
+    # One ordinary momentum update from the initial (zero mean) statistics.
+    assert np.all(np.abs(model.layers[1].moving_mean.numpy()) < 0.1)
+    assert not np.allclose(model(xb, training=False), model(xb, training=True), atol=1e-3)

@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Speed of RSO on the paper's MNIST network: keras_rso vs a naive reference.
+
+For every searched variable (layer) of `keras_rso.models.mnist_paper_net`,
+at batch size 256, this times weight trials per second of
+
+* keras_rso (`RSOModel`, fast chain path) at K = weights_per_batch in --ks,
+* the naive reference (`naive_reference.py`: 3 full forward passes per trial
+  in a tf.function, fresh batch each trial),
+
+after a warm-up that traces the functions. Seconds per cycle are
+sum over variables of (scalars / measured trials-per-second). Every timed
+run tries `--trials` scalars of each variable (all of them when smaller).
+
+Example:
+    python benchmarks/bench_speed.py --output docs/results/bench_speed.json
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import keras_rso  # noqa: E402
+from naive_reference import NaiveRSO  # noqa: E402
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last = time.perf_counter() - self.t0
+
+
+def time_keras_rso(var_index, k, trials, x, y, batch):
+    keras.utils.set_random_seed(0)
+    model = keras_rso.models.mnist_paper_net()
+    var = model.trainable_variables[var_index]
+    trainer = keras_rso.RSOModel(model, variables=[var])
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=0),
+                    loss="sparse_categorical_crossentropy")
+    n = min(trials, int(np.prod(var.shape)))
+    steps = max(1, n // k)
+    timer = _EpochTimer()
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat().prefetch(4)
+    # Epoch 1 traces; epoch 2 (timed) runs `steps` steps of K trials.
+    trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)
+    trainer.optimizer.position.assign(0)
+    trainer.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+    done = min(steps * k, int(np.prod(var.shape)))
+    return done / timer.last
+
+
+def time_naive(var_index, trials, x, y, batch):
+    keras.utils.set_random_seed(0)
+    model = keras_rso.models.mnist_paper_net()
+    var = model.trainable_variables[var_index]
+    loss = keras.losses.SparseCategoricalCrossentropy()
+    trial = NaiveRSO(model, loss).make_trial(var, float(np.std(var.numpy())) or 0.05)
+    n = min(trials, int(np.prod(var.shape)))
+    batches = iter(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat().prefetch(4))
+    xb, yb = next(batches)
+    trial(xb, yb, tf.constant(0)).numpy()  # trace
+    t0 = time.perf_counter()
+    for j in range(n):
+        xb, yb = next(batches)
+        trial(xb, yb, tf.constant(j)).numpy()
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ks", default="1,16,256", help="weights_per_batch values")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--trials", type=int, default=256,
+                        help="scalars timed per variable and setting")
+    parser.add_argument("--output", default=None, help="write results JSON here")
+    args = parser.parse_args(argv)
+    ks = [int(k) for k in args.ks.split(",")]
+
+    (x, y), _ = keras_rso.datasets.load_mnist(limit=4096)
+    model = keras_rso.models.mnist_paper_net()
+    variables = [(i, v.path, int(np.prod(v.shape))) for i, v in enumerate(model.trainable_variables)]
+    rows = []
+    for i, path, size in variables:
+        row = {"variable": path, "scalars": size,
+               "naive_trials_per_s": time_naive(i, args.trials, x, y, args.batch_size)}
+        for k in ks:
+            row[f"k{k}_trials_per_s"] = time_keras_rso(i, k, args.trials * max(1, k // 16), x, y, args.batch_size)
+        rows.append(row)
+        print(json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+
+    cycle = {"naive": sum(r["scalars"] / r["naive_trials_per_s"] for r in rows)}
+    for k in ks:
+        cycle[f"k{k}"] = sum(r["scalars"] / r[f"k{k}_trials_per_s"] for r in rows)
+    speedup = {name: cycle["naive"] / s for name, s in cycle.items() if name != "naive"}
+    print("seconds per cycle:", {k: round(v, 1) for k, v in cycle.items()})
+    print("speed-up over naive:", {k: round(v, 2) for k, v in speedup.items()})
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump({"command": "python " + " ".join(sys.argv),
+                       "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                   "tensorflow": tf.__version__, "keras": keras.__version__},
+                       "batch_size": args.batch_size, "per_variable": rows,
+                       "seconds_per_cycle": cycle, "speedup_over_naive": speedup}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
