@@ -9,6 +9,7 @@ Example:
 """
 
 import argparse
+import functools
 
 from keras_rso import datasets, models
 from keras_rso.experiment import add_rso_flags, run_rso
@@ -18,11 +19,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_rso_flags(parser, cycles=5, batch_size=256, weights_per_batch=16)
+    parser.add_argument("--filters", type=int, default=16,
+                        help="channels of every conv layer (paper: 16)")
     parser.add_argument("--fashion", action="store_true",
                         help="use Fashion-MNIST instead of MNIST")
     args = parser.parse_args(argv)
     data = datasets.load_mnist(limit=args.limit, fashion=args.fashion)
-    return run_rso(models.mnist_paper_net, data, args)
+    build = functools.partial(models.mnist_paper_net, filters=args.filters)
+    return run_rso(build, data, args)
 
 
 if __name__ == "__main__":

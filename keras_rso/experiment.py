@@ -75,7 +75,7 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
     trainer = RSOModel(model)
     trainer.compile(
         optimizer=RSO(weights_per_batch=args.weights_per_batch, seed=args.seed,
-                      order=args.order),
+                      order=args.order, bn_refresh=not args.no_bn_refresh),
         loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     recorder = EpochRecorder()
     callbacks = [SigmaAnnealing(final_fraction=args.final_fraction), recorder]
@@ -158,6 +158,8 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
                         help="sigma scale at the last cycle (paper: 0.1)")
     parser.add_argument("--order", default="output_to_input",
                         choices=["output_to_input", "input_to_output", "random"])
+    parser.add_argument("--no-bn-refresh", action="store_true",
+                        help="keep plain moving-average BN statistics (ablation)")
     parser.add_argument("--limit", type=int, default=None,
                         help="train on the first N images only (smoke runs)")
     parser.add_argument("--logdir", default=None, help="TensorBoard log directory")

@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Plot results JSON files written by the example scripts.
+
+Draws test accuracy against cycle/epoch and against the number of weight
+updates, one line per results file.
+
+Example:
+    python benchmarks/plot_results.py docs/results/mnist_rso_b256_k16_c5.json \
+        docs/results/mnist_sgd.json --output docs/results/mnist.png
+"""
+
+import argparse
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def label(r):
+    a = r["args"]
+    if r["method"] == "rso":
+        return f"RSO (batch {a['batch_size']}, K={a['weights_per_batch']})"
+    return f"{r['method'].upper()} (batch {a['batch_size']}, lr {a['learning_rate']})"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", help="results JSON files")
+    parser.add_argument("--output", required=True, help="PNG file to write")
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for path in args.results:
+        with open(path) as f:
+            r = json.load(f)
+        rows = r["per_cycle"]
+        x = [row["epoch"] for row in rows]
+        acc = [100 * row["val_accuracy"] for row in rows]
+        ax1.plot(x, acc, marker="o", label=label(r))
+        ax2.plot([row["weight_updates"] for row in rows], acc, marker="o", label=label(r))
+    ax1.set_xlabel("cycle (RSO) / epoch (gradient)")
+    ax1.set_ylabel("test accuracy (%)")
+    ax2.set_xlabel("weight updates")
+    ax2.set_xscale("log")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if args.title:
+        fig.suptitle(args.title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    fig.savefig(args.output, dpi=110)
+    print(f"Wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

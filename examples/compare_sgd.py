@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""Train the same network with a gradient optimizer, for comparison with RSO.
+
+Writes the same results format as the RSO examples (accuracy per epoch,
+wall-clock, and weight updates counted as parameters x steps, the paper's
+count for SGD), so `benchmarks/plot_results.py` can draw both.
+
+Example:
+    python examples/compare_sgd.py --dataset mnist --epochs 5 \
+        --results docs/results/mnist_sgd.json
+"""
+
+import argparse
+import functools
+
+from keras_rso import datasets, models
+from keras_rso.experiment import run_gradient
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=["mnist", "cifar10"], default="mnist")
+    parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    parser.add_argument("--learning-rate", type=float, default=0.05)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--filters", default="16,16,16", help="CIFAR-10 stage widths")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="train on the first N images only (smoke runs)")
+    parser.add_argument("--logdir", default=None, help="TensorBoard log directory")
+    parser.add_argument("--save", default=None, help="save the trained model (.keras)")
+    parser.add_argument("--results", default=None, help="write results JSON here")
+    parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+    args = parser.parse_args(argv)
+    if args.dataset == "mnist":
+        data, build = datasets.load_mnist(limit=args.limit), models.mnist_paper_net
+    else:
+        filters = tuple(int(f) for f in args.filters.split(","))
+        data = datasets.load_cifar10(limit=args.limit)
+        build = functools.partial(models.cifar10_net, filters=filters)
+    return run_gradient(build, data, args)
+
+
+if __name__ == "__main__":
+    main()

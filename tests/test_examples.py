@@ -1,0 +1,82 @@
+"""Smoke runs of the example scripts, as a user runs them (tiny --limit)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(script, *args, timeout=400):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+@pytest.mark.parametrize("script", ["examples/mnist_rso.py", "examples/cifar10_rso.py",
+                                    "examples/compare_sgd.py", "benchmarks/bench_speed.py",
+                                    "benchmarks/plot_results.py"])
+def test_scripts_have_help(script):
+    assert "usage:" in _run(script, "--help", timeout=120)
+
+
+def _scalars(logdir):
+    tags = {}
+    for path in pathlib.Path(logdir).rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(event.step)
+    return tags
+
+
+def test_mnist_example_end_to_end(tmp_path):
+    results, saved, logdir = tmp_path / "r.json", tmp_path / "m.keras", tmp_path / "logs"
+    # The paper's network at 4 channels (854 weights), 2 cycles on 2048 images.
+    _run("examples/mnist_rso.py", "--cycles", "2", "--limit", "2048", "--filters", "4",
+         "--weights-per-batch", "16", "--batch-size", "128", "--verbose", "0",
+         "--results", str(results), "--save", str(saved), "--logdir", str(logdir))
+    r = json.loads(results.read_text())
+    n = r["trials_per_cycle"]
+    assert r["method"] == "rso" and n == 6 * 4 * 2 + 36 + 5 * 144 + 50
+    assert [row["trials"] for row in r["per_cycle"]] == [n, 2 * n]
+    assert r["test_accuracy"] > 0.2  # chance is 0.1
+    assert "mnist_rso.py" in r["command"]
+    model = keras.models.load_model(saved)
+    assert model.count_params() == n + 6 * 4 * 2  # + BN moving statistics
+    tags = _scalars(logdir)
+    for tag in ("epoch_loss", "epoch_accuracy", "epoch_accept_rate", "epoch_sigma_scale",
+                "epoch_weight_updates", "evaluation_accuracy_vs_iterations"):
+        assert tag in tags, sorted(tags)
+    assert any(t.startswith("accept_rate/rso_mnist_net/block1_conv") for t in tags)
+
+
+def test_cifar_example_end_to_end(tmp_path):
+    results = tmp_path / "c.json"
+    _run("examples/cifar10_rso.py", "--cycles", "1", "--limit", "300", "--filters", "4,4,4",
+         "--weights-per-batch", "128", "--batch-size", "64", "--verbose", "0",
+         "--results", str(results))
+    r = json.loads(results.read_text())
+    assert r["per_cycle"][0]["trials"] == r["trials_per_cycle"] > 0
+    assert 0.0 < r["test_accuracy"] <= 1.0
+
+
+def test_compare_sgd_and_plot(tmp_path):
+    results, png = tmp_path / "s.json", tmp_path / "p.png"
+    _run("examples/compare_sgd.py", "--epochs", "2", "--limit", "2048", "--verbose", "0",
+         "--results", str(results))
+    r = json.loads(results.read_text())
+    # Training accuracy: 32 SGD steps are too few for BN's moving averages.
+    accs = [row["accuracy"] for row in r["per_cycle"]]
+    assert len(accs) == 2 and accs[-1] > 0.5
+    assert r["per_cycle"][1]["weight_updates"] == 2 * r["per_cycle"][0]["weight_updates"]
+    _run("benchmarks/plot_results.py", str(results), "--output", str(png), timeout=120)
+    assert png.read_bytes()[:4] == b"\x89PNG"
