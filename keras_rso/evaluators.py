@@ -88,6 +88,7 @@ class FullForwardEvaluator:
         self.variables = list(variables)
         self.loss_fn = loss_fn
         self.batchnorms = batchnorm_layers(model)
+        self.state_variables = list(model.non_trainable_variables)
 
     def _forward(self, x):
         return self.model(x, training=True)
@@ -97,7 +98,7 @@ class FullForwardEvaluator:
         return self._forward(x)
 
     def begin(self, x, y, sample_weight):
-        """Base loss with the current weights; updates moving statistics."""
+        """Base loss with the current weights (the caller keeps its updates)."""
         y_pred = self._forward(x)
         return self.loss_fn(y, y_pred, sample_weight), y_pred, (), ()
 
@@ -312,6 +313,7 @@ class ChainEvaluator:
                 self.sparse_to[i] = m
         self.per_sample = [type(l) in PER_SAMPLE_LAYERS for l in self.layers]
         self.batchnorms = [b for l in self.layers for b in batchnorm_layers(l)]
+        self.state_variables = [v for l in self.layers for v in l.non_trainable_variables]
 
     def forward(self, x):
         """A training-mode pass that applies state updates (BN statistics)."""
@@ -328,8 +330,8 @@ class ChainEvaluator:
     def begin(self, x, y, sample_weight):
         """Runs the chain once, caching every layer's input.
 
-        Called outside any stateless scope: this is the one pass per batch
-        that updates BatchNormalization's moving statistics.
+        This is the one pass per batch whose BatchNormalization updates are
+        kept (the caller applies them once the loss is known to be finite).
 
         Returns:
             `(loss, y_pred, fixed, carried)`: `fixed` holds every layer's

@@ -21,6 +21,18 @@ from keras_rso.model import RSOModel
 from keras_rso.optimizer import RSO
 
 
+class StopAfter(keras.callbacks.Callback):
+    """Stops `fit` after `epochs` epochs (the schedule still spans all)."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 >= self.epochs:
+            self.model.stop_training = True
+
+
 class EpochRecorder(keras.callbacks.Callback):
     """Keeps every epoch's logs with the cumulative wall-clock time."""
 
@@ -79,6 +91,8 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
         loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     recorder = EpochRecorder()
     callbacks = [SigmaAnnealing(final_fraction=args.final_fraction), recorder]
+    if args.stop_after:
+        callbacks.append(StopAfter(args.stop_after))
     if args.logdir:
         callbacks += [LayerAcceptRates(args.logdir),
                       keras.callbacks.TensorBoard(args.logdir)]
@@ -97,7 +111,7 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
         "weight_updates": int(trainer.optimizer.weight_updates.numpy()),
         "seconds": recorder.rows[-1]["seconds"] if recorder.rows else 0.0,
     })
-    print(f"Test accuracy after {args.cycles} cycle(s): {test_acc:.4f}  "
+    print(f"Test accuracy after {len(recorder.rows)} cycle(s): {test_acc:.4f}  "
           f"({results['weight_updates']} weight updates, {results['seconds']:.0f} s)")
     if args.save:
         model.save(args.save)
@@ -158,6 +172,8 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
                         help="sigma scale at the last cycle (paper: 0.1)")
     parser.add_argument("--order", default="output_to_input",
                         choices=["output_to_input", "input_to_output", "random"])
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="stop after N cycles of the --cycles schedule (sweeps)")
     parser.add_argument("--no-bn-refresh", action="store_true",
                         help="keep plain moving-average BN statistics (ablation)")
     parser.add_argument("--limit", type=int, default=None,

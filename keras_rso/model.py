@@ -303,7 +303,7 @@ class RSOModel(keras.Model):
     # ------------------------------------------------------------------ fit
     def _ensure_ready(self, data_batch):
         if not self.compiled or self.optimizer is None:
-            raise RuntimeError(
+            raise ValueError(
                 "You must call `compile(optimizer=keras_rso.RSO(...), loss=...)` "
                 "before `fit`.")
         if not self.built or not self.model.built:

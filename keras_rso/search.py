@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -110,11 +111,24 @@ class TrialLoop:
         stopped = tf.convert_to_tensor(opt.nonfinite_step) >= 0
         n = tf.clip_by_value(self.total - position, 0, k_max)
 
-        loss0, y_pred0, fixed, carried0 = self.ev.begin(x, y, sample_weight)
+        # The base pass's state updates (BN moving statistics) are held
+        # back and applied only if its loss is finite: a NaN batch must
+        # leave every variable as the last good step left it.
+        with keras.StatelessScope() as scope:
+            loss0, y_pred0, fixed, carried0 = self.ev.begin(x, y, sample_weight)
+        updates = [(v, scope.get_current_value(v)) for v in self.ev.state_variables]
+        updates = [(v, value) for v, value in updates if value is not None]
         loss0 = reduce_across_replicas(loss0)
         finite = tf.math.is_finite(loss0)
-        n = tf.where(tf.logical_or(stopped, tf.logical_not(finite)),
-                     tf.constant(0, tf.int64), n)
+        good = tf.logical_and(finite, tf.logical_not(stopped))
+
+        def apply_updates():
+            for v, value in updates:
+                v.assign(value)
+            return tf.constant(True)
+
+        tf.cond(good, apply_updates, lambda: tf.constant(False))
+        n = tf.where(good, n, tf.constant(0, tf.int64))
 
         def flag_nonfinite():
             opt.nonfinite_step.assign(tf.cast(opt.iterations, tf.int64))

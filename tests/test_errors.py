@@ -1,0 +1,194 @@
+"""Bad input gets a clear error, raised before any weight changes."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_rso
+from conftest import small_convnet
+
+
+def _weights(model):
+    return [v.numpy().copy() for v in model.weights]
+
+
+def _compiled(model, **opt):
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(optimizer=keras_rso.RSO(**opt), loss="sparse_categorical_crossentropy")
+    return trainer
+
+
+def test_model_without_trainable_weights_is_rejected():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.ReLU()])
+    with pytest.raises(ValueError, match="no trainable weights"):
+        keras_rso.RSOModel(model)
+    frozen = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    frozen.trainable = False
+    with pytest.raises(ValueError, match="no trainable weights"):
+        keras_rso.RSOModel(frozen)
+
+
+def test_gradient_optimizer_is_rejected():
+    trainer = keras_rso.RSOModel(small_convnet())
+    with pytest.raises(TypeError, match="keras_rso.RSO"):
+        trainer.compile(optimizer="adam", loss="mse")
+    with pytest.raises(TypeError, match="keras_rso.RSO"):
+        trainer.compile(optimizer=keras.optimizers.SGD(), loss="mse")
+
+
+def test_fit_before_compile_is_rejected(toy_data):
+    x, y = toy_data
+    model = small_convnet()
+    before = _weights(model)
+    with pytest.raises(ValueError, match="compile"):
+        keras_rso.RSOModel(model).fit(x, y, verbose=0)
+    for a, b in zip(before, _weights(model)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_compile_needs_a_loss():
+    with pytest.raises(ValueError, match="loss"):
+        keras_rso.RSOModel(small_convnet()).compile(optimizer=keras_rso.RSO())
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"weights_per_batch": 0}, ValueError, "weights_per_batch"),
+    ({"weights_per_batch": 2.5}, TypeError, "weights_per_batch"),
+    ({"order": "sideways"}, ValueError, "order"),
+    ({"zero_std_sigma": -0.1}, ValueError, "zero_std_sigma"),
+    ({"sigma_scale": -1.0}, ValueError, "sigma_scale"),
+    ({"sigma_scale": float("nan")}, ValueError, "sigma_scale"),
+    ({"seed": "zero"}, TypeError, "seed"),
+])
+def test_out_of_range_options_are_rejected(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        keras_rso.RSO(**kwargs)
+
+
+def test_sigma_annealing_rejects_bad_fraction_and_schedule(toy_data):
+    with pytest.raises(ValueError, match="final_fraction"):
+        keras_rso.callbacks.SigmaAnnealing(final_fraction=0.0)
+    x, y = toy_data
+    model = small_convnet()
+    before = _weights(model)
+    trainer = _compiled(model, weights_per_batch=64)
+    with pytest.raises(ValueError, match="positive finite scale"):
+        trainer.fit(x, y, verbose=0, callbacks=[
+            keras_rso.callbacks.SigmaAnnealing(schedule=lambda e, s: -1.0)])
+    for a, b in zip(before, _weights(model)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_unknown_variables_option_is_rejected(toy_data):
+    x, y = toy_data
+    trainer = keras_rso.RSOModel(small_convnet(), variables=["no/such/weight"])
+    trainer.compile(optimizer=keras_rso.RSO(), loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="no/such/weight"):
+        trainer.fit(x, y, verbose=0)
+
+
+def test_nan_batch_stops_with_step_and_variable_named_and_keeps_last_good_weights(toy_data):
+    x, y = toy_data
+    batches = [(x[i * 32:(i + 1) * 32].copy(), y[i * 32:(i + 1) * 32]) for i in range(4)]
+    batches[2][0][0, 0, 0, 0] = np.nan  # the third batch is poisoned
+    ds = tf.data.Dataset.from_tensor_slices((np.stack([b[0] for b in batches]),
+                                             np.stack([b[1] for b in batches])))
+    model = small_convnet()
+    trainer = _compiled(model, weights_per_batch=4)
+    snapshots = []
+
+    class Snap(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            snapshots.append(_weights(model))
+
+    with pytest.raises(keras_rso.NonFiniteLossError, match=r"train step 2 .*trial 8 of 211, next variable 'sequential\S*/dense\S*/kernel'"):
+        trainer.fit(ds, epochs=1, verbose=0, callbacks=[Snap()])
+    assert len(snapshots) == 2  # steps 0 and 1 completed
+    for a, b in zip(snapshots[-1], _weights(model)):
+        np.testing.assert_array_equal(a, b)
+    assert int(trainer.optimizer.trials.numpy()) == 8
+    # The flag is cleared: training on clean data carries on.
+    clean = tf.data.Dataset.from_tensor_slices((x[:64], y[:64])).batch(32)
+    trainer.fit(clean, epochs=1, steps_per_epoch=2, verbose=0)
+    assert int(trainer.optimizer.trials.numpy()) == 16
+
+
+class NanOutsideUnitBall(keras.layers.Layer):
+    """Scales its input by w; the output is NaN wherever |w| > 1."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1],),
+                                 initializer=keras.initializers.RandomUniform(-0.1, 0.1))
+
+    def call(self, x):
+        return x * self.w + 0.0 * keras.ops.log(1.0 - keras.ops.abs(self.w))
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_non_finite_candidates_are_never_accepted(toy_data, fast_path):
+    x, y = toy_data
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              NanOutsideUnitBall(), keras.layers.Dense(3, activation="softmax")])
+    layer = model.layers[1]
+    trainer = keras_rso.RSOModel(model, fast_path=fast_path)
+    # sigma = 20 x std(w): most candidates leave the unit ball -> NaN loss.
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=16, sigma_scale=20.0),
+                    loss="sparse_categorical_crossentropy")
+    trainer.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    w = layer.w.numpy()
+    assert np.all(np.abs(w) <= 1.0)
+    assert int(trainer.optimizer.weight_updates.numpy()) > 0
+    assert np.isfinite(model.evaluate(x, y, verbose=0))
+
+
+def test_decide_prefers_keep_on_ties_and_never_takes_non_finite():
+    from keras_rso.search import KEEP, MINUS, PLUS, decide
+    nan, inf = float("nan"), float("inf")
+    cases = [((1.0, 0.5, 0.7), PLUS), ((1.0, 0.7, 0.5), MINUS), ((1.0, 1.0, 1.0), KEEP),
+             ((1.0, 0.5, 0.5), PLUS), ((1.0, nan, 0.9), MINUS), ((1.0, -inf, 2.0), KEEP),
+             ((1.0, nan, nan), KEEP), ((1.0, inf, 1.5), KEEP)]
+    for (l0, lp, lm), want in cases:
+        got = int(decide(tf.constant(l0), tf.constant(lp), tf.constant(lm)))
+        assert got == want, ((l0, lp, lm), got, want)
+
+
+def test_wrong_input_shape_raises_before_any_change(toy_data):
+    x, y = toy_data
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation="softmax")])
+    before = _weights(model)
+    trainer = _compiled(model)
+    with pytest.raises(ValueError, match="incompatible|expected|shape"):
+        trainer.fit(np.zeros((64, 9, 9, 1), "float32"), y[:64], verbose=0)
+    for a, b in zip(before, _weights(model)):
+        np.testing.assert_array_equal(a, b)
+
+
+class BatchCentering(keras.layers.Layer):
+    """An unknown layer that mixes samples (subtracts the batch mean)."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return (x - keras.ops.mean(x, axis=0, keepdims=True)) * self.scale
+
+
+def test_unknown_layer_in_a_chain_is_evaluated_per_candidate(toy_data):
+    x, y = toy_data
+    results = {}
+    for fast in (True, False):
+        keras.utils.set_random_seed(7)
+        model = keras.Sequential([
+            keras.Input((8, 8, 1)), keras.layers.Conv2D(3, 3, activation="relu"),
+            BatchCentering(), keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation="softmax")])
+        trainer = keras_rso.RSOModel(model, fast_path=fast)
+        trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=16, seed=1),
+                        loss="sparse_categorical_crossentropy")
+        trainer.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+        results[fast] = _weights(model)
+    for a, b in zip(results[True], results[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
