@@ -90,6 +90,9 @@ class RSOModel(keras.Model):
         self.variable_spec = variables
         self.fast_path = bool(fast_path)
         self.accept_rate_tracker = AcceptRate()
+        # Batches of the repeated training stream to skip at the next fit
+        # start; not a Keras variable, so it is never saved.
+        self._data_offset = tf.Variable(0, dtype=tf.int64, trainable=False)
         if model.built:
             self._check_trainable()
 
@@ -334,17 +337,33 @@ class RSOModel(keras.Model):
             x, y, sample_weight, batch_size=batch_size,
             shuffle=False if isinstance(x, tf.data.Dataset) else shuffle,
             class_weight=class_weight)
+        if self.distribute_strategy.num_replicas_in_sync > 1:
+            raise NotImplementedError(
+                "RSOModel does not train under a multi-replica tf.distribute "
+                "strategy yet: each trial needs a cross-replica reduction "
+                "inside the traced trial loop, which MirroredStrategy does not "
+                "allow. Train on one device (the search is sequential in the "
+                "weights), or use a single-device strategy.")
         if isinstance(adapter, (ArrayDataAdapter, TFDatasetAdapter)):
-            dataset = adapter.get_tf_dataset().repeat()
+            base = adapter.get_tf_dataset().repeat()
+            # The stream resumes where the training state says it stopped:
+            # `_CycleKeeper.on_train_begin` sets the offset to the number of
+            # steps already taken (restored by BackupAndRestore), and the
+            # iterator, created after that, skips them. A resumed fit thus
+            # sees the same batches as an uninterrupted one.
+            offset = self._data_offset
+            dataset = tf.data.Dataset.range(1).flat_map(
+                lambda _: base.skip(offset.read_value()))
         else:
             # Generators and PyDatasets cannot be rewound safely; they are
             # expected to yield enough batches for a cycle.
             dataset = x
-        first = next(iter(adapter.get_tf_dataset())) if not isinstance(
-            dataset, tf.data.Dataset) else next(iter(dataset))
-        if not isinstance(first, tuple):
-            first = (first,)
-        self._ensure_ready(first)
+        if not self.built or not self.model.built:
+            source = dataset if isinstance(dataset, tf.data.Dataset) else adapter.get_tf_dataset()
+            first = next(iter(source))
+            self._ensure_ready(first if isinstance(first, tuple) else (first,))
+        else:
+            self._ensure_ready(None)
         if steps_per_epoch is None:
             steps_per_epoch = self.steps_per_cycle()
         callbacks = list(callbacks or []) + [_CycleKeeper()]
@@ -391,6 +410,7 @@ class _CycleKeeper(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         model = self.model
         opt = model.optimizer
+        model._data_offset.assign(int(opt.iterations.numpy()))
         if int(opt.sigmas_ready.numpy()) == 0:
             opt.initialize_sigmas(model.trainable_variables, model._layer_ids())
 

@@ -1,0 +1,71 @@
+"""An interrupted fit resumes with BackupAndRestore and loses nothing."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_rso
+from conftest import small_convnet
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Simulates a killed job at the start of epoch `at`."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at = at
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def _run(x, y, callbacks, shuffle):
+    keras.utils.set_random_seed(0)
+    model = small_convnet()
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=8, seed=4),
+                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    anneal = keras_rso.callbacks.SigmaAnnealing(0.1)
+    try:
+        trainer.fit(x, y, batch_size=48, epochs=3, shuffle=shuffle, verbose=0,
+                    callbacks=[anneal] + callbacks)
+    except KeyboardInterrupt:
+        pass
+    return model, trainer
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_backup_and_restore_resumes_to_identical_weights(toy_data, tmp_path, shuffle):
+    x, y = toy_data
+    reference, ref_trainer = _run(x, y, [], shuffle)
+    backup = str(tmp_path / "backup")
+    killed, _ = _run(x, y, [keras.callbacks.BackupAndRestore(backup), Interrupt(at=2)], shuffle)
+    assert not all(np.array_equal(a.numpy(), b.numpy())
+                   for a, b in zip(killed.weights, reference.weights))
+    # A fresh process would rebuild everything from scratch: so do we.
+    resumed, trainer = _run(x, y, [keras.callbacks.BackupAndRestore(backup)], shuffle)
+    assert int(trainer.optimizer.cycle.numpy()) == int(ref_trainer.optimizer.cycle.numpy()) == 2
+    assert int(trainer.optimizer.trials.numpy()) == 3 * trainer.trials_per_cycle
+    for a, b in zip(resumed.weights, reference.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_model_checkpoint_keeps_working(toy_data, tmp_path):
+    x, y = toy_data
+    path = str(tmp_path / "best.keras")
+    model, trainer = _run(x, y, [keras.callbacks.ModelCheckpoint(path, monitor="loss")], False)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, keras_rso.RSOModel)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+
+
+def test_multi_replica_strategy_is_refused_clearly(toy_data):
+    x, y = toy_data
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        trainer = keras_rso.RSOModel(small_convnet(bn=False))
+        trainer.compile(optimizer=keras_rso.RSO(), loss="sparse_categorical_crossentropy")
+    with pytest.raises(NotImplementedError, match="multi-replica"):
+        trainer.fit(x, y, verbose=0)
