@@ -11,10 +11,13 @@ Example:
 """
 
 import argparse
+import os
 import functools
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TF start-up logs
+
 from keras_rso import datasets, models
-from keras_rso.experiment import run_gradient
+from keras_rso.experiment import add_common_flags, run_gradient
 
 
 def main(argv=None):
@@ -26,13 +29,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--filters", default="16,16,16", help="CIFAR-10 stage widths")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None,
-                        help="train on the first N images only (smoke runs)")
-    parser.add_argument("--logdir", default=None, help="TensorBoard log directory")
-    parser.add_argument("--save", default=None, help="save the trained model (.keras)")
-    parser.add_argument("--results", default=None, help="write results JSON here")
-    parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+    add_common_flags(parser)
     args = parser.parse_args(argv)
     if args.dataset == "mnist":
         data, build = datasets.load_mnist(limit=args.limit), models.mnist_paper_net

@@ -9,7 +9,10 @@ Example:
 """
 
 import argparse
+import os
 import functools
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TF start-up logs
 
 from keras_rso import datasets, models
 from keras_rso.experiment import add_rso_flags, run_rso

@@ -167,7 +167,6 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--weights-per-batch", type=int, default=weights_per_batch,
                         help="weight trials sharing one mini-batch (K; paper: 1)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--final-fraction", type=float, default=0.1,
                         help="sigma scale at the last cycle (paper: 0.1)")
     parser.add_argument("--order", default="output_to_input",
@@ -176,6 +175,12 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
                         help="stop after N cycles of the --cycles schedule (sweeps)")
     parser.add_argument("--no-bn-refresh", action="store_true",
                         help="keep plain moving-average BN statistics (ablation)")
+    add_common_flags(parser)
+
+
+def add_common_flags(parser):
+    """Adds the flags every example script shares (data, outputs)."""
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None,
                         help="train on the first N images only (smoke runs)")
     parser.add_argument("--logdir", default=None, help="TensorBoard log directory")
