@@ -11,8 +11,8 @@ Example:
 """
 
 import argparse
-import os
 import functools
+import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TF start-up logs
 
