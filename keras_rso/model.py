@@ -10,6 +10,7 @@ import tensorflow as tf
 from keras.src.trainers.data_adapters import array_slicing  # validation_split
 from keras.src.trainers.data_adapters import get_data_adapter
 from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 from keras.src.trainers.data_adapters.tf_dataset_adapter import TFDatasetAdapter
 
 from keras_rso.errors import NonFiniteLossError
@@ -344,7 +345,7 @@ class RSOModel(keras.Model):
                 "inside the traced trial loop, which MirroredStrategy does not "
                 "allow. Train on one device (the search is sequential in the "
                 "weights), or use a single-device strategy.")
-        if isinstance(adapter, (ArrayDataAdapter, TFDatasetAdapter)):
+        if isinstance(adapter, (ArrayDataAdapter, TFDatasetAdapter, PyDatasetAdapter)):
             base = adapter.get_tf_dataset().repeat()
             # The stream resumes where the training state says it stopped:
             # `_CycleKeeper.on_train_begin` sets the offset to the number of
@@ -355,8 +356,8 @@ class RSOModel(keras.Model):
             dataset = tf.data.Dataset.range(1).flat_map(
                 lambda _: base.skip(offset.read_value()))
         else:
-            # Generators and PyDatasets cannot be rewound safely; they are
-            # expected to yield enough batches for a cycle.
+            # A Python generator cannot be rewound: it must yield enough
+            # batches for the epochs asked for (as with `keras.Model.fit`).
             dataset = x
         if not self.built or not self.model.built:
             source = dataset if isinstance(dataset, tf.data.Dataset) else adapter.get_tf_dataset()

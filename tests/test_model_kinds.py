@@ -86,6 +86,35 @@ def test_generator_and_dataset_inputs_are_repeated_for_a_whole_cycle(toy_data):
     assert hist.history["trials"] == [trainer.trials_per_cycle]
 
 
+class Batches(keras.utils.PyDataset):
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return 3
+
+    def __getitem__(self, i):
+        return self.x[i * 64:(i + 1) * 64], self.y[i * 64:(i + 1) * 64]
+
+
+def test_py_dataset_and_generator_inputs(toy_data):
+    x, y = toy_data
+
+    def forever():
+        while True:
+            for i in range(3):
+                yield x[i * 64:(i + 1) * 64], y[i * 64:(i + 1) * 64]
+
+    for data in (Batches(x, y), forever()):  # 3 batches < the 27 steps of a cycle
+        trainer = keras_rso.RSOModel(small_convnet())
+        trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=8),
+                        loss="sparse_categorical_crossentropy")
+        hist = trainer.fit(data, epochs=1, verbose=0)
+        assert trainer.steps_per_cycle() > 3
+        assert hist.history["trials"] == [trainer.trials_per_cycle]
+
+
 def test_real_mnist_subset_accuracy_rises_well_above_chance():
     # Real MNIST images from the Keras cache; a logistic regression on 7x7
     # pooled pixels (500 weights), so six cycles take seconds.
