@@ -46,7 +46,7 @@ def setups(draw):
     )
 
 
-@settings(max_examples=8, deadline=None, derandomize=True,
+@settings(max_examples=6, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(setups())
 def test_invariants_hold_for_random_models_and_options(setup):

@@ -25,7 +25,7 @@ def _run(x, y, callbacks, shuffle):
     keras.utils.set_random_seed(0)
     model = small_convnet()
     trainer = keras_rso.RSOModel(model)
-    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=8, seed=4),
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=32, seed=4),
                     loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     anneal = keras_rso.callbacks.SigmaAnnealing(0.1)
     try:
