@@ -8,9 +8,11 @@ at batch size 256, this times weight trials per second of
 * the naive reference (`naive_reference.py`: 3 full forward passes per trial
   in a tf.function, fresh batch each trial),
 
-after a warm-up that traces the functions. Seconds per cycle are
-sum over variables of (scalars / measured trials-per-second). Every timed
-run tries `--trials` scalars of each variable (all of them when smaller).
+after a warm-up that traces the functions (one traced train function per K;
+only train-step time is counted). Seconds per cycle are the sum over
+variables of (scalars / measured trials-per-second). Each variable is timed
+on `--trials` of its scalars (at least one step of K; all of them when the
+variable is smaller).
 
 Example:
     python benchmarks/bench_speed.py --output docs/results/bench_speed.json
@@ -32,31 +34,43 @@ import keras_rso  # noqa: E402
 from naive_reference import NaiveRSO  # noqa: E402
 
 
-class _EpochTimer(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        self.t0 = time.perf_counter()
+class _StepTimer(keras.callbacks.Callback):
+    """Sums the wall-clock time of the train steps only."""
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.last = time.perf_counter() - self.t0
+    def __init__(self):
+        super().__init__()
+        self.total = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.total += time.perf_counter() - self._t0
 
 
-def time_keras_rso(var_index, k, trials, x, y, batch):
+def time_keras_rso(k, trials, x, y, batch):
+    """Trials per second of every variable, for one K (one traced function)."""
     keras.utils.set_random_seed(0)
     model = keras_rso.models.mnist_paper_net()
-    var = model.trainable_variables[var_index]
-    trainer = keras_rso.RSOModel(model, variables=[var])
+    trainer = keras_rso.RSOModel(model)
     trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=0),
                     loss="sparse_categorical_crossentropy")
-    n = min(trials, int(np.prod(var.shape)))
-    steps = max(1, n // k)
-    timer = _EpochTimer()
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat().prefetch(4)
-    # Epoch 1 traces; epoch 2 (timed) runs `steps` steps of K trials.
-    trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)
-    trainer.optimizer.position.assign(0)
-    trainer.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
-    done = min(steps * k, int(np.prod(var.shape)))
-    return done / timer.last
+    trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # trace
+    schedule = trainer.visit_schedule()
+    start = {}
+    for t, (path, _) in enumerate(schedule):
+        start.setdefault(path, t)
+    rates = {}
+    for v in model.trainable_variables:
+        size = int(np.prod(v.shape))
+        steps = max(1, min(size, max(trials, k)) // k)
+        # Start the step at this variable's first scalar; stay inside it.
+        trainer.optimizer.position.assign(start[v.path])
+        timer = _StepTimer()
+        trainer.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+        rates[v.path] = min(steps * k, size) / timer.total
+    return rates
 
 
 def time_naive(var_index, trials, x, y, batch):
@@ -81,7 +95,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ks", default="1,16,256", help="weights_per_batch values")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--trials", type=int, default=256,
+    parser.add_argument("--trials", type=int, default=128,
                         help="scalars timed per variable and setting")
     parser.add_argument("--output", default=None, help="write results JSON here")
     args = parser.parse_args(argv)
@@ -90,12 +104,13 @@ def main(argv=None):
     (x, y), _ = keras_rso.datasets.load_mnist(limit=4096)
     model = keras_rso.models.mnist_paper_net()
     variables = [(i, v.path, int(np.prod(v.shape))) for i, v in enumerate(model.trainable_variables)]
+    rso = {k: time_keras_rso(k, args.trials, x, y, args.batch_size) for k in ks}
     rows = []
     for i, path, size in variables:
         row = {"variable": path, "scalars": size,
                "naive_trials_per_s": time_naive(i, args.trials, x, y, args.batch_size)}
         for k in ks:
-            row[f"k{k}_trials_per_s"] = time_keras_rso(i, k, args.trials * max(1, k // 16), x, y, args.batch_size)
+            row[f"k{k}_trials_per_s"] = rso[k][path]
         rows.append(row)
         print(json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
 
