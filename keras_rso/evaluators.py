@@ -114,7 +114,7 @@ class FullForwardEvaluator:
                 loss = self.loss_fn(y, y_pred, sample_weight)
             results.append((loss, y_pred))
         (lp, yp), (lm, ym) = results
-        return lp, yp, lm, ym, carried, carried
+        return lp, yp, lm, ym, lambda: carried, lambda: carried
 
 
 def batchnorm_layers(model) -> List[keras.layers.Layer]:
@@ -395,7 +395,11 @@ class ChainEvaluator:
         h_in = mix_in[self.slot[i]] if i in self.slot else inputs[i]
         batch = tf.shape(h_in)[0]
         m = self.next_mixer[i]
-        new_plus, new_minus = dict(), dict()   # cache slot -> candidate value
+        # Cache slot -> function building that slot's value for a candidate.
+        # Only the accepted candidate's are ever built (lazily, in the
+        # caller's switch), so full-size cache tensors are not rewritten
+        # for rejected candidates.
+        new_plus, new_minus = dict(), dict()
         with keras.StatelessScope():
             if kind is not None:
                 k = self.slot[i]
@@ -403,10 +407,11 @@ class ChainEvaluator:
                 c = _output_channel(kind, j, shape)
                 base_c = tf.gather(pre[k], c, axis=-1)[..., None]
                 step = tf.cast(dw, base_c.dtype) * _channel_delta(kind, layer, h_in, j, shape, pre[k])
-                new_plus[("pre", k)] = _replace_channel(pre[k], c, base_c + step)
-                new_minus[("pre", k)] = _replace_channel(pre[k], c, base_c - step)
+                p_c = (base_c + step, base_c - step)
+                new_plus[("pre", k)] = lambda: _replace_channel(pre[k], c, p_c[0])
+                new_minus[("pre", k)] = lambda: _replace_channel(pre[k], c, p_c[1])
                 if i in self.sparse_to:
-                    hc = _activate(layer, tf.concat([base_c + step, base_c - step], 0))
+                    hc = _activate(layer, tf.concat(p_c, 0))
                     for l in range(i + 1, m):
                         hc = self._channel_layer(self.layers[l], hc, c, batch)
                     km = self.slot[m]
@@ -419,13 +424,14 @@ class ChainEvaluator:
                         dpre = mixer.convolution_op(
                             diff, tf.gather(mixer.kernel, [c], axis=2))
                     p_m = tf.concat([pre[km], pre[km]], 0) + dpre
-                    new_plus[("in", km)] = _replace_channel(mix_in[km], c, hc[:batch])
-                    new_minus[("in", km)] = _replace_channel(mix_in[km], c, hc[batch:])
-                    new_plus[("pre", km)], new_minus[("pre", km)] = p_m[:batch], p_m[batch:]
+                    new_plus[("in", km)] = lambda: _replace_channel(mix_in[km], c, hc[:batch])
+                    new_minus[("in", km)] = lambda: _replace_channel(mix_in[km], c, hc[batch:])
+                    new_plus[("pre", km)] = lambda: p_m[:batch]
+                    new_minus[("pre", km)] = lambda: p_m[batch:]
                     y_pred, _ = self._run(m + 1, _activate(mixer, p_m), batch, None)
                 else:
                     h = _activate(layer, tf.concat(
-                        [new_plus[("pre", k)], new_minus[("pre", k)]], 0))
+                        [new_plus[("pre", k)](), new_minus[("pre", k)]()], 0))
                     y_pred, seen = self._run(i + 1, h, batch, m)
             else:
                 _, plus, minus = candidate_values(var, j, dw)
@@ -436,14 +442,21 @@ class ChainEvaluator:
                 y_pred, seen = self._run(i + 1, tf.concat(outs, 0), batch, m)
             if m is not None and ("pre", self.slot[m]) not in new_plus:
                 km = self.slot[m]
-                new_plus[("in", km)], new_minus[("in", km)] = seen[0][:batch], seen[0][batch:]
-                new_plus[("pre", km)], new_minus[("pre", km)] = seen[1][:batch], seen[1][batch:]
+                new_plus[("in", km)] = lambda: seen[0][:batch]
+                new_minus[("in", km)] = lambda: seen[0][batch:]
+                new_plus[("pre", km)] = lambda: seen[1][:batch]
+                new_minus[("pre", km)] = lambda: seen[1][batch:]
             yp, ym = y_pred[:batch], y_pred[batch:]
             lp = self.loss_fn(y, yp, sample_weight)
             lm = self.loss_fn(y, ym, sample_weight)
 
         def updated(new):
-            return (tuple(new.get(("in", k), t) for k, t in enumerate(mix_in)),
-                    tuple(new.get(("pre", k), t) for k, t in enumerate(pre)))
+            def build():
+                # ensure_shape keeps the loop variables' static shapes.
+                return (tuple(tf.ensure_shape(new[("in", s)](), t.shape)
+                              if ("in", s) in new else t for s, t in enumerate(mix_in)),
+                        tuple(tf.ensure_shape(new[("pre", s)](), t.shape)
+                              if ("pre", s) in new else t for s, t in enumerate(pre)))
+            return build
 
         return lp, yp, lm, ym, updated(new_plus), updated(new_minus)

@@ -155,6 +155,8 @@ class TrialLoop:
 
                 def branch():
                     dw = noise * sigmas[v] * scale
+                    # c_plus / c_minus build the caches of a candidate; only
+                    # the chosen one runs (inside the switch below).
                     lp, yp, lm, ym, c_plus, c_minus = self.ev.trial(
                         v, j, dw, fixed, carried, x, y, sample_weight)
                     lp = reduce_across_replicas(lp)
@@ -179,8 +181,8 @@ class TrialLoop:
                         picked = tf.switch_case(
                             tf.cast(choice, tf.int32),
                             [lambda: (tf.identity(loss), y_pred, carried),
-                             lambda: (tf.identity(lp), yp, c_plus),
-                             lambda: (tf.identity(lm), ym, c_minus)])
+                             lambda: (tf.identity(lp), yp, c_plus()),
+                             lambda: (tf.identity(lm), ym, c_minus())])
                         return tuple(picked) + (tf.cast(committed, tf.int64),)
 
                 return branch
