@@ -69,7 +69,10 @@ def time_keras_rso(k, trials, x, y, batch):
         trainer.optimizer.position.assign(start[v.path])
         timer = _StepTimer()
         trainer.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
-        rates[v.path] = min(steps * k, size) / timer.total
+        # Every step makes K trials. For a variable smaller than K the step
+        # runs on into the next variables, so this is the rate of the
+        # trials starting at this variable.
+        rates[v.path] = steps * k / timer.total
     return rates
 
 
