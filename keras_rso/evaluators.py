@@ -109,7 +109,11 @@ class FullForwardEvaluator:
         for value in (plus, minus):
             # The scope substitutes the candidate for the variable and
             # swallows every state update (BN moving statistics, seeds).
-            with keras.StatelessScope(state_mapping=[(var, value)]):
+            # Every trainable variable is mapped, so that weight regularizers
+            # (which read variables through the scope) see the candidate.
+            mapping = [(w, value if w is var else tf.convert_to_tensor(w.value))
+                       for w in self.variables]
+            with keras.StatelessScope(state_mapping=mapping):
                 y_pred = self._forward(x)
                 loss = self.loss_fn(y, y_pred, sample_weight)
             results.append((loss, y_pred))

@@ -144,7 +144,10 @@ class RSOModel(keras.Model):
         searched = {id(v) for v in self.searched_variables()}
         index = [i for i, v in enumerate(all_vars) if id(v) in searched]
         order = self.optimizer.order
-        layers = chain_layers(self.model) if self.fast_path else None
+        # Weight regularizers must see each candidate's value: only the full
+        # forward path evaluates the loss with the candidate substituted.
+        regularized = any(getattr(l, "losses", None) for l in self.model._flatten_layers())
+        layers = chain_layers(self.model) if self.fast_path and not regularized else None
         if layers is not None and order == "output_to_input" and \
                 ChainEvaluator.supports(all_vars, layers):
             ev = ChainEvaluator(layers, all_vars, self._loss_fn)

@@ -114,7 +114,10 @@ class TrialLoop:
         # The base pass's state updates (BN moving statistics) are held
         # back and applied only if its loss is finite: a NaN batch must
         # leave every variable as the last good step left it.
-        with keras.StatelessScope() as scope:
+        # Trainable variables are mapped to their values so that weight
+        # regularizers (which read them through the scope) see them.
+        current = [(v, tf.convert_to_tensor(v.value)) for v in self.variables]
+        with keras.StatelessScope(state_mapping=current) as scope:
             loss0, y_pred0, fixed, carried0 = self.ev.begin(x, y, sample_weight)
         updates = [(v, scope.get_current_value(v)) for v in self.ev.state_variables]
         updates = [(v, value) for v, value in updates if value is not None]

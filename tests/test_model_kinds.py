@@ -135,3 +135,19 @@ def test_real_mnist_subset_accuracy_rises_well_above_chance():
     accs = hist.history["val_accuracy"]
     assert acc0 < 0.2
     assert accs[-1] > 0.6 and accs[-1] > accs[0] + 0.15, (acc0, accs)
+
+
+def test_weight_regularizer_sees_the_candidate(toy_data):
+    x, y = toy_data
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)), keras.layers.Flatten(),
+        keras.layers.Dense(3, activation="softmax",
+                           kernel_regularizer=keras.regularizers.L2(100.0))])
+    norm0 = float(np.sum(model.layers[-1].kernel.numpy() ** 2))
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=16, seed=0),
+                    loss="sparse_categorical_crossentropy")
+    trainer.fit(x, y, batch_size=64, epochs=2, verbose=0)
+    # The heavy L2 term dominates the loss: RSO must shrink the kernel.
+    assert float(np.sum(model.layers[-1].kernel.numpy() ** 2)) < 0.5 * norm0
