@@ -90,16 +90,13 @@ class FullForwardEvaluator:
         self.batchnorms = batchnorm_layers(model)
         self.state_variables = list(model.non_trainable_variables)
 
-    def _forward(self, x):
-        return self.model(x, training=True)
-
     def forward(self, x):
-        """A training-mode pass that applies state updates (BN statistics)."""
-        return self._forward(x)
+        """A training-mode pass (its state updates apply unless in a scope)."""
+        return self.model(x, training=True)
 
     def begin(self, x, y, sample_weight):
         """Base loss with the current weights (the caller keeps its updates)."""
-        y_pred = self._forward(x)
+        y_pred = self.forward(x)
         return self.loss_fn(y, y_pred, sample_weight), y_pred, (), ()
 
     def trial(self, v: int, j, dw, fixed, carried, x, y, sample_weight):
@@ -114,7 +111,7 @@ class FullForwardEvaluator:
             mapping = [(w, value if w is var else tf.convert_to_tensor(w.value))
                        for w in self.variables]
             with keras.StatelessScope(state_mapping=mapping):
-                y_pred = self._forward(x)
+                y_pred = self.forward(x)
                 loss = self.loss_fn(y, y_pred, sample_weight)
             results.append((loss, y_pred))
         (lp, yp), (lm, ym) = results

@@ -69,6 +69,27 @@ def _header(args) -> dict:
     }
 
 
+def _count(model) -> int:
+    return int(sum(np.prod(v.shape) for v in model.trainable_variables))
+
+
+def _finish(model, test, recorder, args, fields: dict) -> dict:
+    """Evaluates on the test set, saves the model, writes the results JSON."""
+    test_loss, test_acc = model.evaluate(*test, batch_size=1000, verbose=0)
+    results = _header(args)
+    results.update(fields)
+    results.update({
+        "per_cycle": recorder.rows,
+        "test_accuracy": float(test_acc), "test_loss": float(test_loss),
+        "seconds": recorder.rows[-1]["seconds"] if recorder.rows else 0.0,
+    })
+    if args.save:
+        model.save(args.save)
+        print(f"Saved the trained model to {args.save}")
+    _write(results, args.results)
+    return results
+
+
 def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
     """Trains `build_model()` with RSO as the example scripts' flags say.
 
@@ -99,24 +120,15 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
     trainer.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.cycles,
                 validation_data=(x_test, y_test), callbacks=callbacks,
                 verbose=args.verbose)
-    test_loss, test_acc = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
-    results = _header(args)
-    results.update({
+    results = _finish(model, (x_test, y_test), recorder, args, {
         "method": "rso",
         "model": model.name,
-        "parameters": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
+        "parameters": _count(model),
         "trials_per_cycle": trainer.trials_per_cycle,
-        "per_cycle": recorder.rows,
-        "test_accuracy": float(test_acc), "test_loss": float(test_loss),
         "weight_updates": int(trainer.optimizer.weight_updates.numpy()),
-        "seconds": recorder.rows[-1]["seconds"] if recorder.rows else 0.0,
     })
-    print(f"Test accuracy after {len(recorder.rows)} cycle(s): {test_acc:.4f}  "
+    print(f"Test accuracy after {len(recorder.rows)} cycle(s): {results['test_accuracy']:.4f}  "
           f"({results['weight_updates']} weight updates, {results['seconds']:.0f} s)")
-    if args.save:
-        model.save(args.save)
-        print(f"Saved the trained model to {args.save}")
-    _write(results, args.results)
     return results
 
 
@@ -140,23 +152,15 @@ def run_gradient(build_model: Callable[[], keras.Model], data, args) -> dict:
     model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
               validation_data=(x_test, y_test), callbacks=callbacks,
               verbose=args.verbose)
-    test_loss, test_acc = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
-    params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
+    params = _count(model)
     steps = int(np.ceil(len(x_train) / args.batch_size))
     for row in recorder.rows:
         row["weight_updates"] = params * steps * row["epoch"]
-    results = _header(args)
-    results.update({
+    results = _finish(model, (x_test, y_test), recorder, args, {
         "method": args.optimizer, "model": model.name, "parameters": params,
-        "per_cycle": recorder.rows, "test_accuracy": float(test_acc),
-        "test_loss": float(test_loss),
         "weight_updates": params * steps * args.epochs,
-        "seconds": recorder.rows[-1]["seconds"] if recorder.rows else 0.0,
     })
-    print(f"Test accuracy after {args.epochs} epoch(s): {test_acc:.4f}")
-    if args.save:
-        model.save(args.save)
-    _write(results, args.results)
+    print(f"Test accuracy after {args.epochs} epoch(s): {results['test_accuracy']:.4f}")
     return results
 
 

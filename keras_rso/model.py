@@ -146,7 +146,7 @@ class RSOModel(keras.Model):
         order = self.optimizer.order
         # Weight regularizers must see each candidate's value: only the full
         # forward path evaluates the loss with the candidate substituted.
-        regularized = any(getattr(l, "losses", None) for l in self.model._flatten_layers())
+        regularized = bool(self.model.losses)
         layers = chain_layers(self.model) if self.fast_path and not regularized else None
         if layers is not None and order == "output_to_input" and \
                 ChainEvaluator.supports(all_vars, layers):
@@ -232,9 +232,6 @@ class RSOModel(keras.Model):
             # before `compile`).
             if hasattr(self.model, "_compile_config"):
                 del self.model._compile_config
-
-    def get_compile_config(self) -> dict:
-        return super().get_compile_config()
 
     def compile_from_config(self, config: dict) -> None:
         """Re-compiles from `get_compile_config()` (used by `load_model`)."""
@@ -334,13 +331,6 @@ class RSOModel(keras.Model):
         a cycle needs. Leave `steps_per_epoch=None` to get exactly one cycle
         per epoch; an explicit value makes epochs and cycles independent.
         """
-        if validation_split and validation_data is None:
-            (x, y, sample_weight), validation_data = array_slicing.train_validation_split(
-                (x, y, sample_weight), validation_split=validation_split)
-        adapter = get_data_adapter(
-            x, y, sample_weight, batch_size=batch_size,
-            shuffle=False if isinstance(x, tf.data.Dataset) else shuffle,
-            class_weight=class_weight)
         if self.distribute_strategy.num_replicas_in_sync > 1:
             raise NotImplementedError(
                 "RSOModel does not train under a multi-replica tf.distribute "
@@ -348,6 +338,13 @@ class RSOModel(keras.Model):
                 "inside the traced trial loop, which MirroredStrategy does not "
                 "allow. Train on one device (the search is sequential in the "
                 "weights), or use a single-device strategy.")
+        if validation_split and validation_data is None:
+            (x, y, sample_weight), validation_data = array_slicing.train_validation_split(
+                (x, y, sample_weight), validation_split=validation_split)
+        adapter = get_data_adapter(
+            x, y, sample_weight, batch_size=batch_size,
+            shuffle=False if isinstance(x, tf.data.Dataset) else shuffle,
+            class_weight=class_weight)
         if isinstance(adapter, (ArrayDataAdapter, TFDatasetAdapter, PyDatasetAdapter)):
             base = adapter.get_tf_dataset().repeat()
             # The stream resumes where the training state says it stopped:
