@@ -13,6 +13,7 @@ from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 from keras.src.trainers.data_adapters.tf_dataset_adapter import TFDatasetAdapter
 
+from keras_rso import distribution
 from keras_rso.errors import NonFiniteLossError
 from keras_rso.evaluators import ChainEvaluator, FullForwardEvaluator, chain_layers
 from keras_rso.metrics import AcceptRate
@@ -38,11 +39,16 @@ def _copy_metrics(metrics):
             for m in metrics]
 
 
-def _unscale(loss):
-    """Undoes Keras' per-replica loss scaling (identity on one device)."""
-    ctx = tf.distribute.get_replica_context()
-    n = ctx.num_replicas_in_sync if ctx is not None else 1
-    return loss * n
+def _reducible(logs: dict) -> dict:
+    """Logs that Keras can reduce across workers.
+
+    Under MultiWorkerMirroredStrategy Keras 3.15 averages each log value
+    with `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars;
+    a length-1 vector reduces to the same scalar.
+    """
+    if not distribution.is_multi_worker():
+        return logs
+    return {k: tf.reshape(v, [1]) for k, v in logs.items()}
 
 
 @keras.saving.register_keras_serializable(package="keras_rso")
@@ -250,7 +256,10 @@ class RSOModel(keras.Model):
         evaluator, visit = self._plan()
         result = TrialLoop(self.optimizer, evaluator, visit)(x, y, sample_weight)
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
-        self._loss_tracker.update_state(_unscale(result.loss), sample_weight=batch)
+        # `result.loss` is already the global batch's loss (summed over
+        # replicas of Keras' replica-scaled losses); the tracker sums its
+        # weight over replicas, so each replica adds it with its share.
+        self._loss_tracker.update_state(result.loss, sample_weight=batch)
         logs = self.compute_metrics(x, y, result.y_pred, sample_weight)
         self.accept_rate_tracker.update_state(result.accepted, result.trials)
         opt = self.optimizer
@@ -258,12 +267,12 @@ class RSOModel(keras.Model):
         logs["sigma_scale"] = tf.convert_to_tensor(opt.sigma_scale)
         logs["weight_updates"] = tf.cast(tf.convert_to_tensor(opt.weight_updates), tf.float32)
         logs["trials"] = tf.cast(tf.convert_to_tensor(opt.trials), tf.float32)
-        return logs
+        return _reducible(logs)
 
     def test_step(self, data):
         logs = super().test_step(data)
         logs.pop(self.accept_rate_tracker.name, None)  # a training-only figure
-        return logs
+        return _reducible(logs)
 
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
@@ -331,13 +340,6 @@ class RSOModel(keras.Model):
         a cycle needs. Leave `steps_per_epoch=None` to get exactly one cycle
         per epoch; an explicit value makes epochs and cycles independent.
         """
-        if self.distribute_strategy.num_replicas_in_sync > 1:
-            raise NotImplementedError(
-                "RSOModel does not train under a multi-replica tf.distribute "
-                "strategy yet: each trial needs a cross-replica reduction "
-                "inside the traced trial loop, which MirroredStrategy does not "
-                "allow. Train on one device (the search is sequential in the "
-                "weights), or use a single-device strategy.")
         if validation_split and validation_data is None:
             (x, y, sample_weight), validation_data = array_slicing.train_validation_split(
                 (x, y, sample_weight), validation_split=validation_split)
@@ -359,12 +361,13 @@ class RSOModel(keras.Model):
             # A Python generator cannot be rewound: it must yield enough
             # batches for the epochs asked for (as with `keras.Model.fit`).
             dataset = x
-        if not self.built or not self.model.built:
-            source = dataset if isinstance(dataset, tf.data.Dataset) else adapter.get_tf_dataset()
+        first = None
+        if isinstance(dataset, tf.data.Dataset) or not self.built or not self.model.built:
+            source = dataset if not isinstance(adapter, ArrayDataAdapter) else adapter.get_tf_dataset()
             first = next(iter(source))
-            self._ensure_ready(first if isinstance(first, tuple) else (first,))
-        else:
-            self._ensure_ready(None)
+            first = first if isinstance(first, tuple) else (first,)
+        self._ensure_ready(first if not (self.built and self.model.built) else None)
+        self._build_batch = first
         if steps_per_epoch is None:
             steps_per_epoch = self.steps_per_cycle()
         callbacks = list(callbacks or []) + [_CycleKeeper()]
@@ -375,6 +378,16 @@ class RSOModel(keras.Model):
             steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
             validation_batch_size=validation_batch_size,
             validation_freq=validation_freq)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds metrics from a peeked batch; under
+        # MultiWorkerMirroredStrategy (Keras 3.15) its peek reduces a tuple
+        # of per-replica tensors, which fails. `fit` already holds a plain
+        # first batch: build from that.
+        batch = getattr(self, "_build_batch", None)
+        if iterator is not None and batch is not None:
+            return super()._maybe_symbolic_build(data_batch=batch)
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # --------------------------------------------------------------- config
     def get_config(self) -> dict:

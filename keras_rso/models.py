@@ -8,20 +8,21 @@ import keras
 from keras import layers
 
 
-def _conv_bn_relu(filters: int, name: str):
+def _conv_bn_relu(filters: int, name: str, synchronized_bn: bool = False):
     # The convolution has no bias: BatchNormalization right after it
     # subtracts the batch mean, which cancels any bias exactly, so RSO
     # trials spent on it would be wasted.
     return [
         layers.Conv2D(filters, 3, padding="same", use_bias=False,
                       kernel_initializer="he_normal", name=f"{name}_conv"),
-        layers.BatchNormalization(name=f"{name}_bn"),
+        layers.BatchNormalization(synchronized=synchronized_bn, name=f"{name}_bn"),
         layers.ReLU(name=f"{name}_relu"),
     ]
 
 
 def mnist_paper_net(input_shape: Tuple[int, int, int] = (28, 28, 1),
                     num_classes: int = 10, filters: int = 16,
+                    synchronized_bn: bool = False,
                     name: str = "rso_mnist_net") -> keras.Sequential:
     """The paper's MNIST network.
 
@@ -36,6 +37,8 @@ def mnist_paper_net(input_shape: Tuple[int, int, int] = (28, 28, 1),
         input_shape: Image shape (H, W, C).
         num_classes: Number of classes.
         filters: Channels of every convolution.
+        synchronized_bn: BatchNormalization over the global batch under a
+            multi-replica `tf.distribute` strategy (TensorFlow backend).
         name: Model name.
 
     Returns:
@@ -43,7 +46,7 @@ def mnist_paper_net(input_shape: Tuple[int, int, int] = (28, 28, 1),
     """
     stack = [keras.Input(input_shape)]
     for i in range(6):
-        stack += _conv_bn_relu(filters, f"block{i + 1}")
+        stack += _conv_bn_relu(filters, f"block{i + 1}", synchronized_bn)
         if i in (1, 3):
             stack.append(layers.AveragePooling2D(2, name=f"pool{i + 1}"))
     stack += [

@@ -60,6 +60,14 @@ class RSO(keras.optimizers.Optimizer):
             accuracy at 47% while training-mode accuracy was 90% (see
             docs/results.md). Between refreshes the moving averages are
             updated once per batch as usual.
+        tolerance: Relative improvement a candidate needs to replace the
+            current weight: it is kept only if its loss is below
+            `loss(w) * (1 - tolerance)`. `0.0` (default) is the paper's
+            argmin. A weight that does not affect the loss (e.g. into a dead
+            ReLU) gives "improvements" made of float32 rounding; `1e-6`
+            ignores those, which also makes a run under `tf.distribute`
+            take the same decisions as on one device (the global loss is
+            then summed in a different order).
         name: Optimizer name.
 
     Example:
@@ -81,6 +89,7 @@ class RSO(keras.optimizers.Optimizer):
         zero_std_sigma: Optional[float] = None,
         sigma_scale: float = 1.0,
         bn_refresh: bool = True,
+        tolerance: float = 0.0,
         name: str = "rso",
         **kwargs,
     ):
@@ -115,6 +124,11 @@ class RSO(keras.optimizers.Optimizer):
                 "`sigma_scale` must be a positive finite float. "
                 f"Received: {sigma_scale}"
             )
+        if not (np.isfinite(tolerance) and 0.0 <= tolerance < 1.0):
+            raise ValueError(
+                "`tolerance` must be a float in [0, 1) (a relative loss "
+                f"improvement, e.g. 1e-6). Received: {tolerance}"
+            )
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"`seed` must be an int. Received: {seed!r}")
         self.weights_per_batch = int(weights_per_batch)
@@ -125,6 +139,7 @@ class RSO(keras.optimizers.Optimizer):
         )
         self.initial_sigma_scale = float(sigma_scale)
         self.bn_refresh = bool(bn_refresh)
+        self.tolerance = float(tolerance)
 
     # ------------------------------------------------------------------ state
     def build(self, variables: Sequence[keras.Variable]) -> None:
@@ -224,6 +239,7 @@ class RSO(keras.optimizers.Optimizer):
             "zero_std_sigma": self.zero_std_sigma,
             "sigma_scale": self.initial_sigma_scale,
             "bn_refresh": self.bn_refresh,
+            "tolerance": self.tolerance,
         }
 
     @classmethod

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_rso import distribution
 from keras_rso.optimizer import RSO
 
 KEEP, PLUS, MINUS = 0, 1, 2
@@ -26,27 +27,20 @@ class StepResult(NamedTuple):
     accepted: tf.Tensor     # trials whose candidate was accepted
 
 
-def decide(loss0, loss_plus, loss_minus):
+def decide(loss0, loss_plus, loss_minus, tolerance: float = 0.0):
     """Chooses among `{w, w + dw, w - dw}` (KEEP, PLUS or MINUS).
 
-    A candidate must be strictly better than the current weight (ties keep
-    `w`), a candidate with a non-finite loss is never taken, and `+dw` wins
-    a tie between the two candidates.
+    A candidate must be strictly better than the current weight, by the
+    relative `tolerance` (ties keep `w`), a candidate with a non-finite
+    loss is never taken, and `+dw` wins a tie between the two candidates.
     """
     inf = tf.constant(np.inf, loss0.dtype)
     lp = tf.where(tf.math.is_finite(loss_plus), loss_plus, inf)
     lm = tf.where(tf.math.is_finite(loss_minus), loss_minus, inf)
-    take_plus = tf.logical_and(lp < loss0, lp <= lm)
-    take_minus = tf.logical_and(lm < loss0, lm < lp)
+    bar = loss0 - tf.cast(tolerance, loss0.dtype) * tf.abs(loss0) if tolerance else loss0
+    take_plus = tf.logical_and(lp < bar, lp <= lm)
+    take_minus = tf.logical_and(lm < bar, lm < lp)
     return tf.where(take_plus, PLUS, tf.where(take_minus, MINUS, KEEP))
-
-
-def reduce_across_replicas(value):
-    """Sums a (replica-scaled) loss over replicas; identity on one device."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is not None and ctx.num_replicas_in_sync > 1:
-        return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
-    return value
 
 
 class TrialLoop:
@@ -77,20 +71,25 @@ class TrialLoop:
         slot = tf.minimum(slot, len(self.visit) - 1)
         return slot, g - tf.gather(self.starts, slot)
 
-    def _refresh_statistics(self, x):
-        def refresh():
-            saved = [bn.momentum for bn in self.ev.batchnorms]
-            try:
-                # Momentum is read when the graph is traced; 0 makes the
-                # update write the batch statistics themselves.
-                for bn in self.ev.batchnorms:
-                    bn.momentum = 0.0
+    def _refreshed_statistics(self, x):
+        """BN moving statistics set to the batch statistics of `x`.
+
+        Returns the new values (one per `evaluator.state_variables`) without
+        writing them, so that the caller can average them across replicas
+        and write them outside control flow.
+        """
+        saved = [bn.momentum for bn in self.ev.batchnorms]
+        try:
+            # Momentum is read when the graph is traced; 0 makes the
+            # update write the batch statistics themselves.
+            for bn in self.ev.batchnorms:
+                bn.momentum = 0.0
+            with keras.StatelessScope() as scope:
                 self.ev.forward(x)
-            finally:
-                for bn, m in zip(self.ev.batchnorms, saved):
-                    bn.momentum = m
-            return tf.constant(True)
-        return refresh
+        finally:
+            for bn, m in zip(self.ev.batchnorms, saved):
+                bn.momentum = m
+        return [_current_or(scope, v) for v in self.ev.state_variables]
 
     def permutation(self, cycle):
         """The random visiting permutation of a cycle (order="random")."""
@@ -105,11 +104,28 @@ class TrialLoop:
         return self._locate(g)
 
     def __call__(self, x, y, sample_weight) -> StepResult:
+        if distribution.num_replicas() > 1:
+            # Collective ops inside a while loop pair up across replicas by
+            # the loop's frame name, and node names differ between the
+            # replicas of one graph. Each replica's step therefore becomes
+            # its own function, not inlined, whose nodes carry the same
+            # names on every replica.
+            step = tf.function(self._step, autograph=False,
+                               experimental_attributes={"_noinline": True})
+            with distribution.collective_batchnorm(self.ev.batchnorms):
+                return step(x, y, sample_weight)
+        return self._step(x, y, sample_weight)
+
+    def _step(self, x, y, sample_weight) -> StepResult:
         opt = self.opt
         k_max = opt.weights_per_batch
         position = tf.convert_to_tensor(opt.position)
         stopped = tf.convert_to_tensor(opt.nonfinite_step) >= 0
         n = tf.clip_by_value(self.total - position, 0, k_max)
+
+        # Every write below happens outside control flow or through
+        # `distribution.assign`, and every loss is summed over replicas,
+        # so the same code runs on one device and under tf.distribute.
 
         # The base pass's state updates (BN moving statistics) are held
         # back and applied only if its loss is finite: a NaN batch must
@@ -119,26 +135,16 @@ class TrialLoop:
         current = [(v, tf.convert_to_tensor(v.value)) for v in self.variables]
         with keras.StatelessScope(state_mapping=current) as scope:
             loss0, y_pred0, fixed, carried0 = self.ev.begin(x, y, sample_weight)
-        updates = [(v, scope.get_current_value(v)) for v in self.ev.state_variables]
-        updates = [(v, value) for v, value in updates if value is not None]
-        loss0 = reduce_across_replicas(loss0)
+        updated = [_current_or(scope, v) for v in self.ev.state_variables]
+        loss0 = distribution.cross_replica_sum(loss0)
         finite = tf.math.is_finite(loss0)
         good = tf.logical_and(finite, tf.logical_not(stopped))
-
-        def apply_updates():
-            for v, value in updates:
-                v.assign(value)
-            return tf.constant(True)
-
-        tf.cond(good, apply_updates, lambda: tf.constant(False))
+        self._write_state(good, updated)
         n = tf.where(good, n, tf.constant(0, tf.int64))
-
-        def flag_nonfinite():
-            opt.nonfinite_step.assign(tf.cast(opt.iterations, tf.int64))
-            return tf.constant(True)
-
-        tf.cond(tf.logical_and(tf.logical_not(finite), tf.logical_not(stopped)),
-                flag_nonfinite, lambda: tf.constant(False))
+        first_bad = tf.logical_and(tf.logical_not(finite), tf.logical_not(stopped))
+        distribution.assign(opt.nonfinite_step, tf.where(
+            first_bad, tf.cast(tf.convert_to_tensor(opt.iterations), tf.int64),
+            tf.convert_to_tensor(opt.nonfinite_step)))
 
         first_trial = tf.convert_to_tensor(opt.trials)
         sigmas = tf.convert_to_tensor(opt.sigmas)
@@ -150,6 +156,8 @@ class TrialLoop:
 
         def body(k, loss, y_pred, carried, accepted_vec, tried_vec):
             slot, j = self.target(position + k, perm)
+            # Keyed on the trial number, so every replica (and a resumed
+            # run) draws the same perturbation.
             noise = tf.random.stateless_normal(
                 [], seed=tf.stack([seed0, first_trial + k]), dtype=tf.float32)
 
@@ -162,9 +170,9 @@ class TrialLoop:
                     # the chosen one runs (inside the switch below).
                     lp, yp, lm, ym, c_plus, c_minus = self.ev.trial(
                         v, j, dw, fixed, carried, x, y, sample_weight)
-                    lp = reduce_across_replicas(lp)
-                    lm = reduce_across_replicas(lm)
-                    choice = decide(loss, lp, lm)
+                    lp = distribution.cross_replica_sum(lp)
+                    lm = distribution.cross_replica_sum(lm)
+                    choice = decide(loss, lp, lm, opt.tolerance)
 
                     def commit():
                         value = tf.convert_to_tensor(var.value)
@@ -174,7 +182,7 @@ class TrialLoop:
                         flat = tf.tensor_scatter_nd_update(
                             tf.reshape(value, [-1]), tf.reshape(j, [1, 1]),
                             tf.reshape(new, [1]))
-                        var.assign(tf.reshape(flat, value.shape))
+                        distribution.assign(var, tf.reshape(flat, value.shape))
                         return tf.constant(True)
 
                     committed = tf.cond(choice != KEEP, commit,
@@ -208,15 +216,38 @@ class TrialLoop:
         accepted = tf.reduce_sum(accepted_vec)
         if opt.bn_refresh and self.ev.batchnorms:
             # The cycle ends with this step: make BN's moving statistics the
-            # batch statistics of the final weights (see `RSO`).
+            # batch statistics of the final weights (see `RSO`). The forward
+            # pass runs only then; the write is unconditional (a no-op
+            # otherwise) so that it stays outside control flow.
             ends_cycle = tf.logical_and(n > 0, position + n >= self.total)
             with tf.control_dependencies([loss]):
-                tf.cond(ends_cycle, self._refresh_statistics(x),
-                        lambda: tf.constant(False))
-        opt.position.assign_add(n)
-        opt.trials.assign_add(n)
-        opt.weight_updates.assign_add(accepted)
-        opt.trials_per_variable.assign_add(tried_vec)
-        opt.updates_per_variable.assign_add(accepted_vec)
-        opt.iterations.assign_add(1)
+                refreshed = tf.cond(
+                    ends_cycle, lambda: self._refreshed_statistics(x),
+                    lambda: [tf.convert_to_tensor(v.value)
+                             for v in self.ev.state_variables])
+            self._write_state(ends_cycle, refreshed)
+        distribution.assign_add(opt.position, n)
+        distribution.assign_add(opt.trials, n)
+        distribution.assign_add(opt.weight_updates, accepted)
+        distribution.assign_add(opt.trials_per_variable, tried_vec)
+        distribution.assign_add(opt.updates_per_variable, accepted_vec)
+        distribution.assign_add(opt.iterations, 1)
         return StepResult(loss, y_pred, n, accepted)
+
+    def _write_state(self, condition, values):
+        """Writes new state-variable values where `condition` holds.
+
+        Replicas' BatchNorm statistics are averaged first, so the copies of
+        a non-synchronized BN layer stay identical across replicas.
+        """
+        for v, value in zip(self.ev.state_variables, values):
+            if value.dtype.is_floating:
+                value = distribution.cross_replica_mean(value)
+            old = tf.convert_to_tensor(v.value)
+            distribution.assign(v, tf.where(condition, tf.cast(value, old.dtype), old))
+
+
+def _current_or(scope, variable):
+    """The value a stateless scope holds for `variable`, else its own."""
+    value = scope.get_current_value(variable)
+    return value if value is not None else tf.convert_to_tensor(variable.value)

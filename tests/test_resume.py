@@ -59,13 +59,3 @@ def test_model_checkpoint_keeps_working(toy_data, tmp_path):
     loaded = keras.models.load_model(path)
     assert isinstance(loaded, keras_rso.RSOModel)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
-
-
-def test_multi_replica_strategy_is_refused_clearly(toy_data):
-    x, y = toy_data
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    with strategy.scope():
-        trainer = keras_rso.RSOModel(small_convnet(bn=False))
-        trainer.compile(optimizer=keras_rso.RSO(), loss="sparse_categorical_crossentropy")
-    with pytest.raises(NotImplementedError, match="multi-replica"):
-        trainer.fit(x, y, verbose=0)

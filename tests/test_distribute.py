@@ -1,0 +1,129 @@
+"""RSO under tf.distribute: MirroredStrategy on two logical CPUs."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_rso
+from conftest import small_convnet
+
+
+def _fit(strategy, x, y, bn=False, tolerance=1e-6, epochs=2, **bn_kwargs):
+    with strategy.scope():
+        model = small_convnet(bn=bn)
+        if bn_kwargs:
+            for layer in model.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    for k, v in bn_kwargs.items():
+                        setattr(layer, k, v)
+        trainer = keras_rso.RSOModel(model)
+        trainer.compile(
+            optimizer=keras_rso.RSO(weights_per_batch=8, seed=3, tolerance=tolerance),
+            loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = trainer.fit(x, y, batch_size=32, epochs=epochs, shuffle=False, verbose=0)
+    return model, trainer, history
+
+
+def _mirrored():
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def test_two_replicas_match_one_device(toy_data):
+    x, y = toy_data
+    single, t1, h1 = _fit(tf.distribute.get_strategy(), x, y)
+    mirrored, t2, h2 = _fit(_mirrored(), x, y)
+    assert t2.distribute_strategy.num_replicas_in_sync == 2
+    assert int(t2.optimizer.weight_updates.numpy()) > 0
+    assert int(t1.optimizer.weight_updates.numpy()) == int(t2.optimizer.weight_updates.numpy())
+    for a, b in zip(single.weights, mirrored.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
+    np.testing.assert_allclose(h1.history["loss"], h2.history["loss"], rtol=1e-6)
+    np.testing.assert_allclose(h1.history["accuracy"], h2.history["accuracy"])
+
+
+def test_replicas_never_diverge_with_batchnorm(toy_data):
+    # Per-replica BN statistics and the paper's exact argmin (tolerance 0):
+    # decisions are still taken on the gathered global loss, identical on
+    # both replicas, and BN moving statistics are averaged.
+    x, y = toy_data
+    model, trainer, history = _fit(_mirrored(), x, y, bn=True, tolerance=0.0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    for v in model.weights:
+        copies = [c.numpy() for c in v._value.values]
+        assert len(copies) == 2
+        np.testing.assert_array_equal(copies[0], copies[1], err_msg=v.path)
+    for v in trainer.optimizer.variables:
+        copies = [c.numpy() for c in v._value.values]
+        np.testing.assert_array_equal(copies[0], copies[1], err_msg=v.path)
+
+
+def test_synchronized_batchnorm_matches_one_device(toy_data):
+    # Global-batch BN statistics inside the trial loop go through the same
+    # gathered sums as the losses.
+    x, y = toy_data
+    single, _, _ = _fit(tf.distribute.get_strategy(), x, y, bn=True, epochs=1, synchronized=True)
+    mirrored, _, _ = _fit(_mirrored(), x, y, bn=True, epochs=1, synchronized=True)
+    for a, b in zip(single.weights, mirrored.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
+
+
+def _free_port_block(n):
+    import socket
+    for _ in range(50):
+        base = np.random.default_rng().integers(20000, 60000)
+        socks = []
+        try:
+            for i in range(n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", int(base) + i))
+                socks.append(s)
+            return int(base)
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free ports")
+
+
+@pytest.mark.timeout(400)
+def test_multi_worker_example_runs_two_workers_in_lockstep(tmp_path):
+    """Two worker processes on localhost (TF_CONFIG) end with equal weights."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "examples" / "multi_worker_rso.py"
+    port = _free_port_block(2)
+    common = ["--workers", "2", "--port", str(port), "--filters", "4",
+              "--limit", "512", "--batch-size", "128", "--weights-per-batch", "128"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    procs = [subprocess.Popen(
+        [sys.executable, str(script), "--index", str(i), *common,
+         "--output", str(tmp_path / f"w{i}.npz")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+    outputs = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=300)
+            outputs.append(out)
+    finally:
+        for p in procs:
+            p.kill()
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+        assert "replicas in sync 2" in out
+    w0, w1 = (np.load(tmp_path / f"w{i}.npz") for i in range(2))
+    assert set(w0) == set(w1)
+    for k in w0:
+        np.testing.assert_array_equal(w0[k], w1[k], err_msg=k)
+    # Training happened: the classifier moved away from its initial value.
+    import keras
+    from keras_rso import models
+    keras.utils.set_random_seed(0)
+    init = models.mnist_paper_net(filters=4)
+    assert not np.array_equal(init.get_layer("classifier").kernel.numpy(),
+                              w0["rso_mnist_net/classifier/kernel"])
