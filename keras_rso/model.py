@@ -100,6 +100,9 @@ class RSOModel(keras.Model):
         # Batches of the repeated training stream to skip at the next fit
         # start; not a Keras variable, so it is never saved.
         self._data_offset = tf.Variable(0, dtype=tf.int64, trainable=False)
+        # Steps of an interrupted epoch still to replay without trials (set
+        # by `_CycleKeeper.on_train_begin`); not saved either.
+        self._replay_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
         if model.built:
             self._check_trainable()
 
@@ -254,7 +257,8 @@ class RSOModel(keras.Model):
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         evaluator, visit = self._plan()
-        result = TrialLoop(self.optimizer, evaluator, visit)(x, y, sample_weight)
+        result = TrialLoop(self.optimizer, evaluator, visit,
+                           replay_steps=self._replay_steps)(x, y, sample_weight)
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
         # `result.loss` is already the global batch's loss (summed over
         # replicas of Keras' replica-scaled losses); the tracker sums its
@@ -370,7 +374,7 @@ class RSOModel(keras.Model):
         self._build_batch = first
         if steps_per_epoch is None:
             steps_per_epoch = self.steps_per_cycle()
-        callbacks = list(callbacks or []) + [_CycleKeeper()]
+        callbacks = [_EpochMark()] + list(callbacks or []) + [_CycleKeeper()]
         return super().fit(
             dataset, epochs=epochs, verbose=verbose, callbacks=callbacks,
             shuffle=False,  # the repeated dataset already reshuffles
@@ -414,17 +418,37 @@ class RSOModel(keras.Model):
         return cls(model, **config)
 
 
+class _EpochMark(keras.callbacks.Callback):
+    """Internal: records where each epoch ends, before any backup is written.
+
+    Added first to the callbacks of `RSOModel.fit`, so that a backup taken at
+    the end of an epoch (`BackupAndRestore`, `ModelCheckpoint`) already says
+    that the next epoch starts here.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        opt = self.model.optimizer
+        opt.epoch_start.assign(opt.iterations)
+
+
 class _CycleKeeper(keras.callbacks.Callback):
-    """Internal: measures sigma at the start and starts cycles on epochs.
+    """Internal: resumes the data stream, measures sigma, starts cycles.
 
     Added last to the callbacks of `RSOModel.fit`, so `BackupAndRestore` has
-    restored the RSO state before sigma would be measured.
+    restored the RSO state before any of this reads it.
     """
 
     def on_train_begin(self, logs=None):
         model = self.model
         opt = model.optimizer
-        model._data_offset.assign(int(opt.iterations.numpy()))
+        # Keras restarts an interrupted epoch from its first step. The
+        # stream restarts with it, at the batch that epoch began with, and
+        # the steps it had already taken are replayed without trials, so
+        # every later step sees the batch it would have seen without the
+        # interruption (exact resume from mid-epoch backups).
+        start = int(opt.epoch_start.numpy())
+        model._replay_steps.assign(max(int(opt.iterations.numpy()) - start, 0))
+        model._data_offset.assign(start)
         if int(opt.sigmas_ready.numpy()) == 0:
             opt.initialize_sigmas(model.trainable_variables, model._layer_ids())
 

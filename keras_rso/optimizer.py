@@ -172,6 +172,10 @@ class RSO(keras.optimizers.Optimizer):
             (max(n, 1),), name="trials_per_variable", **int_kw)
         self.updates_per_variable = self.add_variable(
             (max(n, 1),), name="updates_per_variable", **int_kw)
+        # `iterations` when the current epoch began (set at each epoch's
+        # end): a fit resumed from a mid-epoch backup replays, without
+        # trials, the steps of that epoch it had already taken.
+        self.epoch_start = self.add_variable((), name="epoch_start", **int_kw)
         # Set when a batch had a non-finite base loss; the step that saw it
         # (and every later one) leaves the weights alone.
         self.nonfinite_step = self.add_variable(

@@ -8,7 +8,7 @@ weight.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import keras
 import numpy as np
@@ -51,10 +51,16 @@ class TrialLoop:
         evaluator: A `FullForwardEvaluator` or `ChainEvaluator`.
         visit: Indices into `evaluator.variables`, in the order a cycle
             visits them (output to input for the paper's order).
+        replay_steps: Optional int64 variable; while it is positive, a step
+            only counts it down (no trial, no state change, `iterations`
+            unchanged). A fit resumed mid-epoch uses it to consume the
+            batches the interrupted epoch had already used.
     """
 
-    def __init__(self, optimizer: RSO, evaluator, visit: Sequence[int]):
+    def __init__(self, optimizer: RSO, evaluator, visit: Sequence[int],
+                 replay_steps: Optional[tf.Variable] = None):
         self.opt = optimizer
+        self.replay_steps = replay_steps
         self.ev = evaluator
         self.visit = list(visit)
         self.variables = evaluator.variables
@@ -138,10 +144,13 @@ class TrialLoop:
         updated = [_current_or(scope, v) for v in self.ev.state_variables]
         loss0 = distribution.cross_replica_sum(loss0)
         finite = tf.math.is_finite(loss0)
-        good = tf.logical_and(finite, tf.logical_not(stopped))
+        replaying = (tf.convert_to_tensor(self.replay_steps) > 0
+                     if self.replay_steps is not None else tf.constant(False))
+        active = tf.logical_and(tf.logical_not(stopped), tf.logical_not(replaying))
+        good = tf.logical_and(finite, active)
         self._write_state(good, updated)
         n = tf.where(good, n, tf.constant(0, tf.int64))
-        first_bad = tf.logical_and(tf.logical_not(finite), tf.logical_not(stopped))
+        first_bad = tf.logical_and(tf.logical_not(finite), active)
         distribution.assign(opt.nonfinite_step, tf.where(
             first_bad, tf.cast(tf.convert_to_tensor(opt.iterations), tf.int64),
             tf.convert_to_tensor(opt.nonfinite_step)))
@@ -231,7 +240,12 @@ class TrialLoop:
         distribution.assign_add(opt.weight_updates, accepted)
         distribution.assign_add(opt.trials_per_variable, tried_vec)
         distribution.assign_add(opt.updates_per_variable, accepted_vec)
-        distribution.assign_add(opt.iterations, 1)
+        one = tf.constant(1, tf.int64)
+        distribution.assign_add(opt.iterations, tf.where(
+            replaying, tf.constant(0, tf.int64), one))
+        if self.replay_steps is not None:
+            distribution.assign_add(self.replay_steps, tf.where(
+                replaying, -one, tf.constant(0, tf.int64)))
         return StepResult(loss, y_pred, n, accepted)
 
     def _write_state(self, condition, values):
