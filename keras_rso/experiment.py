@@ -34,11 +34,18 @@ class StopAfter(keras.callbacks.Callback):
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """Keeps every epoch's logs with the cumulative wall-clock time."""
+    """Keeps every epoch's logs with the cumulative wall-clock time.
 
-    def __init__(self):
+    Args:
+        on_row: Called with all rows so far after each epoch (the drivers
+            write a partial results file with it, so a long run that is
+            stopped early still leaves its numbers behind).
+    """
+
+    def __init__(self, on_row: Optional[Callable[[list], None]] = None):
         super().__init__()
         self.rows = []
+        self.on_row = on_row
 
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
@@ -48,6 +55,22 @@ class EpochRecorder(keras.callbacks.Callback):
                "seconds": round(time.perf_counter() - self._start, 2)}
         row.update({k: float(v) for k, v in (logs or {}).items()})
         self.rows.append(row)
+        if self.on_row is not None:
+            self.on_row(self.rows)
+
+
+def _partial_writer(args, fields: dict) -> Callable[[list], None]:
+    """Writes the results file after every epoch, marked incomplete."""
+    def write(rows):
+        if not args.results:
+            return
+        results = _header(args)
+        results.update(fields)
+        results.update({"complete": False, "per_cycle": rows,
+                        "seconds": rows[-1]["seconds"]})
+        with open(args.results, "w") as f:
+            json.dump(results, f, indent=1)
+    return write
 
 
 def _write(results: dict, path: Optional[str]):
@@ -79,6 +102,7 @@ def _finish(model, test, recorder, args, fields: dict) -> dict:
     results = _header(args)
     results.update(fields)
     results.update({
+        "complete": True,
         "per_cycle": recorder.rows,
         "test_accuracy": float(test_acc), "test_loss": float(test_loss),
         "seconds": recorder.rows[-1]["seconds"] if recorder.rows else 0.0,
@@ -108,9 +132,14 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
     trainer = RSOModel(model)
     trainer.compile(
         optimizer=RSO(weights_per_batch=args.weights_per_batch, seed=args.seed,
-                      order=args.order, bn_refresh=not args.no_bn_refresh),
+                      order=args.order, bn_refresh=not args.no_bn_refresh,
+                      tolerance=args.tolerance),
         loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    recorder = EpochRecorder()
+    if args.results:
+        os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
+    recorder = EpochRecorder(_partial_writer(args, {
+        "method": "rso", "model": model.name, "parameters": _count(model),
+        "trials_per_cycle": trainer.trials_per_cycle}))
     callbacks = [SigmaAnnealing(final_fraction=args.final_fraction), recorder]
     if args.stop_after:
         callbacks.append(StopAfter(args.stop_after))
@@ -145,7 +174,11 @@ def run_gradient(build_model: Callable[[], keras.Model], data, args) -> dict:
                  "adam": keras.optimizers.Adam(args.learning_rate)}[args.optimizer]
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    recorder = EpochRecorder()
+    if args.results:
+        os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
+    recorder = EpochRecorder(_partial_writer(args, {
+        "method": args.optimizer, "model": model.name,
+        "parameters": _count(model)}))
     callbacks = [recorder]
     if args.logdir:
         callbacks.append(keras.callbacks.TensorBoard(args.logdir))
@@ -179,6 +212,8 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
                         help="stop after N cycles of the --cycles schedule (sweeps)")
     parser.add_argument("--no-bn-refresh", action="store_true",
                         help="keep plain moving-average BN statistics (ablation)")
+    parser.add_argument("--tolerance", type=float, default=0.0,
+                        help="relative loss improvement a candidate needs (paper: 0)")
     add_common_flags(parser)
 
 
