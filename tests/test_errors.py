@@ -60,6 +60,8 @@ def test_compile_needs_a_loss():
     ({"sigma_scale": -1.0}, ValueError, "sigma_scale"),
     ({"sigma_scale": float("nan")}, ValueError, "sigma_scale"),
     ({"seed": "zero"}, TypeError, "seed"),
+    ({"tolerance": -1e-6}, ValueError, "tolerance"),
+    ({"tolerance": 1.0}, ValueError, "tolerance"),
 ])
 def test_out_of_range_options_are_rejected(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -152,6 +154,14 @@ def test_decide_prefers_keep_on_ties_and_never_takes_non_finite():
     for (l0, lp, lm), want in cases:
         got = int(decide(tf.constant(l0), tf.constant(lp), tf.constant(lm)))
         assert got == want, ((l0, lp, lm), got, want)
+
+
+def test_tolerance_ignores_improvements_below_it():
+    from keras_rso.search import KEEP, MINUS, PLUS, decide
+    l0, tiny, clear = tf.constant(2.0), tf.constant(2.0 - 1e-6), tf.constant(1.9)
+    assert int(decide(l0, tiny, tf.constant(3.0))) == PLUS
+    assert int(decide(l0, tiny, tf.constant(3.0), tolerance=1e-6)) == KEEP
+    assert int(decide(l0, tf.constant(3.0), clear, tolerance=1e-6)) == MINUS
 
 
 def test_wrong_input_shape_raises_before_any_change(toy_data):
