@@ -26,8 +26,12 @@ def main(argv=None):
         accs = " / ".join(f"{100 * row['val_accuracy']:.1f}" for row in r["per_cycle"])
         k = a.get("weights_per_batch", "-")
         extra = " (no BN refresh)" if a.get("no_bn_refresh") else ""
+        cycles = str(len(r["per_cycle"]))
+        if r.get("complete") is False:
+            cycles += f" of {a.get('cycles', a.get('epochs'))} (stopped)"
+        updates = r.get("weight_updates", r["per_cycle"][-1].get("weight_updates", 0))
         print(f"| `{path.split('/')[-1]}` | {r['method']}{extra} | {a['batch_size']} | {k} "
-              f"| {len(r['per_cycle'])} | {accs} | {r['weight_updates']:,} | {r['seconds']:.0f} |")
+              f"| {cycles} | {accs} | {int(updates):,} | {r['seconds']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
 Network: 6 conv 3x3x16 + BatchNorm + ReLU, average pooling after convs 2 and
 4, global average pooling, Dense 10; He-normal init; standardized inputs.
 
+Defaults (batch 1024, 64 weights per batch) are the best measured 5-cycle
+setting on a 2-core CPU: see docs/results.md (about 50 minutes there).
+
 Example:
     python examples/mnist_rso.py --cycles 5 --save mnist.keras --logdir logs/mnist
 """
@@ -21,7 +24,7 @@ from keras_rso.experiment import add_rso_flags, run_rso
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_rso_flags(parser, cycles=5, batch_size=256, weights_per_batch=16)
+    add_rso_flags(parser, cycles=5, batch_size=1024, weights_per_batch=64)
     parser.add_argument("--filters", type=int, default=16,
                         help="channels of every conv layer (paper: 16)")
     parser.add_argument("--fashion", action="store_true",
