@@ -5,7 +5,8 @@ Network: 6 conv 3x3x16 + BatchNorm + ReLU, average pooling after convs 2 and
 4, global average pooling, Dense 10; He-normal init; standardized inputs.
 
 Defaults (batch 1024, 64 weights per batch) are the best measured 5-cycle
-setting on a 2-core CPU: see docs/results.md (about 50 minutes there).
+setting on a 2-core CPU: see docs/results.md (650 s per cycle there, sharing
+the CPU with one other job).
 
 Example:
     python examples/mnist_rso.py --cycles 5 --save mnist.keras --logdir logs/mnist
