@@ -58,7 +58,7 @@ def test_mnist_example_end_to_end(tmp_path):
     assert r["method"] == "rso" and n == 6 * 4 * 2 + 36 + 5 * 144 + 50
     assert [row["trials"] for row in r["per_cycle"]] == [n, 2 * n]
     assert r["test_accuracy"] > 0.2  # chance is 0.1
-    assert "mnist_rso.py" in r["command"]
+    assert "mnist_rso.py" in r["command"] and r["complete"] is True
     model = keras.models.load_model(saved)
     assert model.count_params() == n + 6 * 4 * 2  # + BN moving statistics
     tags = _scalars(logdir)
