@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable, List, Optional, Sequence, Union
 
 import keras
@@ -374,7 +375,9 @@ class RSOModel(keras.Model):
         self._build_batch = first
         if steps_per_epoch is None:
             steps_per_epoch = self.steps_per_cycle()
-        callbacks = [_EpochMark()] + list(callbacks or []) + [_CycleKeeper()]
+        callbacks = list(callbacks or [])
+        backups = [c for c in callbacks if isinstance(c, keras.callbacks.BackupAndRestore)]
+        callbacks = [_EpochMark()] + callbacks + [_CycleKeeper(backups)]
         return super().fit(
             dataset, epochs=epochs, verbose=verbose, callbacks=callbacks,
             shuffle=False,  # the repeated dataset already reshuffles
@@ -438,16 +441,34 @@ class _CycleKeeper(keras.callbacks.Callback):
     restored the RSO state before any of this reads it.
     """
 
+    def __init__(self, backups=()):
+        super().__init__()
+        self.backups = list(backups)
+
+    def _restored_from_backup(self) -> bool:
+        """True if a BackupAndRestore callback has just loaded a backup."""
+        return any(os.path.exists(getattr(
+            b, "_training_metadata_path",
+            os.path.join(b.backup_dir, "training_metadata.json")))
+            for b in self.backups)
+
     def on_train_begin(self, logs=None):
         model = self.model
         opt = model.optimizer
-        # Keras restarts an interrupted epoch from its first step. The
-        # stream restarts with it, at the batch that epoch began with, and
-        # the steps it had already taken are replayed without trials, so
-        # every later step sees the batch it would have seen without the
-        # interruption (exact resume from mid-epoch backups).
-        start = int(opt.epoch_start.numpy())
-        model._replay_steps.assign(max(int(opt.iterations.numpy()) - start, 0))
+        iterations = int(opt.iterations.numpy())
+        if self._restored_from_backup():
+            # Keras restarts an interrupted epoch from its first step. The
+            # stream restarts with it, at the batch that epoch began with,
+            # and the steps it had already taken are replayed without
+            # trials, so every later step sees the batch it would have seen
+            # without the interruption (exact resume from mid-epoch backups).
+            start = int(opt.epoch_start.numpy())
+        else:
+            # A new fit (new data, or going on after an error) starts fresh
+            # epochs where training stands.
+            start = iterations
+            opt.epoch_start.assign(start)
+        model._replay_steps.assign(max(iterations - start, 0))
         model._data_offset.assign(start)
         if int(opt.sigmas_ready.numpy()) == 0:
             opt.initialize_sigmas(model.trainable_variables, model._layer_ids())
