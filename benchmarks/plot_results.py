@@ -41,7 +41,11 @@ def main(argv=None):
         x = [row["epoch"] for row in rows]
         acc = [100 * row["val_accuracy"] for row in rows]
         ax1.plot(x, acc, marker="o", label=label(r))
-        ax2.plot([row["weight_updates"] for row in rows], acc, marker="o", label=label(r))
+        # Partial files of older runs may lack the count: left panel only.
+        counted = [(row["weight_updates"], a) for row, a in zip(rows, acc)
+                   if "weight_updates" in row]
+        if counted:
+            ax2.plot(*zip(*counted), marker="o", label=label(r))
     ax1.set_xlabel("cycle (RSO) / epoch (gradient)")
     ax1.set_ylabel("test accuracy (%)")
     ax2.set_xlabel("weight updates")

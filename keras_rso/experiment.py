@@ -42,10 +42,12 @@ class EpochRecorder(keras.callbacks.Callback):
             stopped early still leaves its numbers behind).
     """
 
-    def __init__(self, on_row: Optional[Callable[[list], None]] = None):
+    def __init__(self, on_row: Optional[Callable[[list], None]] = None,
+                 annotate: Optional[Callable[[dict], None]] = None):
         super().__init__()
         self.rows = []
         self.on_row = on_row
+        self.annotate = annotate
 
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
@@ -54,6 +56,8 @@ class EpochRecorder(keras.callbacks.Callback):
         row = {"epoch": epoch + 1,
                "seconds": round(time.perf_counter() - self._start, 2)}
         row.update({k: float(v) for k, v in (logs or {}).items()})
+        if self.annotate is not None:
+            self.annotate(row)
         self.rows.append(row)
         if self.on_row is not None:
             self.on_row(self.rows)
@@ -176,19 +180,21 @@ def run_gradient(build_model: Callable[[], keras.Model], data, args) -> dict:
                   metrics=["accuracy"])
     if args.results:
         os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
+    params = _count(model)
+    steps = int(np.ceil(len(x_train) / args.batch_size))
+
+    def count_updates(row):
+        row["weight_updates"] = params * steps * row["epoch"]
+
     recorder = EpochRecorder(_partial_writer(args, {
-        "method": args.optimizer, "model": model.name,
-        "parameters": _count(model)}))
+        "method": args.optimizer, "model": model.name, "parameters": params}),
+        annotate=count_updates)
     callbacks = [recorder]
     if args.logdir:
         callbacks.append(keras.callbacks.TensorBoard(args.logdir))
     model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
               validation_data=(x_test, y_test), callbacks=callbacks,
               verbose=args.verbose)
-    params = _count(model)
-    steps = int(np.ceil(len(x_train) / args.batch_size))
-    for row in recorder.rows:
-        row["weight_updates"] = params * steps * row["epoch"]
     results = _finish(model, (x_test, y_test), recorder, args, {
         "method": args.optimizer, "model": model.name, "parameters": params,
         "weight_updates": params * steps * args.epochs,
