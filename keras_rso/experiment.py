@@ -72,18 +72,18 @@ def _partial_writer(args, fields: dict) -> Callable[[list], None]:
         results.update(fields)
         results.update({"complete": False, "per_cycle": rows,
                         "seconds": rows[-1]["seconds"]})
-        with open(args.results, "w") as f:
-            json.dump(results, f, indent=1)
+        _write(results, args.results, announce=False)
     return write
 
 
-def _write(results: dict, path: Optional[str]):
+def _write(results: dict, path: Optional[str], announce: bool = True):
     if not path:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(results, f, indent=1)
-    print(f"Results written to {path}")
+    if announce:
+        print(f"Results written to {path}")
 
 
 def _header(args) -> dict:
@@ -139,8 +139,6 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
                       order=args.order, bn_refresh=not args.no_bn_refresh,
                       tolerance=args.tolerance),
         loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    if args.results:
-        os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     recorder = EpochRecorder(_partial_writer(args, {
         "method": "rso", "model": model.name, "parameters": _count(model),
         "trials_per_cycle": trainer.trials_per_cycle}))
@@ -178,8 +176,6 @@ def run_gradient(build_model: Callable[[], keras.Model], data, args) -> dict:
                  "adam": keras.optimizers.Adam(args.learning_rate)}[args.optimizer]
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    if args.results:
-        os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     params = _count(model)
     steps = int(np.ceil(len(x_train) / args.batch_size))
 
