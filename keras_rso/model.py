@@ -367,9 +367,11 @@ class RSOModel(keras.Model):
             # batches for the epochs asked for (as with `keras.Model.fit`).
             dataset = x
         first = None
-        if isinstance(dataset, tf.data.Dataset) or not self.built or not self.model.built:
-            source = dataset if not isinstance(adapter, ArrayDataAdapter) else adapter.get_tf_dataset()
-            first = next(iter(source))
+        if dataset is not x or not self.built or not self.model.built:
+            # One batch to build from (and for `_maybe_symbolic_build`); the
+            # adapter's own dataset, not the stream above, whose iterator
+            # would first skip every batch a resumed fit has consumed.
+            first = next(iter(adapter.get_tf_dataset()))
             first = first if isinstance(first, tuple) else (first,)
         self._ensure_ready(first if not (self.built and self.model.built) else None)
         self._build_batch = first
