@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Callable, List, Optional, Sequence, Union
 
 import keras
@@ -13,6 +12,7 @@ from keras.src.trainers.data_adapters import get_data_adapter
 from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 from keras.src.trainers.data_adapters.tf_dataset_adapter import TFDatasetAdapter
+from keras.src.utils import file_utils
 
 from keras_rso import distribution
 from keras_rso.errors import NonFiniteLossError
@@ -449,9 +449,11 @@ class _CycleKeeper(keras.callbacks.Callback):
 
     def _restored_from_backup(self) -> bool:
         """True if a BackupAndRestore callback has just loaded a backup."""
-        return any(os.path.exists(getattr(
+        # Keras' own file helpers, as BackupAndRestore uses: its backup_dir
+        # may be a remote path (e.g. gs://) that os.path cannot see.
+        return any(file_utils.exists(getattr(
             b, "_training_metadata_path",
-            os.path.join(b.backup_dir, "training_metadata.json")))
+            file_utils.join(b.backup_dir, "training_metadata.json")))
             for b in self.backups)
 
     def on_train_begin(self, logs=None):
