@@ -40,25 +40,55 @@ class EpochRecorder(keras.callbacks.Callback):
         on_row: Called with all rows so far after each epoch (the drivers
             write a partial results file with it, so a long run that is
             stopped early still leaves its numbers behind).
+        annotate: Called with each new row before it is kept (adds fields).
+        state_path: If given, the rows are also kept in this JSON file and
+            read back when training starts, so a fit resumed by
+            `BackupAndRestore` reports every cycle, not only the resumed
+            ones. Put it inside the backup directory: it then disappears
+            with the backup when training ends.
+
+    Rows of epochs that a resumed fit runs again (the backup predates them)
+    are replaced. After a resume, `seconds` continues from the last kept row:
+    the part of an epoch lost to the interruption is not counted.
     """
 
     def __init__(self, on_row: Optional[Callable[[list], None]] = None,
-                 annotate: Optional[Callable[[dict], None]] = None):
+                 annotate: Optional[Callable[[dict], None]] = None,
+                 state_path: Optional[str] = None):
         super().__init__()
         self.rows = []
         self.on_row = on_row
         self.annotate = annotate
+        self.state_path = state_path
 
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
+        self._offset = 0.0
+        self._resuming = bool(self.state_path) and os.path.exists(self.state_path)
+        if self._resuming:
+            with open(self.state_path) as f:
+                self.rows = json.load(f)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._resuming:
+            # The fit restarts at the backup's epoch: later rows are stale
+            # (written after the backup the fit resumed from).
+            self._resuming = False
+            self.rows = [row for row in self.rows if row["epoch"] <= epoch]
+            self._offset = self.rows[-1]["seconds"] if self.rows else 0.0
+            self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1,
-               "seconds": round(time.perf_counter() - self._start, 2)}
+               "seconds": round(self._offset + time.perf_counter() - self._start, 2)}
         row.update({k: float(v) for k, v in (logs or {}).items()})
         if self.annotate is not None:
             self.annotate(row)
         self.rows.append(row)
+        if self.state_path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.state_path)), exist_ok=True)
+            with open(self.state_path, "w") as f:
+                json.dump(self.rows, f)
         if self.on_row is not None:
             self.on_row(self.rows)
 
@@ -125,7 +155,8 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
         build_model: Returns a fresh, uncompiled Keras model.
         data: `((x_train, y_train), (x_test, y_test))`.
         args: Parsed flags: cycles, batch_size, weights_per_batch, seed,
-            final_fraction, order, logdir, save, results, verbose.
+            final_fraction, order, stop_after, no_bn_refresh, tolerance,
+            backup_dir, backup_every, logdir, save, results, verbose.
 
     Returns:
         The results dictionary (also written to `args.results`).
@@ -139,10 +170,18 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
                       order=args.order, bn_refresh=not args.no_bn_refresh,
                       tolerance=args.tolerance),
         loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    backup_dir = args.backup_dir
     recorder = EpochRecorder(_partial_writer(args, {
         "method": "rso", "model": model.name, "parameters": _count(model),
-        "trials_per_cycle": trainer.trials_per_cycle}))
+        "trials_per_cycle": trainer.trials_per_cycle}),
+        state_path=os.path.join(backup_dir, "results_rows.json") if backup_dir else None)
     callbacks = [SigmaAnnealing(final_fraction=args.final_fraction), recorder]
+    if backup_dir:
+        # After the recorder: if a kill falls between the two epoch-end
+        # writes, the backup is the older one and the recorder's extra row
+        # is dropped on resume (the other order would lose a row).
+        callbacks.append(keras.callbacks.BackupAndRestore(
+            backup_dir, save_freq=args.backup_every or "epoch"))
     if args.stop_after:
         callbacks.append(StopAfter(args.stop_after))
     if args.logdir:
@@ -216,6 +255,11 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
                         help="keep plain moving-average BN statistics (ablation)")
     parser.add_argument("--tolerance", type=float, default=0.0,
                         help="relative loss improvement a candidate needs (paper: 0)")
+    parser.add_argument("--backup-dir", default=None,
+                        help="keep a backup here; rerunning the same command after an "
+                             "interruption resumes where it stopped (removed at the end)")
+    parser.add_argument("--backup-every", type=int, default=0,
+                        help="also back up every N steps inside a cycle (0: at cycle ends)")
     add_common_flags(parser)
 
 

@@ -4,8 +4,10 @@ import json
 import os
 import pathlib
 import runpy
+import re
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -15,9 +17,11 @@ import tensorflow as tf
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
 def _run(script, *args, timeout=400):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
@@ -89,3 +93,44 @@ def test_compare_sgd_and_plot(tmp_path):
     assert r["per_cycle"][1]["weight_updates"] == 2 * r["per_cycle"][0]["weight_updates"]
     _run("benchmarks/plot_results.py", str(results), "--output", str(png), timeout=120)
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def _backed_up_epochs(backup):
+    try:
+        return json.loads((backup / "training_metadata.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):  # not there yet, or being written
+        return 0
+
+
+def test_mnist_example_resumes_after_being_killed(tmp_path):
+    # (Bit-exact resume itself is tested on the API in test_resume.py.)
+    args = ["--cycles", "3", "--limit", "256", "--filters", "4", "--batch-size", "32",
+            "--weights-per-batch", "128", "--verbose", "2",
+            "--results", str(tmp_path / "r.json"), "--backup-dir", str(tmp_path / "backup")]
+
+    backup = tmp_path / "backup"
+    script = str(ROOT / "examples/mnist_rso.py")
+    proc = subprocess.Popen([sys.executable, script, *args], cwd=ROOT,
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while _backed_up_epochs(backup) < 1:  # kill it once cycle 1 is backed up
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no clean-up runs, as when a machine goes away
+    proc.wait()
+    assert backup.exists()
+
+    out = _run("examples/mnist_rso.py", *args)
+    first_epoch = int(re.search(r"Epoch (\d+)/3", out).group(1))
+    assert first_epoch > 1, out  # resumed, not restarted
+    resumed = json.loads((tmp_path / "r.json").read_text())
+    assert resumed["complete"] is True and not backup.exists()
+    assert [row["epoch"] for row in resumed["per_cycle"]] == [1, 2, 3]
+
+    rows = resumed["per_cycle"]
+    n = resumed["trials_per_cycle"]
+    # Counters come from the restored optimizer state: they continue.
+    assert [row["trials"] for row in rows] == [n, 2 * n, 3 * n]
+    assert resumed["weight_updates"] == rows[-1]["weight_updates"] > rows[0]["weight_updates"]
+    assert all(a["seconds"] < b["seconds"] for a, b in zip(rows, rows[1:]))
