@@ -5,8 +5,8 @@ Network: 6 conv 3x3x16 + BatchNorm + ReLU, average pooling after convs 2 and
 4, global average pooling, Dense 10; He-normal init; standardized inputs.
 
 Defaults (batch 1024, 64 weights per batch) are the best measured 5-cycle
-setting on a 2-core CPU: see docs/results.md (650 s per cycle there, sharing
-the CPU with one other job).
+setting on a 2-core CPU: see docs/results.md (615-642 s per cycle there,
+alone on the machine). Add --backup-dir to make a long run resumable.
 
 Example:
     python examples/mnist_rso.py --cycles 5 --save mnist.keras --logdir logs/mnist
