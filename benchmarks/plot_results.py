@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 def label(r):
     a = r["args"]
     if r["method"] == "rso":
-        return f"RSO (batch {a['batch_size']}, K={a['weights_per_batch']})"
+        return f"RSO (batch {a['batch_size']}, K={a['weights_per_batch']}, {a['cycles']}-cycle schedule)"
     return f"{r['method'].upper()} (batch {a['batch_size']}, lr {a['learning_rate']})"
 
 
