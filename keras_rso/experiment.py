@@ -6,6 +6,7 @@ holds the exact command line that produced it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -238,6 +239,13 @@ def run_gradient(build_model: Callable[[], keras.Model], data, args) -> dict:
     return results
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
     """Adds the flags shared by the RSO example scripts."""
     parser.add_argument("--cycles", type=int, default=cycles,
@@ -258,7 +266,7 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
     parser.add_argument("--backup-dir", default=None,
                         help="keep a backup here; rerunning the same command after an "
                              "interruption resumes where it stopped (removed at the end)")
-    parser.add_argument("--backup-every", type=int, default=0,
+    parser.add_argument("--backup-every", type=_non_negative_int, default=0,
                         help="also back up every N steps inside a cycle (0: at cycle ends)")
     add_common_flags(parser)
 

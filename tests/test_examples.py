@@ -125,3 +125,14 @@ def test_compare_sgd_and_plot(tmp_path):
     _run("benchmarks/plot_results.py", str(results), "--output", str(png), timeout=120)
     assert png.read_bytes()[:4] == b"\x89PNG"
 
+
+
+def test_backup_every_must_not_be_negative(capsys):
+    import argparse
+    from keras_rso.experiment import add_rso_flags
+    parser = argparse.ArgumentParser()
+    add_rso_flags(parser, cycles=5, batch_size=1024, weights_per_batch=64)
+    assert parser.parse_args(["--backup-every", "5"]).backup_every == 5
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--backup-every", "-1"])
+    assert "--backup-every: must be >= 0" in capsys.readouterr().err
