@@ -86,10 +86,7 @@ class EpochRecorder(keras.callbacks.Callback):
         if self.annotate is not None:
             self.annotate(row)
         self.rows.append(row)
-        if self.state_path:
-            os.makedirs(os.path.dirname(os.path.abspath(self.state_path)), exist_ok=True)
-            with open(self.state_path, "w") as f:
-                json.dump(self.rows, f)
+        _write(self.rows, self.state_path, announce=False)
         if self.on_row is not None:
             self.on_row(self.rows)
 
@@ -107,12 +104,13 @@ def _partial_writer(args, fields: dict) -> Callable[[list], None]:
     return write
 
 
-def _write(results: dict, path: Optional[str], announce: bool = True):
+def _write(data, path: Optional[str], announce: bool = True):
+    """Writes `data` as JSON to `path` (creating its directory), if a path is given."""
     if not path:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump(results, f, indent=1)
+        json.dump(data, f, indent=1)
     if announce:
         print(f"Results written to {path}")
 

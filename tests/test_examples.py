@@ -1,5 +1,6 @@
 """Smoke runs of the example scripts, as a user runs them (tiny --limit)."""
 
+import argparse
 import json
 import os
 import pathlib
@@ -12,6 +13,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from keras_rso.experiment import add_rso_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -126,10 +129,7 @@ def test_compare_sgd_and_plot(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-
 def test_backup_every_must_not_be_negative(capsys):
-    import argparse
-    from keras_rso.experiment import add_rso_flags
     parser = argparse.ArgumentParser()
     add_rso_flags(parser, cycles=5, batch_size=1024, weights_per_batch=64)
     assert parser.parse_args(["--backup-every", "5"]).backup_every == 5
