@@ -261,11 +261,28 @@ class RSOModel(keras.Model):
         result = TrialLoop(self.optimizer, evaluator, visit,
                            replay_steps=self._replay_steps)(x, y, sample_weight)
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
+        # A step that a resumed fit replays (see `_CycleKeeper`) evaluates
+        # the restored weights on a batch the interrupted epoch had already
+        # used; it must not count in the epoch's loss and metrics. Metrics
+        # compiled with `metrics=` ignore sample weights, so instead every
+        # metric variable is put back to its value before the step.
+        compiled = self._compile_metrics
+        if compiled is not None and not compiled.built:
+            # Keras builds them lazily on first update (without a strategy):
+            # build now, so that their variables are among those restored.
+            compiled.build(y, result.y_pred)
+        metric_vars = [v for m in self.metrics for v in m.variables]
+        before = [tf.identity(v.value) for v in metric_vars]
         # `result.loss` is already the global batch's loss (summed over
         # replicas of Keras' replica-scaled losses); the tracker sums its
         # weight over replicas, so each replica adds it with its share.
-        self._loss_tracker.update_state(result.loss, sample_weight=batch)
-        logs = self.compute_metrics(x, y, result.y_pred, sample_weight)
+        with tf.control_dependencies(before):
+            self._loss_tracker.update_state(result.loss, sample_weight=batch)
+            self.compute_metrics(x, y, result.y_pred, sample_weight)
+        for v, old in zip(metric_vars, before):
+            # Outside control flow, so it also runs per replica.
+            v.assign(tf.where(result.replayed, old, v.value))
+        logs = self.get_metrics_result()
         self.accept_rate_tracker.update_state(result.accepted, result.trials)
         opt = self.optimizer
         logs["accept_rate"] = self.accept_rate_tracker.result()

@@ -25,6 +25,7 @@ class StepResult(NamedTuple):
     y_pred: object          # predictions of the accepted weights
     trials: tf.Tensor       # trials made in this step
     accepted: tf.Tensor     # trials whose candidate was accepted
+    replayed: tf.Tensor     # True for a step a resumed fit only replays
 
 
 def decide(loss0, loss_plus, loss_minus, tolerance: float = 0.0):
@@ -246,7 +247,7 @@ class TrialLoop:
         if self.replay_steps is not None:
             distribution.assign_add(self.replay_steps, tf.where(
                 replaying, -one, tf.constant(0, tf.int64)))
-        return StepResult(loss, y_pred, n, accepted)
+        return StepResult(loss, y_pred, n, accepted, replaying)
 
     def _write_state(self, condition, values):
         """Writes new state-variable values where `condition` holds.

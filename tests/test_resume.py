@@ -35,6 +35,32 @@ class InterruptAtBatch(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated kill")
 
 
+class EpochLogs(keras.callbacks.Callback):
+    """Records the running logs after every batch, and each epoch's logs."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches, self.epochs, self._current = {}, {}, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current = epoch
+        self.batches[epoch] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches[self._current].append(dict(logs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs[epoch] = dict(logs)
+
+
+def _step_values(running, key):
+    """Per-step values from Keras' running means (equal batch sizes)."""
+    means = np.array([logs[key] for logs in running], dtype=np.float64)
+    counts = np.arange(1, len(means) + 1)
+    totals = means * counts
+    return np.diff(totals, prepend=0.0)
+
+
 def _run(x, y, callbacks, shuffle):
     keras.utils.set_random_seed(0)
     model = small_convnet()
@@ -78,18 +104,28 @@ def test_model_checkpoint_keeps_working(toy_data, tmp_path):
 @pytest.mark.parametrize("shuffle", [True])
 def test_resume_from_a_mid_cycle_backup_is_exact(toy_data, tmp_path, shuffle):
     x, y = toy_data
-    reference, ref_trainer = _run(x, y, [], shuffle)
+    ref_logs = EpochLogs()
+    reference, ref_trainer = _run(x, y, [ref_logs], shuffle)
     backup = str(tmp_path / "backup")
     killed, killed_trainer = _run(
         x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1),
                InterruptAtBatch(epoch=1, batch=2)], shuffle)
     # Stopped in the middle of cycle 2.
     assert 0 < int(killed_trainer.optimizer.position.numpy()) < killed_trainer.trials_per_cycle
+    logs = EpochLogs()
     resumed, trainer = _run(
-        x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1)], shuffle)
+        x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1), logs], shuffle)
     assert int(trainer.optimizer.iterations.numpy()) == int(ref_trainer.optimizer.iterations.numpy())
     assert int(trainer.optimizer.trials.numpy()) == 3 * trainer.trials_per_cycle
     assert int(trainer.optimizer.weight_updates.numpy()) == \
         int(ref_trainer.optimizer.weight_updates.numpy())
     for a, b in zip(resumed.weights, reference.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    # The resumed epoch's loss and accuracy average only the steps taken
+    # after the resume: the three replayed steps (batches 0-2, already
+    # used before the kill) do not count.
+    for key in ("loss", "accuracy"):
+        expected = _step_values(ref_logs.batches[1], key)[3:].mean()
+        np.testing.assert_allclose(logs.epochs[1][key], expected, rtol=1e-5, err_msg=key)
+        np.testing.assert_allclose(logs.epochs[2][key], ref_logs.epochs[2][key],
+                                   rtol=1e-6, err_msg=key)
