@@ -15,6 +15,7 @@ import time
 from typing import Callable, Optional
 
 import keras
+from keras.src.utils import file_utils
 import numpy as np
 
 from keras_rso.callbacks import LayerAcceptRates, SigmaAnnealing
@@ -65,10 +66,10 @@ class EpochRecorder(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
         self._offset = 0.0
-        self._resuming = bool(self.state_path) and os.path.exists(self.state_path)
+        self._resuming = bool(self.state_path) and file_utils.exists(self.state_path)
         if self._resuming:
-            with open(self.state_path) as f:
-                self.rows = json.load(f)
+            with file_utils.File(self.state_path) as f:
+                self.rows = json.loads(f.read())
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._resuming:
@@ -108,9 +109,17 @@ def _write(data, path: Optional[str], announce: bool = True):
     """Writes `data` as JSON to `path` (creating its directory), if a path is given."""
     if not path:
         return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1)
+    # Keras' file helpers, as BackupAndRestore uses: the rows file lives in
+    # the backup directory, which may be remote (e.g. gs://).
+    directory = os.path.dirname(path if file_utils.is_remote_path(path)
+                                else os.path.abspath(path))
+    if directory and not file_utils.exists(directory):
+        file_utils.makedirs(directory)
+    if file_utils.is_remote_path(path) and file_utils.exists(path):
+        # Not every filesystem truncates on "w" (TensorFlow's ram:// appends).
+        file_utils.remove(path)
+    with file_utils.File(path, "w") as f:
+        f.write(json.dumps(data, indent=1))
     if announce:
         print(f"Results written to {path}")
 
@@ -173,7 +182,7 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
     recorder = EpochRecorder(_partial_writer(args, {
         "method": "rso", "model": model.name, "parameters": _count(model),
         "trials_per_cycle": trainer.trials_per_cycle}),
-        state_path=os.path.join(backup_dir, "results_rows.json") if backup_dir else None)
+        state_path=file_utils.join(backup_dir, "results_rows.json") if backup_dir else None)
     callbacks = [SigmaAnnealing(final_fraction=args.final_fraction), recorder]
     if backup_dir:
         # After the recorder: if a kill falls between the two epoch-end
