@@ -22,7 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 def label(r):
     a = r["args"]
     if r["method"] == "rso":
-        return f"RSO (batch {a['batch_size']}, K={a['weights_per_batch']}, {a['cycles']}-cycle schedule)"
+        final = a.get("final_fraction", 0.1)
+        return (f"RSO (batch {a['batch_size']}, K={a['weights_per_batch']}, "
+                f"sigma 1\u2192{final:g}x over {a['cycles']} cycles)")
     return f"{r['method'].upper()} (batch {a['batch_size']}, lr {a['learning_rate']})"
 
 

@@ -26,6 +26,9 @@ def main(argv=None):
         accs = " / ".join(f"{100 * row['val_accuracy']:.1f}" for row in r["per_cycle"])
         k = a.get("weights_per_batch", "-")
         extra = " (no BN refresh)" if a.get("no_bn_refresh") else ""
+        final = a.get("final_fraction", 0.1)
+        if r["method"] == "rso" and final != 0.1:
+            extra += f" (sigma to {final:g}x)"
         cycles = str(len(r["per_cycle"]))
         if r.get("complete") is False:
             cycles += f" of {a.get('cycles', a.get('epochs'))} (stopped)"
