@@ -24,13 +24,15 @@ def _rso_optimizer(model):
 class SigmaAnnealing(keras.callbacks.Callback):
     """Scales every variable's sigma per epoch (one epoch = one RSO cycle).
 
-    By default the scale falls linearly from 1 at the first epoch of `fit`
-    to `final_fraction` at the last (the paper uses 1/10), like
+    By default the scale falls linearly from the optimizer's initial scale
+    (`RSO(sigma_scale=...)`, 1 unless set) at the first epoch of `fit` to
+    `final_fraction` times that at the last (the paper uses 1/10), like
     `keras.callbacks.LearningRateScheduler` does for a learning rate. A
     `schedule(epoch, scale) -> scale` replaces the linear rule.
 
     Args:
-        final_fraction: Scale used in the last epoch of `fit`, in (0, 1].
+        final_fraction: Scale used in the last epoch of `fit`, as a fraction
+            of the initial scale, in (0, 1].
         schedule: Optional function of the epoch index (0-based) and the
             current scale returning the new scale.
         verbose: If 1, print the scale at each epoch start.
@@ -54,13 +56,14 @@ class SigmaAnnealing(keras.callbacks.Callback):
         self.schedule = schedule
         self.verbose = verbose
 
-    def linear(self, epoch: int) -> float:
-        """The default schedule: 1 at epoch 0, `final_fraction` at the last."""
+    def linear(self, epoch: int, initial: float = 1.0) -> float:
+        """The default schedule: `initial` at epoch 0, `initial *
+        final_fraction` at the last."""
         epochs = int(self.params.get("epochs") or 1)
         if epochs <= 1:
-            return self.final_fraction
+            return initial * self.final_fraction
         t = min(max(epoch / (epochs - 1), 0.0), 1.0)
-        return 1.0 - (1.0 - self.final_fraction) * t
+        return initial * (1.0 - (1.0 - self.final_fraction) * t)
 
     def on_epoch_begin(self, epoch, logs=None):
         opt = _rso_optimizer(self.model)
@@ -68,7 +71,7 @@ class SigmaAnnealing(keras.callbacks.Callback):
         if self.schedule is not None:
             scale = float(self.schedule(epoch, current))
         else:
-            scale = self.linear(epoch)
+            scale = self.linear(epoch, opt.initial_sigma_scale)
         if not (np.isfinite(scale) and scale > 0):
             raise ValueError(
                 f"The sigma schedule returned {scale} at epoch {epoch}; it "

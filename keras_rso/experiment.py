@@ -163,7 +163,7 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
         build_model: Returns a fresh, uncompiled Keras model.
         data: `((x_train, y_train), (x_test, y_test))`.
         args: Parsed flags: cycles, batch_size, weights_per_batch, seed,
-            final_fraction, order, stop_after, no_bn_refresh, tolerance,
+            sigma_scale, final_fraction, order, stop_after, no_bn_refresh, tolerance,
             backup_dir, backup_every, logdir, save, results, verbose.
 
     Returns:
@@ -175,7 +175,8 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
     trainer = RSOModel(model)
     trainer.compile(
         optimizer=RSO(weights_per_batch=args.weights_per_batch, seed=args.seed,
-                      order=args.order, bn_refresh=not args.no_bn_refresh,
+                      order=args.order, sigma_scale=args.sigma_scale,
+                      bn_refresh=not args.no_bn_refresh,
                       tolerance=args.tolerance),
         loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     backup_dir = args.backup_dir
@@ -260,8 +261,12 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--weights-per-batch", type=int, default=weights_per_batch,
                         help="weight trials sharing one mini-batch (K; paper: 1)")
+    parser.add_argument("--sigma-scale", type=float, default=1.0,
+                        help="sigma scale at the first cycle, a multiple of each "
+                             "layer's initial weight std (paper: 1)")
     parser.add_argument("--final-fraction", type=float, default=0.1,
-                        help="sigma scale at the last cycle (paper: 0.1)")
+                        help="sigma scale at the last cycle, as a fraction of the "
+                             "first cycle's (paper: 0.1)")
     parser.add_argument("--order", default="output_to_input",
                         choices=["output_to_input", "input_to_output", "random"])
     parser.add_argument("--stop-after", type=int, default=None,

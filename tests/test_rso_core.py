@@ -153,6 +153,15 @@ def test_sigma_annealing_reaches_final_fraction_on_last_epoch(toy_data):
     assert float(trainer.optimizer.sigma_scale.numpy()) == pytest.approx(0.1)
 
 
+def test_sigma_annealing_starts_from_the_optimizers_initial_scale(toy_data):
+    # RSO(sigma_scale=2) must not be silently reset to 1 by the callback.
+    x, y = toy_data
+    trainer = _trainer(small_convnet(), k=64, sigma_scale=2.0)
+    hist = trainer.fit(x, y, batch_size=32, epochs=3, verbose=0,
+                       callbacks=[keras_rso.callbacks.SigmaAnnealing(final_fraction=0.1)])
+    np.testing.assert_allclose(hist.history["sigma_scale"], [2.0, 1.1, 0.2], rtol=1e-6)
+
+
 def test_custom_sigma_schedule_is_used(toy_data):
     x, y = toy_data
     trainer = _trainer(small_convnet(), k=64)
