@@ -406,13 +406,18 @@ class RSOModel(keras.Model):
             validation_freq=validation_freq)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras builds metrics from a peeked batch; under
-        # MultiWorkerMirroredStrategy (Keras 3.15) its peek reduces a tuple
-        # of per-replica tensors, which fails. `fit` already holds a plain
-        # first batch: build from that.
+        # `fit` already holds a plain first batch: build the compiled loss
+        # and metrics from it, before the train function is traced, with or
+        # without a strategy. Keras (3.15) defers this to the first trace
+        # when there is no strategy; the metric variables created there
+        # make `tf.function` trace the train step a second time, and an RSO
+        # step is slow to trace (about 33 s for the CIFAR-10 net). Under
+        # MultiWorkerMirroredStrategy, Keras' own peek at the iterator
+        # reduces a tuple of per-replica tensors, which fails.
         batch = getattr(self, "_build_batch", None)
         if iterator is not None and batch is not None:
-            return super()._maybe_symbolic_build(data_batch=batch)
+            with self.distribute_strategy.scope():
+                return self._symbolic_build(data_batch=batch)
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # --------------------------------------------------------------- config

@@ -144,6 +144,24 @@ def test_fast_path_matches_full_forward_path(toy_data, build, k):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_fit_traces_the_search_step_once(toy_data, monkeypatch):
+    # Tracing an RSO step is slow (tens of seconds for a 10-layer net), so
+    # the compiled metrics must exist before the first trace: variables
+    # created inside it make tf.function trace everything a second time.
+    traces = []
+    original = keras_rso.search.TrialLoop.__call__
+
+    def counting(self, *args, **kwargs):
+        traces.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras_rso.search.TrialLoop, "__call__", counting)
+    x, y = toy_data
+    trainer = _trainer(small_convnet(), k=64)
+    trainer.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    assert len(traces) == 1
+
+
 def test_sigma_annealing_reaches_final_fraction_on_last_epoch(toy_data):
     x, y = toy_data
     trainer = _trainer(small_convnet(), k=64)
