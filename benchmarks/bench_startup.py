@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Start-up cost of an RSO fit: tracing and compiling the search step.
+
+An RSO train step unrolls a trial loop with one branch per searched
+variable (the fast chain path adds per-layer code), so its graph is large
+and the first step of a fit, which traces and compiles it, can cost more
+than the steps of a short run together. This times the first train step
+and two steady-state steps of `keras_rso.models.mnist_paper_net` or
+`cifar10_net` on random data, and counts how often the search step was
+traced (it should be once per fit).
+
+Example:
+    python benchmarks/bench_startup.py --net cifar10 --filters 4 --output docs/results/bench_startup_cifar10_f4.json
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+
+import keras_rso
+
+
+class _StepTimes(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seconds.append(time.perf_counter() - self._t0)
+
+
+def measure(net: str, filters: int, k: int, batch: int) -> dict:
+    """First-step and steady-state seconds, and the number of traces."""
+    keras.utils.set_random_seed(0)
+    if net == "mnist":
+        model, shape = keras_rso.models.mnist_paper_net(filters=filters), (28, 28, 1)
+    else:
+        model, shape = keras_rso.models.cifar10_net(filters=(filters,) * 3), (32, 32, 3)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4 * batch, *shape)).astype("float32")
+    y = rng.integers(0, 10, size=4 * batch).astype("int32")
+
+    traces = []
+    original = keras_rso.search.TrialLoop.__call__
+
+    def counting(self, *args, **kwargs):
+        traces.append(1)
+        return original(self, *args, **kwargs)
+
+    keras_rso.search.TrialLoop.__call__ = counting
+    try:
+        trainer = keras_rso.RSOModel(model)
+        trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=0),
+                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        timer = _StepTimes()
+        start = time.perf_counter()
+        trainer.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=3,
+                    verbose=0, callbacks=[timer])
+        fit_seconds = time.perf_counter() - start
+    finally:
+        keras_rso.search.TrialLoop.__call__ = original
+    return {
+        "net": net, "filters": filters, "weights_per_batch": k, "batch_size": batch,
+        "searched_weights": trainer.trials_per_cycle,
+        "search_step_traces": len(traces),
+        "first_step_seconds": round(timer.seconds[0], 2),
+        "later_step_seconds": [round(s, 3) for s in timer.seconds[1:]],
+        "fit_seconds": round(fit_seconds, 2),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--net", choices=["mnist", "cifar10"], default="cifar10")
+    parser.add_argument("--filters", type=int, default=16,
+                        help="channels of every conv layer")
+    parser.add_argument("--weights-per-batch", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--output", default=None, help="write the result JSON here")
+    args = parser.parse_args(argv)
+    result = measure(args.net, args.filters, args.weights_per_batch, args.batch_size)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+    result.update({"command": "python " + " ".join(sys.argv),
+                   "commit": commit.stdout.strip() or None,
+                   "machine": f"{platform.processor() or platform.machine()}, "
+                              f"{os.cpu_count()} cores"})
+    print(json.dumps(result, indent=1))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
