@@ -8,6 +8,8 @@ Example:
 import argparse
 import json
 
+from run_labels import is_paper_schedule, sigma_schedule
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
@@ -26,9 +28,8 @@ def main(argv=None):
         accs = " / ".join(f"{100 * row['val_accuracy']:.1f}" for row in r["per_cycle"])
         k = a.get("weights_per_batch", "-")
         extra = " (no BN refresh)" if a.get("no_bn_refresh") else ""
-        final = a.get("final_fraction", 0.1)
-        if r["method"] == "rso" and final != 0.1:
-            extra += f" (sigma to {final:g}x)"
+        if r["method"] == "rso" and not is_paper_schedule(a):
+            extra += f" ({sigma_schedule(a)})"
         cycles = str(len(r["per_cycle"]))
         if r.get("complete") is False:
             cycles += f" of {a.get('cycles', a.get('epochs'))} (stopped)"
