@@ -33,6 +33,7 @@ def _run(script, *args, timeout=400):
                                     "examples/compare_sgd.py", "examples/multi_worker_rso.py",
                                     "benchmarks/bench_speed.py",
                                     "benchmarks/bench_startup.py",
+                                    "benchmarks/weight_stats.py",
                                     "benchmarks/plot_results.py",
                                     "benchmarks/results_table.py"])
 def test_scripts_have_help(script, capsys, monkeypatch):

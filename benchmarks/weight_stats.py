@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Per-variable standard deviation of saved models, against a fresh one.
+
+RSO draws `dw ~ N(0, sigma_d)` with sigma_d fixed at the start (the std of
+the layer's initial weights). A convolution followed by BatchNormalization
+computes the same function at any scale of its kernel, so when accepted
+steps make a kernel grow, the same sigma becomes a smaller step relative to
+it. This prints each variable's std in the saved models next to the std of
+a freshly initialised copy (same builder, same seed), to show that growth.
+
+Example:
+    python benchmarks/weight_stats.py mnist.keras --output docs/results/weight_stats.json
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import keras
+
+import keras_rso  # noqa: F401  (registers the saved classes)
+from keras_rso import models
+
+
+def stds(model: keras.Model) -> dict:
+    return {"/".join(v.path.split("/")[-2:]): float(keras.ops.std(v.value))
+            for v in model.trainable_variables}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", help=".keras files of the paper's MNIST net")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fresh reference")
+    parser.add_argument("--output", default=None, help="write the table as JSON here")
+    args = parser.parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
+    table = {"initial (fresh, seed %d)" % args.seed: stds(models.mnist_paper_net())}
+    for path in args.models:
+        table[os.path.basename(path)] = stds(keras.saving.load_model(path))
+    names = list(table)
+    print("| variable | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for var in table[names[0]]:
+        print(f"| `{var}` | " + " | ".join(f"{table[n].get(var, float('nan')):.3f}"
+                                           for n in names) + " |")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump({"command": "python " + " ".join(sys.argv), "std": table}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
