@@ -34,6 +34,7 @@ def _run(script, *args, timeout=400):
                                     "benchmarks/bench_speed.py",
                                     "benchmarks/bench_startup.py",
                                     "benchmarks/weight_stats.py",
+                                    "benchmarks/precise_bn.py",
                                     "benchmarks/plot_results.py",
                                     "benchmarks/results_table.py"])
 def test_scripts_have_help(script, capsys, monkeypatch):
