@@ -16,15 +16,14 @@ Example:
 import argparse
 import json
 import os
-import platform
 import subprocess
-import sys
 import time
 
 import keras
 import numpy as np
 
 import keras_rso
+from keras_rso.experiment import provenance, write_json
 
 
 class _StepTimes(keras.callbacks.Callback):
@@ -89,17 +88,14 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--output", default=None, help="write the result JSON here")
     args = parser.parse_args(argv)
-    result = measure(args.net, args.filters, args.weights_per_batch, args.batch_size)
+    result = provenance(args)
+    # The commit matters here: the same command is run before and after a change.
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
-    result.update({"command": "python " + " ".join(sys.argv),
-                   "commit": commit.stdout.strip() or None,
-                   "machine": f"{platform.processor() or platform.machine()}, "
-                              f"{os.cpu_count()} cores"})
+    result["commit"] = commit.stdout.strip() or None
+    result.update(measure(args.net, args.filters, args.weights_per_batch, args.batch_size))
     print(json.dumps(result, indent=1))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=1)
+    write_json(result, args.output)
 
 
 if __name__ == "__main__":

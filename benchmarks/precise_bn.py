@@ -13,15 +13,14 @@ Example:
 """
 
 import argparse
-import json
 import os
-import sys
 
 import keras
 import numpy as np
 
 import keras_rso  # noqa: F401  (registers the saved classes)
 from keras_rso import datasets
+from keras_rso.experiment import provenance, write_json
 
 
 def accuracy(model, x, y) -> float:
@@ -61,10 +60,7 @@ def main(argv=None):
         print(f"{os.path.basename(path)}: test accuracy {saved:.4f} as saved, "
               f"{rows[os.path.basename(path)]['population_bn']:.4f} with BN statistics "
               "over the whole training set")
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump({"command": "python " + " ".join(sys.argv), "test_accuracy": rows},
-                      f, indent=1)
+    write_json({**provenance(args), "test_accuracy": rows}, args.output)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ Example:
 """
 
 import argparse
-import json
 import os
-import sys
 
 import keras
 
 import keras_rso  # noqa: F401  (registers the saved classes)
 from keras_rso import models
+from keras_rso.experiment import provenance, write_json
 
 
 def stds(model: keras.Model) -> dict:
@@ -45,9 +44,7 @@ def main(argv=None):
     for var in table[names[0]]:
         print(f"| `{var}` | " + " | ".join(f"{table[n].get(var, float('nan')):.3f}"
                                            for n in names) + " |")
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump({"command": "python " + " ".join(sys.argv), "std": table}, f, indent=1)
+    write_json({**provenance(args), "std": table}, args.output)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ class EpochRecorder(keras.callbacks.Callback):
         if self.annotate is not None:
             self.annotate(row)
         self.rows.append(row)
-        _write(self.rows, self.state_path, announce=False)
+        write_json(self.rows, self.state_path, announce=False)
         if self.on_row is not None:
             self.on_row(self.rows)
 
@@ -97,15 +97,15 @@ def _partial_writer(args, fields: dict) -> Callable[[list], None]:
     def write(rows):
         if not args.results:
             return
-        results = _header(args)
+        results = provenance(args)
         results.update(fields)
         results.update({"complete": False, "per_cycle": rows,
                         "seconds": rows[-1]["seconds"]})
-        _write(results, args.results, announce=False)
+        write_json(results, args.results, announce=False)
     return write
 
 
-def _write(data, path: Optional[str], announce: bool = True):
+def write_json(data, path: Optional[str], announce: bool = True):
     """Writes `data` as JSON to `path` (creating its directory), if a path is given."""
     if not path:
         return
@@ -124,7 +124,9 @@ def _write(data, path: Optional[str], announce: bool = True):
         print(f"Results written to {path}")
 
 
-def _header(args) -> dict:
+def provenance(args) -> dict:
+    """The command, its parsed flags and the software/machine it ran on,
+    recorded at the top of every results file (examples and benchmarks)."""
     return {
         "command": "python " + " ".join(sys.argv),
         "args": vars(args),
@@ -141,7 +143,7 @@ def _count(model) -> int:
 def _finish(model, test, recorder, args, fields: dict) -> dict:
     """Evaluates on the test set, saves the model, writes the results JSON."""
     test_loss, test_acc = model.evaluate(*test, batch_size=1000, verbose=0)
-    results = _header(args)
+    results = provenance(args)
     results.update(fields)
     results.update({
         "complete": True,
@@ -152,7 +154,7 @@ def _finish(model, test, recorder, args, fields: dict) -> dict:
     if args.save:
         model.save(args.save)
         print(f"Saved the trained model to {args.save}")
-    _write(results, args.results)
+    write_json(results, args.results)
     return results
 
 
