@@ -4,18 +4,22 @@ Kept free of TensorFlow imports so that the table and plot scripts start fast.
 """
 
 
-def sigma_schedule(args: dict) -> str:
-    """The sigma scale of an RSO run, first and last cycle: e.g. "sigma 2→1x".
+def sigma_scales(args: dict) -> tuple:
+    """The sigma scale of an RSO run at its first and last cycle.
 
     Files written before `--sigma-scale` existed started at 1x; before
     `--final-fraction` existed they ended at the paper's 0.1x.
     """
     start = float(args.get("sigma_scale", 1.0))
-    end = start * float(args.get("final_fraction", 0.1))
+    return start, start * float(args.get("final_fraction", 0.1))
+
+
+def sigma_schedule(args: dict) -> str:
+    """The sigma schedule as a label, e.g. "sigma 2→1x"."""
+    start, end = sigma_scales(args)
     return f"sigma {start:g}\u2192{end:.2g}x"
 
 
 def is_paper_schedule(args: dict) -> bool:
     """Whether a run used the paper's sigma: 1x annealed to 0.1x."""
-    return (float(args.get("sigma_scale", 1.0)) == 1.0
-            and float(args.get("final_fraction", 0.1)) == 0.1)
+    return sigma_scales(args) == (1.0, 0.1)
