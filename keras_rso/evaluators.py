@@ -198,8 +198,7 @@ def _is_channelwise(layer) -> bool:
     """True if output channel c depends only on input channel c."""
     t = type(layer)
     if t is keras.layers.BatchNormalization:
-        return (layer.axis in (-1, len(layer.input.shape) - 1)
-                and not layer.synchronized and not getattr(layer, "renorm", False))
+        return _is_plain_batchnorm(layer)
     if t in (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU):
         return True
     if t is keras.layers.Activation:
@@ -250,6 +249,42 @@ def _channel_delta(kind: str, layer, x, j, shape, like):
     channel = tf.gather(x, cin, axis=-1)[..., None]
     onehot = tf.reshape(tf.one_hot(tap, kh_ * kw_, dtype=x.dtype), (kh_, kw_, 1, 1))
     return layer.convolution_op(channel, onehot)
+
+
+def _is_plain_batchnorm(layer) -> bool:
+    """BatchNormalization that `_candidates_batchnorm` reproduces exactly."""
+    return (type(layer) is keras.layers.BatchNormalization
+            and layer.axis in (-1, len(layer.input.shape) - 1)
+            and not layer.synchronized and not getattr(layer, "renorm", False)
+            and layer.compute_dtype == "float32")
+
+
+def _candidates_batchnorm(layer, h, batch, channel=None):
+    """Training-mode BatchNormalization of two stacked candidates.
+
+    `h` holds the two candidates' activations along the batch axis; each
+    half is normalised with its own batch statistics, as calling the layer
+    on each half would do, but without building the moving-statistics
+    update that a trial throws away. The step's graph holds a copy of the
+    network's tail for every searched variable, so the ops saved here are
+    saved many times over in tracing and graph optimisation. `channel`
+    picks one channel of the layer's parameters when `h` carries only it.
+    """
+    def param(v):
+        return tf.gather(v, channel) if channel is not None else tf.convert_to_tensor(v)
+
+    gamma = param(layer.gamma) if layer.scale else None
+    beta = param(layer.beta) if layer.center else None
+    if not layer.trainable:
+        # A frozen BatchNormalization uses its moving statistics even in
+        # training mode, so it treats samples independently.
+        return tf.nn.batch_normalization(h, param(layer.moving_mean),
+                                         param(layer.moving_variance),
+                                         beta, gamma, layer.epsilon)
+    two = tf.reshape(h, tf.concat([[2, batch], tf.shape(h)[1:]], 0))
+    mean, var = tf.nn.moments(two, axes=list(range(1, len(h.shape))), keepdims=True)
+    out = tf.nn.batch_normalization(two, mean, var, beta, gamma, layer.epsilon)
+    return tf.ensure_shape(tf.reshape(out, tf.shape(h)), h.shape)
 
 
 def _replace_channel(t, c, new):
@@ -313,6 +348,7 @@ class ChainEvaluator:
                     and all(_is_channelwise(l) for l in self.layers[i + 1:m])):
                 self.sparse_to[i] = m
         self.per_sample = [type(l) in PER_SAMPLE_LAYERS for l in self.layers]
+        self.plain_bn = [_is_plain_batchnorm(l) for l in self.layers]
         self.batchnorms = [b for l in self.layers for b in batchnorm_layers(l)]
         self.state_variables = [v for l in self.layers for v in l.non_trainable_variables]
 
@@ -367,6 +403,8 @@ class ChainEvaluator:
                 h = _activate(layer, p)
             elif self.per_sample[i]:
                 h = layer(h, training=True)
+            elif self.plain_bn[i]:
+                h = _candidates_batchnorm(layer, h, batch)
             else:
                 h = tf.concat([layer(h[:batch], training=True),
                                layer(h[batch:], training=True)], axis=0)
@@ -376,17 +414,7 @@ class ChainEvaluator:
         """Applies a channel-wise layer to channel `c` only, per candidate."""
         if type(layer) is not keras.layers.BatchNormalization:
             return layer(h, training=True)
-        gamma = tf.gather(layer.gamma, c) if layer.scale else None
-        beta = tf.gather(layer.beta, c) if layer.center else None
-        if layer.trainable:
-            two = tf.reshape(h, tf.concat([[2, batch], tf.shape(h)[1:]], 0))
-            axes = list(range(1, len(h.shape) + 1))
-            mean, var = tf.nn.moments(two, axes=axes[:-1], keepdims=True)
-            out = tf.nn.batch_normalization(two, mean, var, beta, gamma, layer.epsilon)
-            return tf.reshape(out, tf.shape(h))
-        mean = tf.gather(layer.moving_mean, c)
-        var = tf.gather(layer.moving_variance, c)
-        return tf.nn.batch_normalization(h, mean, var, beta, gamma, layer.epsilon)
+        return _candidates_batchnorm(layer, h, batch, channel=c)
 
     def trial(self, v: int, j, dw, fixed, carried, x, y, sample_weight):
         inputs = fixed

@@ -131,7 +131,16 @@ def test_trials_never_touch_batchnorm_moving_statistics(toy_data):
     np.testing.assert_allclose(bn.moving_variance.numpy(), bn_ref.moving_variance.numpy(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("build,k", [(small_convnet, 8), (deeper_convnet, 64)])
+def _deeper_convnet_with_frozen_bn():
+    # A frozen BatchNormalization normalises with its moving statistics even
+    # in training mode; the fast path's own BN code must do the same.
+    model = deeper_convnet()
+    model.layers[5].trainable = False
+    return model
+
+
+@pytest.mark.parametrize("build,k", [(small_convnet, 8), (deeper_convnet, 64),
+                                     (_deeper_convnet_with_frozen_bn, 64)])
 def test_fast_path_matches_full_forward_path(toy_data, build, k):
     x, y = toy_data
     weights = {}
