@@ -24,7 +24,7 @@ called once per candidate, so each candidate keeps its own batch statistics.
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -53,6 +53,28 @@ PER_SAMPLE_LAYERS = tuple(
     )
     if hasattr(_L, name)
 )
+
+
+class Trial(NamedTuple):
+    """What an evaluator returns for one trial.
+
+    The caches an evaluator carries between trials (`carried`) can be large,
+    so a trial names only the entries a candidate would change: `kept`
+    holds their current values, `plus()` / `minus()` build them for each
+    candidate (only the accepted one is ever built, inside the caller's
+    switch), and `merge(entries)` returns the whole carried state with
+    those entries replaced. Passing only the changed entries through the
+    accept/reject switch keeps the traced step small.
+    """
+
+    loss_plus: tf.Tensor
+    y_plus: object
+    loss_minus: tf.Tensor
+    y_minus: object
+    kept: tuple
+    plus: Callable[[], tuple]
+    minus: Callable[[], tuple]
+    merge: Callable[[tuple], object]
 
 
 def _flat_update(value: tf.Tensor, j: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
@@ -115,7 +137,7 @@ class FullForwardEvaluator:
                 loss = self.loss_fn(y, y_pred, sample_weight)
             results.append((loss, y_pred))
         (lp, yp), (lm, ym) = results
-        return lp, yp, lm, ym, lambda: carried, lambda: carried
+        return Trial(lp, yp, lm, ym, (), tuple, tuple, lambda _: carried)
 
 
 def batchnorm_layers(model) -> List[keras.layers.Layer]:
@@ -479,13 +501,17 @@ class ChainEvaluator:
             lp = self.loss_fn(y, yp, sample_weight)
             lm = self.loss_fn(y, ym, sample_weight)
 
-        def updated(new):
-            def build():
-                # ensure_shape keeps the loop variables' static shapes.
-                return (tuple(tf.ensure_shape(new[("in", s)](), t.shape)
-                              if ("in", s) in new else t for s, t in enumerate(mix_in)),
-                        tuple(tf.ensure_shape(new[("pre", s)](), t.shape)
-                              if ("pre", s) in new else t for s, t in enumerate(pre)))
-            return build
+        keys = sorted(new_plus)
+        kept = tuple((mix_in if part == "in" else pre)[s] for part, s in keys)
 
-        return lp, yp, lm, ym, updated(new_plus), updated(new_minus)
+        def build(new):
+            # ensure_shape keeps the loop variables' static shapes.
+            return lambda: tuple(tf.ensure_shape(new[key](), t.shape)
+                                 for key, t in zip(keys, kept))
+
+        def merge(entries):
+            value = dict(zip(keys, entries))
+            return (tuple(value.get(("in", s), t) for s, t in enumerate(mix_in)),
+                    tuple(value.get(("pre", s), t) for s, t in enumerate(pre)))
+
+        return Trial(lp, yp, lm, ym, kept, build(new_plus), build(new_minus), merge)

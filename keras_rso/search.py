@@ -176,35 +176,35 @@ class TrialLoop:
 
                 def branch():
                     dw = noise * sigmas[v] * scale
-                    # c_plus / c_minus build the caches of a candidate; only
-                    # the chosen one runs (inside the switch below).
-                    lp, yp, lm, ym, c_plus, c_minus = self.ev.trial(
-                        v, j, dw, fixed, carried, x, y, sample_weight)
-                    lp = distribution.cross_replica_sum(lp)
-                    lm = distribution.cross_replica_sum(lm)
+                    trial = self.ev.trial(v, j, dw, fixed, carried, x, y, sample_weight)
+                    lp = distribution.cross_replica_sum(trial.loss_plus)
+                    lm = distribution.cross_replica_sum(trial.loss_minus)
                     choice = decide(loss, lp, lm, opt.tolerance)
 
-                    def commit():
-                        value = tf.convert_to_tensor(var.value)
-                        w = tf.gather(tf.reshape(value, [-1]), j)
-                        sign = tf.where(choice == PLUS, 1.0, -1.0)
-                        new = w + tf.cast(sign, value.dtype) * tf.cast(dw, value.dtype)
-                        flat = tf.tensor_scatter_nd_update(
-                            tf.reshape(value, [-1]), tf.reshape(j, [1, 1]),
-                            tf.reshape(new, [1]))
-                        distribution.assign(var, tf.reshape(flat, value.shape))
-                        return tf.constant(True)
+                    def keep():
+                        return tf.identity(loss), y_pred, trial.kept
 
-                    committed = tf.cond(choice != KEEP, commit,
-                                        lambda: tf.constant(False))
-                    # Later trials must read the committed weight.
-                    with tf.control_dependencies([committed]):
-                        picked = tf.switch_case(
-                            tf.cast(choice, tf.int32),
-                            [lambda: (tf.identity(loss), y_pred, carried),
-                             lambda: (tf.identity(lp), yp, c_plus()),
-                             lambda: (tf.identity(lm), ym, c_minus())])
-                        return tuple(picked) + (tf.cast(committed, tf.int64),)
+                    def take(sign, candidate_loss, candidate_y_pred, entries):
+                        def apply():
+                            # Later trials read the committed weight: the
+                            # next iteration runs on this switch's outputs.
+                            value = tf.convert_to_tensor(var.value)
+                            w = tf.gather(tf.reshape(value, [-1]), j)
+                            new = w + tf.cast(sign * dw, value.dtype)
+                            flat = tf.tensor_scatter_nd_update(
+                                tf.reshape(value, [-1]), tf.reshape(j, [1, 1]),
+                                tf.reshape(new, [1]))
+                            distribution.assign(var, tf.reshape(flat, value.shape))
+                            return tf.identity(candidate_loss), candidate_y_pred, entries()
+                        return apply
+
+                    # Only the chosen candidate's cache entries are built.
+                    new_loss, new_y_pred, entries = tf.switch_case(
+                        tf.cast(choice, tf.int32),
+                        [keep, take(1.0, lp, trial.y_plus, trial.plus),
+                         take(-1.0, lm, trial.y_minus, trial.minus)])
+                    return (new_loss, new_y_pred, trial.merge(entries),
+                            tf.cast(choice != KEEP, tf.int64))
 
                 return branch
 
