@@ -6,8 +6,9 @@ variable (the fast chain path adds per-layer code), so its graph is large
 and the first step of a fit, which traces and compiles it, can cost more
 than the steps of a short run together. This times the first train step
 and two steady-state steps of `keras_rso.models.mnist_paper_net` or
-`cifar10_net` on random data, and counts how often the search step was
-traced (it should be once per fit).
+`cifar10_net` on random data, counts how often the search step was traced
+(it should be once per fit) and the nodes of the traced graph, a measure of
+its size that does not depend on the machine's load.
 
 Example:
     python benchmarks/bench_startup.py --net cifar10 --filters 4 --output docs/results/bench_startup_cifar10_f4.json
@@ -21,6 +22,7 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 import keras_rso
 from keras_rso.experiment import provenance, write_json
@@ -38,6 +40,15 @@ class _StepTimes(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._t0)
 
 
+def graph_nodes(graph) -> int:
+    """Nodes of a traced train function, its nested functions included.
+
+    Unlike seconds, this does not depend on what else the machine runs.
+    """
+    graph_def = graph.as_graph_def()
+    return len(graph_def.node) + sum(len(f.node_def) for f in graph_def.library.function)
+
+
 def measure(net: str, filters: int, k: int, batch: int) -> dict:
     """First-step and steady-state seconds, and the number of traces."""
     keras.utils.set_random_seed(0)
@@ -49,11 +60,11 @@ def measure(net: str, filters: int, k: int, batch: int) -> dict:
     x = rng.normal(size=(4 * batch, *shape)).astype("float32")
     y = rng.integers(0, 10, size=4 * batch).astype("int32")
 
-    traces = []
+    traces = []  # the graph each trace of the search step was built in
     original = keras_rso.search.TrialLoop.__call__
 
     def counting(self, *args, **kwargs):
-        traces.append(1)
+        traces.append(tf.compat.v1.get_default_graph())
         return original(self, *args, **kwargs)
 
     keras_rso.search.TrialLoop.__call__ = counting
@@ -72,6 +83,7 @@ def measure(net: str, filters: int, k: int, batch: int) -> dict:
         "net": net, "filters": filters, "weights_per_batch": k, "batch_size": batch,
         "searched_weights": trainer.trials_per_cycle,
         "search_step_traces": len(traces),
+        "graph_nodes": graph_nodes(traces[0]),
         "first_step_seconds": round(timer.seconds[0], 2),
         "later_step_seconds": [round(s, 3) for s in timer.seconds[1:]],
         "fit_seconds": round(fit_seconds, 2),
@@ -89,9 +101,11 @@ def main(argv=None):
     parser.add_argument("--output", default=None, help="write the result JSON here")
     args = parser.parse_args(argv)
     result = provenance(args)
-    # The commit matters here: the same command is run before and after a change.
+    # The commit matters here: the same command is run before and after a
+    # change. It is the commit of the keras_rso being measured, which may be
+    # another checkout's (PYTHONPATH=<worktree>).
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+                            text=True, cwd=os.path.dirname(os.path.abspath(keras_rso.__file__)))
     result["commit"] = commit.stdout.strip() or None
     result.update(measure(args.net, args.filters, args.weights_per_batch, args.batch_size))
     print(json.dumps(result, indent=1))
