@@ -35,7 +35,7 @@ def main(argv=None):
     parser.add_argument("--output", required=True, help="PNG file to write")
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5.5))
     for path in args.results:
         with open(path) as f:
             r = json.load(f)
@@ -54,10 +54,15 @@ def main(argv=None):
     ax2.set_xscale("log")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    # One legend under both panels: inside them it hid data points.
+    handles, labels = ax1.get_legend_handles_labels()
+    columns = 2 if len(labels) > 4 else 1
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8,
+               frameon=False)
     if args.title:
         fig.suptitle(args.title)
-    fig.tight_layout()
+    rows = -(-len(labels) // columns)
+    fig.tight_layout(rect=(0, 0.036 * rows + 0.01, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     fig.savefig(args.output, dpi=110)
     print(f"Wrote {args.output}")
