@@ -201,8 +201,9 @@ class TrialLoop:
                     # Only the chosen candidate's cache entries are built.
                     new_loss, new_y_pred, entries = tf.switch_case(
                         tf.cast(choice, tf.int32),
-                        [keep, take(1.0, lp, trial.y_plus, trial.plus),
-                         take(-1.0, lm, trial.y_minus, trial.minus)])
+                        {KEEP: keep,
+                         PLUS: take(1.0, lp, trial.y_plus, trial.plus),
+                         MINUS: take(-1.0, lm, trial.y_minus, trial.minus)})
                     return (new_loss, new_y_pred, trial.merge(entries),
                             tf.cast(choice != KEEP, tf.int64))
 
