@@ -36,18 +36,23 @@ def main(argv=None):
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5.5))
-    for path in args.results:
+    # The default cycle repeats after 10 colours; tab20 keeps runs apart.
+    colors = plt.cm.tab20.colors if len(args.results) > 10 else plt.cm.tab10.colors
+    for n, path in enumerate(args.results):
         with open(path) as f:
             r = json.load(f)
         rows = r["per_cycle"]
         x = [row["epoch"] for row in rows]
         acc = [100 * row["val_accuracy"] for row in rows]
-        ax1.plot(x, acc, marker="o", label=label(r))
+        # Gradient baselines dashed, so they read apart from RSO runs.
+        style = dict(marker="o", color=colors[n % len(colors)], label=label(r),
+                     linestyle="-" if r["method"] == "rso" else "--")
+        ax1.plot(x, acc, **style)
         # Partial files of older runs may lack the count: left panel only.
         counted = [(row["weight_updates"], a) for row, a in zip(rows, acc)
                    if "weight_updates" in row]
         if counted:
-            ax2.plot(*zip(*counted), marker="o", label=label(r))
+            ax2.plot(*zip(*counted), **style)
     ax1.set_xlabel("cycle (RSO) / epoch (gradient)")
     ax1.set_ylabel("test accuracy (%)")
     ax2.set_xlabel("weight updates")
