@@ -18,8 +18,10 @@ of one variable. Two evaluators provide it inside the traced train step:
 
 Both evaluators apply BatchNormalization's moving-statistics update exactly
 once per batch (in `begin`, with the accepted weights) and never during a
-trial. Layers that mix samples (BatchNormalization and anything unknown) are
-called once per candidate, so each candidate keeps its own batch statistics.
+trial. Layers that mix samples keep each candidate's batch statistics
+apart: a plain BatchNormalization is computed directly on both stacked
+candidates, each normalised by its own statistics, and anything unknown is
+called once per candidate.
 """
 
 from __future__ import annotations
