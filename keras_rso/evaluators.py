@@ -79,7 +79,8 @@ class Trial(NamedTuple):
     merge: Callable[[tuple], object]
 
 
-def _flat_update(value: tf.Tensor, j: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
+def replace_scalar(value: tf.Tensor, j: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
+    """`value` with its flat element `j` set to `new`."""
     flat = tf.reshape(value, [-1])
     flat = tf.tensor_scatter_nd_update(flat, tf.reshape(j, [1, 1]),
                                        tf.reshape(new, [1]))
@@ -92,7 +93,7 @@ def candidate_values(var: keras.Variable, j: tf.Tensor, dw: tf.Tensor
     value = tf.convert_to_tensor(var.value)
     w = tf.gather(tf.reshape(value, [-1]), j)
     dw = tf.cast(dw, value.dtype)
-    return w, _flat_update(value, j, w + dw), _flat_update(value, j, w - dw)
+    return w, replace_scalar(value, j, w + dw), replace_scalar(value, j, w - dw)
 
 
 class FullForwardEvaluator:

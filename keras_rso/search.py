@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rso import distribution
+from keras_rso.evaluators import replace_scalar
 from keras_rso.optimizer import RSO
 
 KEEP, PLUS, MINUS = 0, 1, 2
@@ -190,11 +191,8 @@ class TrialLoop:
                             # next iteration runs on this switch's outputs.
                             value = tf.convert_to_tensor(var.value)
                             w = tf.gather(tf.reshape(value, [-1]), j)
-                            new = w + tf.cast(sign * dw, value.dtype)
-                            flat = tf.tensor_scatter_nd_update(
-                                tf.reshape(value, [-1]), tf.reshape(j, [1, 1]),
-                                tf.reshape(new, [1]))
-                            distribution.assign(var, tf.reshape(flat, value.shape))
+                            distribution.assign(var, replace_scalar(
+                                value, j, w + tf.cast(sign * dw, value.dtype)))
                             return tf.identity(candidate_loss), candidate_y_pred, entries()
                         return apply
 
