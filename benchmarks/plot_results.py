@@ -66,8 +66,8 @@ def main(argv=None):
                frameon=False)
     if args.title:
         fig.suptitle(args.title)
-    rows = -(-len(labels) // columns)
-    fig.tight_layout(rect=(0, 0.036 * rows + 0.01, 1, 1))
+    legend_rows = -(-len(labels) // columns)
+    fig.tight_layout(rect=(0, 0.036 * legend_rows + 0.01, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     fig.savefig(args.output, dpi=110)
     print(f"Wrote {args.output}")
