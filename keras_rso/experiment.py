@@ -165,7 +165,8 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
         build_model: Returns a fresh, uncompiled Keras model.
         data: `((x_train, y_train), (x_test, y_test))`.
         args: Parsed flags: cycles, batch_size, weights_per_batch, seed,
-            sigma_scale, final_fraction, order, stop_after, no_bn_refresh, tolerance,
+            sigma_scale, final_fraction, remeasure_sigma, order, stop_after,
+            no_bn_refresh, tolerance,
             backup_dir, backup_every, logdir, save, results, verbose.
 
     Returns:
@@ -178,6 +179,7 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
     trainer.compile(
         optimizer=RSO(weights_per_batch=args.weights_per_batch, seed=args.seed,
                       order=args.order, sigma_scale=args.sigma_scale,
+                      remeasure_sigma=args.remeasure_sigma,
                       bn_refresh=not args.no_bn_refresh,
                       tolerance=args.tolerance),
         loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -269,6 +271,9 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
     parser.add_argument("--final-fraction", type=float, default=0.1,
                         help="sigma scale at the last cycle, as a fraction of the "
                              "first cycle's (paper: 0.1)")
+    parser.add_argument("--remeasure-sigma", action="store_true",
+                        help="measure each layer's weight std again at every cycle "
+                             "start (paper: once, at the start)")
     parser.add_argument("--order", default="output_to_input",
                         choices=["output_to_input", "input_to_output", "random"])
     parser.add_argument("--stop-after", type=int, default=None,

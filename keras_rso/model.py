@@ -504,3 +504,6 @@ class _CycleKeeper(keras.callbacks.Callback):
         if int(opt.position.numpy()) >= self.model.trials_per_cycle:
             opt.position.assign(0)
             opt.cycle.assign_add(1)
+            if opt.remeasure_sigma:
+                opt.initialize_sigmas(self.model.trainable_variables,
+                                      self.model._layer_ids())

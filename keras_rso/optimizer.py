@@ -51,6 +51,14 @@ class RSO(keras.optimizers.Optimizer):
         sigma_scale: Initial multiplier applied to every sigma. The
             `keras_rso.callbacks.SigmaAnnealing` callback changes it per
             epoch.
+        remeasure_sigma: If False (default, the paper), each variable's
+            sigma is its standard deviation measured once, when training
+            starts. If True, it is measured again from the current weights
+            at the start of every cycle. Behind BatchNormalization a
+            kernel's scale does not change the function, and accepted
+            steps make kernels grow, so a fixed sigma becomes an ever
+            smaller step relative to the kernel; re-measuring keeps sigma
+            proportional to the weights. Departs from the paper.
         bn_refresh: If True (default), the last step of every cycle sets
             each BatchNormalization layer's moving mean and variance to the
             statistics of that step's batch under the final weights. RSO
@@ -88,6 +96,7 @@ class RSO(keras.optimizers.Optimizer):
         order: str = "output_to_input",
         zero_std_sigma: Optional[float] = None,
         sigma_scale: float = 1.0,
+        remeasure_sigma: bool = False,
         bn_refresh: bool = True,
         tolerance: float = 0.0,
         name: str = "rso",
@@ -138,6 +147,7 @@ class RSO(keras.optimizers.Optimizer):
             None if zero_std_sigma is None else float(zero_std_sigma)
         )
         self.initial_sigma_scale = float(sigma_scale)
+        self.remeasure_sigma = bool(remeasure_sigma)
         self.bn_refresh = bool(bn_refresh)
         self.tolerance = float(tolerance)
 
@@ -184,7 +194,10 @@ class RSO(keras.optimizers.Optimizer):
 
     def initialize_sigmas(self, variables: Sequence[keras.Variable],
                           layer_of: Sequence[int]) -> np.ndarray:
-        """Measures each variable's std once, at the start of training.
+        """Measures each variable's std: the sigmas of the search.
+
+        Called when training starts, and at every cycle start with
+        `remeasure_sigma=True`.
 
         Args:
             variables: The searched variables (same order as `build`).
@@ -242,6 +255,7 @@ class RSO(keras.optimizers.Optimizer):
             "order": self.order,
             "zero_std_sigma": self.zero_std_sigma,
             "sigma_scale": self.initial_sigma_scale,
+            "remeasure_sigma": self.remeasure_sigma,
             "bn_refresh": self.bn_refresh,
             "tolerance": self.tolerance,
         }

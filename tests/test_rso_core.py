@@ -214,6 +214,37 @@ def test_sigma_is_std_at_start_with_fallback_for_zero_std(toy_data):
     assert sigmas[bias] == pytest.approx(stds[kernel], rel=1e-6)
 
 
+class CycleEndStds(keras.callbacks.Callback):
+    """Each trainable variable's std when every epoch (cycle) ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.stds = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.stds.append([float(np.std(v.numpy())) for v in self.model.trainable_variables])
+
+
+@pytest.mark.parametrize("remeasure", [False, True])
+def test_sigma_is_remeasured_at_each_cycle_start_only_when_asked(toy_data, remeasure):
+    x, y = toy_data
+    model = small_convnet()
+    initial = [float(np.std(v.numpy())) for v in model.trainable_variables]
+    trainer = _trainer(model, k=64, remeasure_sigma=remeasure)
+    ends = CycleEndStds()
+    trainer.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[ends])
+    sigmas = trainer.optimizer.sigmas.numpy()
+    # Cycle 2 searched with the sigmas set when it began: the stds the
+    # weights had at the end of cycle 1 if re-measured, else the initial ones.
+    expected = ends.stds[0] if remeasure else initial
+    for s, sd, sd0 in zip(sigmas, expected, initial):
+        if sd0 > 0:
+            assert s == pytest.approx(sd, rel=1e-5)
+    # Cycle 1 did change the stds, so the two cases tell different sigmas.
+    assert any(abs(a - b) > 1e-3 * b for a, b in zip(ends.stds[0], initial) if b > 0)
+    assert keras_rso.RSO.from_config(trainer.optimizer.get_config()).remeasure_sigma is remeasure
+
+
 def test_same_seed_gives_identical_weights(toy_data):
     x, y = toy_data
     runs = []
