@@ -95,15 +95,18 @@ class LayerAcceptRates(keras.callbacks.Callback):
 
     Args:
         log_dir: TensorBoard log directory (the one given to `TensorBoard`).
+            `None` writes nothing: the rates are then only read with
+            `rates()`, e.g. at the end of an epoch by another callback.
     """
 
-    def __init__(self, log_dir: str):
+    def __init__(self, log_dir: Optional[str]):
         super().__init__()
         self.log_dir = log_dir
         self._writer = None
 
     def on_train_begin(self, logs=None):
-        self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
+        if self.log_dir is not None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
 
     def on_epoch_begin(self, epoch, logs=None):
         opt = _rso_optimizer(self.model)
@@ -122,6 +125,8 @@ class LayerAcceptRates(keras.callbacks.Callback):
         }
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._writer is None:
+            return
         with self._writer.as_default():
             for path, rate in self.rates().items():
                 tf.summary.scalar(f"accept_rate/{path}", rate, step=epoch)

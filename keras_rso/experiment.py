@@ -184,11 +184,19 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
                       tolerance=args.tolerance),
         loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     backup_dir = args.backup_dir
+    # Per-variable accept rates go into every results row (and, with
+    # --logdir, to TensorBoard): they show which layers' steps are too large.
+    layer_rates = LayerAcceptRates(args.logdir)
+
+    def add_layer_rates(row):
+        row["accept_rate_per_variable"] = layer_rates.rates()
+
     recorder = EpochRecorder(_partial_writer(args, {
         "method": "rso", "model": model.name, "parameters": _count(model),
         "trials_per_cycle": trainer.trials_per_cycle}),
+        annotate=add_layer_rates,
         state_path=file_utils.join(backup_dir, "results_rows.json") if backup_dir else None)
-    callbacks = [SigmaAnnealing(final_fraction=args.final_fraction), recorder]
+    callbacks = [SigmaAnnealing(final_fraction=args.final_fraction), layer_rates, recorder]
     if backup_dir:
         # After the recorder: if a kill falls between the two epoch-end
         # writes, the backup is the older one and the recorder's extra row
@@ -198,8 +206,7 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
     if args.stop_after:
         callbacks.append(StopAfter(args.stop_after))
     if args.logdir:
-        callbacks += [LayerAcceptRates(args.logdir),
-                      keras.callbacks.TensorBoard(args.logdir)]
+        callbacks.append(keras.callbacks.TensorBoard(args.logdir))
     trainer.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.cycles,
                 validation_data=(x_test, y_test), callbacks=callbacks,
                 verbose=args.verbose)

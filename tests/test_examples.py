@@ -102,6 +102,18 @@ def test_mnist_example_end_to_end_through_a_kill_and_resume(tmp_path):
     assert "mnist_rso.py" in r["command"] and r["complete"] is True
     model = keras.models.load_model(saved)
     assert model.count_params() == n + 6 * 4 * 2  # + BN moving statistics
+    # Every row holds each variable's accept rate in that cycle, and they
+    # add up to the cycle's accepted changes.
+    sizes = {v.path: int(np.prod(v.shape)) for v in model.trainable_variables}
+    previous = 0
+    for row in r["per_cycle"]:
+        # Keys are the trained model's variable paths, which start with the
+        # model's name; the reloaded model's paths do not.
+        rates = {k.split("/", 1)[1]: a for k, a in row["accept_rate_per_variable"].items()}
+        assert set(rates) == set(sizes) and all(0.0 <= a <= 1.0 for a in rates.values())
+        accepted = sum(rates[p] * sizes[p] for p in sizes)
+        assert accepted == pytest.approx(row["weight_updates"] - previous, abs=1e-3)
+        previous = row["weight_updates"]
     tags = _scalars(logdir)
     for tag in ("epoch_loss", "epoch_accuracy", "epoch_accept_rate", "epoch_sigma_scale",
                 "epoch_weight_updates", "evaluation_accuracy_vs_iterations"):
