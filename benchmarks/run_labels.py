@@ -18,9 +18,14 @@ def sigma_schedule(args: dict) -> str:
     """The sigma schedule as a label, e.g. "sigma 2→1x"."""
     start, end = sigma_scales(args)
     label = f"sigma {start:g}\u2192{end:.2g}x"
-    return label + ", re-measured" if args.get("remeasure_sigma") else label
+    if args.get("remeasure_sigma"):
+        label += ", re-measured"
+    if args.get("balance_sigma"):
+        label += ", balanced"
+    return label
 
 
 def is_paper_schedule(args: dict) -> bool:
     """Whether a run used the paper's sigma: 1x annealed to 0.1x, measured once."""
-    return sigma_scales(args) == (1.0, 0.1) and not args.get("remeasure_sigma")
+    return (sigma_scales(args) == (1.0, 0.1) and not args.get("remeasure_sigma")
+            and not args.get("balance_sigma"))

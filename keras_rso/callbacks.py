@@ -1,4 +1,4 @@
-"""Callbacks for RSO training: sigma annealing and per-layer TensorBoard logs."""
+"""Callbacks for RSO training: sigma annealing and balancing, per-layer logs."""
 
 from __future__ import annotations
 
@@ -85,6 +85,80 @@ class SigmaAnnealing(keras.callbacks.Callback):
             logs["sigma_scale"] = float(_rso_optimizer(self.model).sigma_scale.numpy())
 
 
+def _counts(opt) -> np.ndarray:
+    """Trials and accepted trials so far, per searched variable: `(2, n)`."""
+    return np.stack([opt.trials_per_variable.numpy(),
+                     opt.updates_per_variable.numpy()]).astype(np.float64)
+
+
+class SigmaBalancing(keras.callbacks.Callback):
+    """Rescales each variable's sigma between cycles toward equal accept rates.
+
+    Departs from the paper, which keeps every layer's sigma at its initial
+    std (times the annealed scale). Measured on the paper's MNIST net, that
+    leaves accept rates from 0.12 in the first convolution to 0.7 in the
+    last: steps far too large for the layers near the input, which are
+    searched last in a cycle, when the layers after them are already tuned
+    to their features.
+
+    Along one coordinate with a locally quadratic loss, `w + dw` or `w - dw`
+    beats `w` exactly when `|dw| < 2 |g| / h`, so a variable's accept rate
+    `p` at step size sigma says `|g| / h = sigma * erfinv(p) / sqrt(2)`. At
+    the end of every epoch (cycle) this multiplies each variable's sigma by
+    `erfinv(p_v)`, divided by the geometric mean of `erfinv(p)` over all
+    trials of the cycle: every variable's step moves toward the same ratio
+    to its `|g| / h`, and the overall step size, which
+    `SigmaAnnealing` sets, is left unchanged.
+
+    Args:
+        max_factor: Largest change of a sigma in one cycle (either way);
+            also bounds the effect of rates of 0 or 1 (few trials).
+
+    Example:
+
+    ```python
+    trainer.fit(x, y, epochs=5, callbacks=[
+        keras_rso.callbacks.SigmaAnnealing(0.1),
+        keras_rso.callbacks.SigmaBalancing()])
+    ```
+    """
+
+    def __init__(self, max_factor: float = 4.0):
+        super().__init__()
+        if not (np.isfinite(max_factor) and max_factor > 1.0):
+            raise ValueError(f"`max_factor` must be a finite float > 1; received {max_factor}.")
+        self.max_factor = float(max_factor)
+
+    def on_train_begin(self, logs=None):
+        if _rso_optimizer(self.model).remeasure_sigma:
+            raise ValueError(
+                "SigmaBalancing rescales the sigmas between cycles, and "
+                "`RSO(remeasure_sigma=True)` replaces them at every cycle "
+                "start, undoing it. Use one or the other.")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._counts0 = _counts(_rso_optimizer(self.model))
+
+    def factors(self) -> np.ndarray:
+        """Each variable's sigma multiplier from its accept rate this epoch."""
+        tried, accepted = _counts(_rso_optimizer(self.model)) - self._counts0
+        searched = tried > 0
+        factors = np.ones_like(tried)
+        if not searched.any():
+            return factors
+        # Rates of exactly 0 or 1 (a few trials) would give erfinv 0 or inf.
+        rate = np.clip(accepted[searched] / tried[searched], 0.01, 0.99)
+        log_g = np.log(keras.ops.convert_to_numpy(keras.ops.erfinv(rate)))
+        log_mean = np.sum(tried[searched] * log_g) / np.sum(tried[searched])
+        bound = np.log(self.max_factor)
+        factors[searched] = np.exp(np.clip(log_g - log_mean, -bound, bound))
+        return factors
+
+    def on_epoch_end(self, epoch, logs=None):
+        opt = _rso_optimizer(self.model)
+        opt.sigmas.assign((opt.sigmas.numpy() * self.factors()).astype(np.float32))
+
+
 class LayerAcceptRates(keras.callbacks.Callback):
     """Writes each searched variable's accept rate per epoch to TensorBoard.
 
@@ -109,15 +183,11 @@ class LayerAcceptRates(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
 
     def on_epoch_begin(self, epoch, logs=None):
-        opt = _rso_optimizer(self.model)
-        self._tried0 = opt.trials_per_variable.numpy().copy()
-        self._acc0 = opt.updates_per_variable.numpy().copy()
+        self._counts0 = _counts(_rso_optimizer(self.model))
 
     def rates(self) -> dict:
         """Accept rate of each variable since the epoch began."""
-        opt = _rso_optimizer(self.model)
-        tried = opt.trials_per_variable.numpy() - self._tried0
-        acc = opt.updates_per_variable.numpy() - self._acc0
+        tried, acc = _counts(_rso_optimizer(self.model)) - self._counts0
         return {
             v.path: float(acc[i] / tried[i])
             for i, v in enumerate(self.model.trainable_variables)

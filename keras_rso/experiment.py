@@ -18,7 +18,7 @@ import keras
 from keras.src.utils import file_utils
 import numpy as np
 
-from keras_rso.callbacks import LayerAcceptRates, SigmaAnnealing
+from keras_rso.callbacks import LayerAcceptRates, SigmaAnnealing, SigmaBalancing
 from keras_rso.model import RSOModel
 from keras_rso.optimizer import RSO
 
@@ -165,7 +165,7 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
         build_model: Returns a fresh, uncompiled Keras model.
         data: `((x_train, y_train), (x_test, y_test))`.
         args: Parsed flags: cycles, batch_size, weights_per_batch, seed,
-            sigma_scale, final_fraction, remeasure_sigma, order, stop_after,
+            sigma_scale, final_fraction, remeasure_sigma, balance_sigma, order, stop_after,
             no_bn_refresh, tolerance,
             backup_dir, backup_every, logdir, save, results, verbose.
 
@@ -197,6 +197,10 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
         annotate=add_layer_rates,
         state_path=file_utils.join(backup_dir, "results_rows.json") if backup_dir else None)
     callbacks = [SigmaAnnealing(final_fraction=args.final_fraction), layer_rates, recorder]
+    if args.balance_sigma:
+        # Before BackupAndRestore, so that an epoch's backup holds the
+        # sigmas the next cycle will use.
+        callbacks.insert(1, SigmaBalancing())
     if backup_dir:
         # After the recorder: if a kill falls between the two epoch-end
         # writes, the backup is the older one and the recorder's extra row
@@ -281,6 +285,10 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
     parser.add_argument("--remeasure-sigma", action="store_true",
                         help="measure each layer's weight std again at every cycle "
                              "start (paper: once, at the start)")
+    parser.add_argument("--balance-sigma", action="store_true",
+                        help="rescale each layer's sigma between cycles toward equal "
+                             "accept rates (keras_rso.callbacks.SigmaBalancing; "
+                             "paper: no)")
     parser.add_argument("--order", default="output_to_input",
                         choices=["output_to_input", "input_to_output", "random"])
     parser.add_argument("--stop-after", type=int, default=None,

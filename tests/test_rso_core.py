@@ -245,6 +245,50 @@ def test_sigma_is_remeasured_at_each_cycle_start_only_when_asked(toy_data, remea
     assert keras_rso.RSO.from_config(trainer.optimizer.get_config()).remeasure_sigma is remeasure
 
 
+class SigmasAndRates(keras.callbacks.Callback):
+    """Sigmas and per-variable accept rates at epoch end, before balancing."""
+
+    def __init__(self, rates):
+        super().__init__()
+        self.layer_rates, self.seen = rates, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        opt = self.model.optimizer
+        self.seen.append((opt.sigmas.numpy().copy(),
+                          opt.trials_per_variable.numpy().copy(),
+                          self.layer_rates.rates()))
+
+
+@pytest.mark.parametrize("max_factor", [1e6, 4.0])
+def test_sigma_balancing_shrinks_sigma_where_few_steps_are_accepted(toy_data, max_factor):
+    x, y = toy_data
+    model = small_convnet()
+    trainer = _trainer(model, k=64)
+    rates = keras_rso.callbacks.LayerAcceptRates(None)
+    seen = SigmasAndRates(rates)
+    trainer.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[
+        rates, seen, keras_rso.callbacks.SigmaBalancing(max_factor=max_factor)])
+    before, tried, by_path = seen.seen[0]
+    ratio = trainer.optimizer.sigmas.numpy() / before
+    rate = np.array([by_path[v.path] for v in trainer.trainable_variables])
+    assert rate.min() < rate.max()  # something to balance
+    order = np.argsort(rate, kind="stable")
+    assert np.all(np.diff(ratio[order]) >= -1e-6)  # lower accept rate, smaller sigma
+    assert ratio.min() < 1.0 < ratio.max()
+    assert ratio.max() <= max_factor * (1 + 1e-6) and ratio.min() >= 1 / max_factor * (1 - 1e-6)
+    if max_factor == 1e6:
+        # Unclipped, the overall step size (trial-weighted geometric mean) is kept.
+        assert np.exp(np.sum(tried * np.log(ratio)) / np.sum(tried)) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_sigma_balancing_refuses_remeasured_sigmas(toy_data):
+    x, y = toy_data
+    trainer = _trainer(small_convnet(), k=64, remeasure_sigma=True)
+    with pytest.raises(ValueError, match="remeasure_sigma"):
+        trainer.fit(x, y, batch_size=32, epochs=1, verbose=0,
+                    callbacks=[keras_rso.callbacks.SigmaBalancing()])
+
+
 def test_same_seed_gives_identical_weights(toy_data):
     x, y = toy_data
     runs = []
