@@ -110,6 +110,10 @@ class SigmaBalancing(keras.callbacks.Callback):
     to its `|g| / h`, and the overall step size, which
     `SigmaAnnealing` sets, is left unchanged.
 
+    The sigmas live in the optimizer, so backups keep them. After a resume
+    from a mid-cycle backup (`BackupAndRestore(save_freq=<int>)`), that
+    cycle's rates cover only the steps run after the resume.
+
     Args:
         max_factor: Largest change of a sigma in one cycle (either way);
             also bounds the effect of rates of 0 or 1 (few trials).
