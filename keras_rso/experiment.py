@@ -158,6 +158,17 @@ def _finish(model, test, recorder, args, fields: dict) -> dict:
     return results
 
 
+def _fit(model: keras.Model, data, args, epochs: int, callbacks: list):
+    """`model.fit` on the training split, validated on the test split, with
+    TensorBoard logs when `--logdir` is given."""
+    (x_train, y_train), (x_test, y_test) = data
+    if args.logdir:
+        callbacks = callbacks + [keras.callbacks.TensorBoard(args.logdir)]
+    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=epochs,
+              validation_data=(x_test, y_test), callbacks=callbacks,
+              verbose=args.verbose)
+
+
 def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
     """Trains `build_model()` with RSO as the example scripts' flags say.
 
@@ -172,7 +183,6 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
     Returns:
         The results dictionary (also written to `args.results`).
     """
-    (x_train, y_train), (x_test, y_test) = data
     keras.utils.set_random_seed(args.seed)
     model = build_model()
     trainer = RSOModel(model)
@@ -209,12 +219,8 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
             backup_dir, save_freq=args.backup_every or "epoch"))
     if args.stop_after:
         callbacks.append(StopAfter(args.stop_after))
-    if args.logdir:
-        callbacks.append(keras.callbacks.TensorBoard(args.logdir))
-    trainer.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.cycles,
-                validation_data=(x_test, y_test), callbacks=callbacks,
-                verbose=args.verbose)
-    results = _finish(model, (x_test, y_test), recorder, args, {
+    _fit(trainer, data, args, args.cycles, callbacks)
+    results = _finish(model, data[1], recorder, args, {
         "method": "rso",
         "model": model.name,
         "parameters": _count(model),
@@ -249,11 +255,7 @@ def run_gradient(build_model: Callable[[], keras.Model], data, args) -> dict:
         "method": args.optimizer, "model": model.name, "parameters": params}),
         annotate=count_updates)
     callbacks = [recorder]
-    if args.logdir:
-        callbacks.append(keras.callbacks.TensorBoard(args.logdir))
-    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
-              validation_data=(x_test, y_test), callbacks=callbacks,
-              verbose=args.verbose)
+    _fit(model, data, args, args.epochs, callbacks)
     results = _finish(model, (x_test, y_test), recorder, args, {
         "method": args.optimizer, "model": model.name, "parameters": params,
         "weight_updates": params * steps * args.epochs,
