@@ -91,7 +91,19 @@ def _counts(opt) -> np.ndarray:
                      opt.updates_per_variable.numpy()]).astype(np.float64)
 
 
-class SigmaBalancing(keras.callbacks.Callback):
+class _EpochCounts(keras.callbacks.Callback):
+    """Base of the callbacks that read each variable's trials and accepted
+    trials of the current epoch (cycle) from the optimizer's counters."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._counts0 = _counts(_rso_optimizer(self.model))
+
+    def epoch_counts(self) -> np.ndarray:
+        """`(tried, accepted)` per variable since the epoch began."""
+        return _counts(_rso_optimizer(self.model)) - self._counts0
+
+
+class SigmaBalancing(_EpochCounts):
     """Rescales each variable's sigma between cycles toward equal accept rates.
 
     Departs from the paper, which keeps every layer's sigma at its initial
@@ -140,12 +152,9 @@ class SigmaBalancing(keras.callbacks.Callback):
                 "`RSO(remeasure_sigma=True)` replaces them at every cycle "
                 "start, undoing it. Use one or the other.")
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._counts0 = _counts(_rso_optimizer(self.model))
-
     def factors(self) -> np.ndarray:
         """Each variable's sigma multiplier from its accept rate this epoch."""
-        tried, accepted = _counts(_rso_optimizer(self.model)) - self._counts0
+        tried, accepted = self.epoch_counts()
         searched = tried > 0
         factors = np.ones_like(tried)
         if not searched.any():
@@ -163,7 +172,7 @@ class SigmaBalancing(keras.callbacks.Callback):
         opt.sigmas.assign((opt.sigmas.numpy() * self.factors()).astype(np.float32))
 
 
-class LayerAcceptRates(keras.callbacks.Callback):
+class LayerAcceptRates(_EpochCounts):
     """Writes each searched variable's accept rate per epoch to TensorBoard.
 
     Scalars go to `log_dir/train` (next to those of
@@ -186,12 +195,9 @@ class LayerAcceptRates(keras.callbacks.Callback):
         if self.log_dir is not None:
             self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "train"))
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._counts0 = _counts(_rso_optimizer(self.model))
-
     def rates(self) -> dict:
         """Accept rate of each variable since the epoch began."""
-        tried, acc = _counts(_rso_optimizer(self.model)) - self._counts0
+        tried, acc = self.epoch_counts()
         return {
             v.path: float(acc[i] / tried[i])
             for i, v in enumerate(self.model.trainable_variables)
