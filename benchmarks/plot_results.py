@@ -17,14 +17,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from run_labels import sigma_schedule  # noqa: E402
+from run_labels import rso_settings  # noqa: E402
 
 
 def label(r):
     a = r["args"]
     if r["method"] == "rso":
         return (f"RSO (batch {a['batch_size']}, K={a['weights_per_batch']}, "
-                f"{sigma_schedule(a)} over {a['cycles']} cycles)")
+                f"{rso_settings(a)} over {a['cycles']} cycles)")
     return f"{r['method'].upper()} (batch {a['batch_size']}, lr {a['learning_rate']})"
 
 

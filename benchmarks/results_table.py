@@ -8,7 +8,7 @@ Example:
 import argparse
 import json
 
-from run_labels import is_paper_schedule, sigma_schedule
+from run_labels import is_paper_settings, rso_settings
 
 
 def main(argv=None):
@@ -28,8 +28,8 @@ def main(argv=None):
         accs = " / ".join(f"{100 * row['val_accuracy']:.1f}" for row in r["per_cycle"])
         k = a.get("weights_per_batch", "-")
         extra = " (no BN refresh)" if a.get("no_bn_refresh") else ""
-        if r["method"] == "rso" and not is_paper_schedule(a):
-            extra += f" ({sigma_schedule(a)})"
+        if r["method"] == "rso" and not is_paper_settings(a):
+            extra += f" ({rso_settings(a)})"
         cycles = str(len(r["per_cycle"]))
         if r.get("complete") is False:
             cycles += f" of {a.get('cycles', a.get('epochs'))} (stopped)"

@@ -14,18 +14,21 @@ def sigma_scales(args: dict) -> tuple:
     return start, start * float(args.get("final_fraction", 0.1))
 
 
-def sigma_schedule(args: dict) -> str:
-    """The sigma schedule as a label, e.g. "sigma 2→1x"."""
+def rso_settings(args: dict) -> str:
+    """The RSO settings as a label, e.g. "sigma 2→1x, balanced"."""
     start, end = sigma_scales(args)
     label = f"sigma {start:g}\u2192{end:.2g}x"
     if args.get("remeasure_sigma"):
         label += ", re-measured"
     if args.get("balance_sigma"):
         label += ", balanced"
+    if args.get("output_passes"):
+        label += f", +{args['output_passes']} output passes"
     return label
 
 
-def is_paper_schedule(args: dict) -> bool:
-    """Whether a run used the paper's sigma: 1x annealed to 0.1x, measured once."""
+def is_paper_settings(args: dict) -> bool:
+    """Whether a run used the paper's settings: sigma 1x annealed to 0.1x,
+    measured once, and a cycle that visits every weight once."""
     return (sigma_scales(args) == (1.0, 0.1) and not args.get("remeasure_sigma")
-            and not args.get("balance_sigma"))
+            and not args.get("balance_sigma") and not args.get("output_passes"))

@@ -177,7 +177,7 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
         data: `((x_train, y_train), (x_test, y_test))`.
         args: Parsed flags: cycles, batch_size, weights_per_batch, seed,
             sigma_scale, final_fraction, remeasure_sigma, balance_sigma, order, stop_after,
-            no_bn_refresh, tolerance,
+            no_bn_refresh, tolerance, output_passes,
             backup_dir, backup_every, logdir, save, results, verbose.
 
     Returns:
@@ -191,7 +191,8 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
                       order=args.order, sigma_scale=args.sigma_scale,
                       remeasure_sigma=args.remeasure_sigma,
                       bn_refresh=not args.no_bn_refresh,
-                      tolerance=args.tolerance),
+                      tolerance=args.tolerance,
+                      output_passes=args.output_passes),
         loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     backup_dir = args.backup_dir
     # Per-variable accept rates go into every results row (and, with
@@ -291,6 +292,9 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
                         help="rescale each layer's sigma between cycles toward equal "
                              "accept rates (keras_rso.callbacks.SigmaBalancing; "
                              "paper: no)")
+    parser.add_argument("--output-passes", type=_non_negative_int, default=0,
+                        help="extra passes over the output layer at the end of "
+                             "every cycle (RSO(output_passes=...); paper: 0)")
     parser.add_argument("--order", default="output_to_input",
                         choices=["output_to_input", "input_to_output", "random"])
     parser.add_argument("--stop-after", type=int, default=None,

@@ -151,8 +151,7 @@ class RSOModel(keras.Model):
         """Chooses an evaluator and the visiting order (Python only)."""
         self._check_trainable()
         all_vars = list(self.trainable_variables)
-        searched = {id(v) for v in self.searched_variables()}
-        index = [i for i, v in enumerate(all_vars) if id(v) in searched]
+        index = self._searched_index()
         order = self.optimizer.order
         # Weight regularizers must see each candidate's value: only the full
         # forward path evaluates the loss with the candidate substituted.
@@ -167,7 +166,31 @@ class RSOModel(keras.Model):
             ev = FullForwardEvaluator(self.model, all_vars, self._loss_fn)
             if order != "input_to_output":
                 index.reverse()
-        return ev, index
+        passes = self._output_passes(index)
+        breaks = [self._trial_count(index)] if passes else []
+        return ev, index + passes, breaks
+
+    def _searched_index(self) -> List[int]:
+        """Positions of the searched variables in `trainable_variables`."""
+        searched = {id(v) for v in self.searched_variables()}
+        return [i for i, v in enumerate(self.trainable_variables) if id(v) in searched]
+
+    def _output_passes(self, index: List[int]) -> List[int]:
+        """The visits `RSO(output_passes=P)` adds after the sweep.
+
+        `P` times the variables of the layer that owns the last searched
+        variable in model order, in the order the sweep visits them.
+        """
+        passes = self.optimizer.output_passes if self.optimizer else 0
+        if not passes or not index:
+            return []
+        layer_of = self._layer_ids()
+        output_layer = layer_of[max(index)]
+        return [i for i in index if layer_of[i] == output_layer] * passes
+
+    def _trial_count(self, index: List[int]) -> int:
+        variables = self.trainable_variables
+        return int(sum(math.prod(variables[i].shape) for i in index))
 
     def _layer_ids(self) -> List[int]:
         """For each trainable variable, an id of the layer that owns it."""
@@ -183,8 +206,8 @@ class RSOModel(keras.Model):
         Computed by the same code that drives the traced train step; the
         model and optimizer must be built (after `fit`, or `build`).
         """
-        evaluator, visit = self._plan()
-        loop = TrialLoop(self.optimizer, evaluator, visit)
+        evaluator, visit, breaks = self._plan()
+        loop = TrialLoop(self.optimizer, evaluator, visit, breaks=breaks)
         perm = loop.permutation(cycle) if self.optimizer.order == "random" else None
         out = []
         for t in range(loop.total):
@@ -192,14 +215,25 @@ class RSOModel(keras.Model):
             out.append((evaluator.variables[visit[int(slot)]].path, int(j)))
         return out
 
+    def _cycle_segments(self) -> List[int]:
+        """Trials in each part of a cycle that starts on a fresh batch:
+        the sweep over every searched weight, then the output passes."""
+        index = self._searched_index()
+        sweep = self._trial_count(index)
+        passes = self._trial_count(self._output_passes(index))
+        return [sweep, passes] if passes else [sweep]
+
     @property
     def trials_per_cycle(self) -> int:
-        """Number of scalar weights tried in one cycle."""
-        return int(sum(math.prod(v.shape) for v in self.searched_variables()))
+        """Number of weight trials in one cycle: every searched scalar once,
+        plus the output layer's scalars once per `RSO(output_passes=...)`."""
+        return sum(self._cycle_segments())
 
     def steps_per_cycle(self) -> int:
-        """Train steps (mini-batches) per cycle: ceil(trials / K)."""
-        return math.ceil(self.trials_per_cycle / self.optimizer.weights_per_batch)
+        """Train steps (mini-batches) per cycle: ceil(trials / K), per part
+        of the cycle that starts on a fresh batch."""
+        k = self.optimizer.weights_per_batch
+        return sum(math.ceil(n / k) for n in self._cycle_segments())
 
     # ------------------------------------------------------------- compile
     def compile(self, optimizer: Union[RSO, str, dict, None] = None, **kwargs):
@@ -257,9 +291,10 @@ class RSOModel(keras.Model):
     # ---------------------------------------------------------- train step
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        evaluator, visit = self._plan()
+        evaluator, visit, breaks = self._plan()
         result = TrialLoop(self.optimizer, evaluator, visit,
-                           replay_steps=self._replay_steps)(x, y, sample_weight)
+                           replay_steps=self._replay_steps,
+                           breaks=breaks)(x, y, sample_weight)
         batch = tf.shape(tf.nest.flatten(x)[0])[0]
         # A step that a resumed fit replays (see `_CycleKeeper`) evaluates
         # the restored weights on a batch the interrupted epoch had already
@@ -316,7 +351,7 @@ class RSOModel(keras.Model):
         if step < 0:
             return
         opt.nonfinite_step.assign(-1)  # so a later fit on clean data can go on
-        ev, visit = self._plan()
+        ev, visit, _ = self._plan()
         total = self.trials_per_cycle
         pos = int(opt.position.numpy())
         nxt = ev.variables[visit[0]].path

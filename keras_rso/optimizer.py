@@ -68,6 +68,17 @@ class RSO(keras.optimizers.Optimizer):
             accuracy at 47% while training-mode accuracy was 90% (see
             docs/results.md). Between refreshes the moving averages are
             updated once per batch as usual.
+        output_passes: Extra passes over the output layer's weights at the
+            end of every cycle, after the sweep that visits every weight
+            once. `0` (default) is the paper's cycle. The output layer is
+            the layer that owns the last searched variable (the `Dense`
+            classifier of the paper's networks). It is searched first in
+            the paper's order, before the layers below it have settled,
+            and it has few weights: on MNIST the best linear classifier on
+            the features of 5 cycles is 0.3 points more accurate than the
+            one RSO found (docs/results.md). Its trials are cheap (only the
+            last layer and the loss run), so a few passes cost little.
+            The passes start on a fresh mini-batch. Departs from the paper.
         tolerance: Relative improvement a candidate needs to replace the
             current weight: it is kept only if its loss is below
             `loss(w) * (1 - tolerance)`. `0.0` (default) is the paper's
@@ -99,6 +110,7 @@ class RSO(keras.optimizers.Optimizer):
         remeasure_sigma: bool = False,
         bn_refresh: bool = True,
         tolerance: float = 0.0,
+        output_passes: int = 0,
         name: str = "rso",
         **kwargs,
     ):
@@ -138,6 +150,12 @@ class RSO(keras.optimizers.Optimizer):
                 "`tolerance` must be a float in [0, 1) (a relative loss "
                 f"improvement, e.g. 1e-6). Received: {tolerance}"
             )
+        if isinstance(output_passes, bool) or not isinstance(
+            output_passes, (int, np.integer)) or output_passes < 0:
+            raise ValueError(
+                "`output_passes` must be an int >= 0 (extra passes over the "
+                f"output layer per cycle). Received: {output_passes!r}"
+            )
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"`seed` must be an int. Received: {seed!r}")
         self.weights_per_batch = int(weights_per_batch)
@@ -150,6 +168,7 @@ class RSO(keras.optimizers.Optimizer):
         self.remeasure_sigma = bool(remeasure_sigma)
         self.bn_refresh = bool(bn_refresh)
         self.tolerance = float(tolerance)
+        self.output_passes = int(output_passes)
 
     # ------------------------------------------------------------------ state
     def build(self, variables: Sequence[keras.Variable]) -> None:
@@ -258,6 +277,7 @@ class RSO(keras.optimizers.Optimizer):
             "remeasure_sigma": self.remeasure_sigma,
             "bn_refresh": self.bn_refresh,
             "tolerance": self.tolerance,
+            "output_passes": self.output_passes,
         }
 
     @classmethod

@@ -57,10 +57,16 @@ class TrialLoop:
             only counts it down (no trial, no state change, `iterations`
             unchanged). A fit resumed mid-epoch uses it to consume the
             batches the interrupted epoch had already used.
+        breaks: Trial numbers (within a cycle) at which a step must start
+            on a fresh batch; no step spans one. `ChainEvaluator`'s caches
+            are valid only while the trials of a batch move toward the
+            input, so a visit that returns to the output layer (see
+            `RSO(output_passes=...)`) starts a new batch.
     """
 
     def __init__(self, optimizer: RSO, evaluator, visit: Sequence[int],
-                 replay_steps: Optional[tf.Variable] = None):
+                 replay_steps: Optional[tf.Variable] = None,
+                 breaks: Sequence[int] = ()):
         self.opt = optimizer
         self.replay_steps = replay_steps
         self.ev = evaluator
@@ -72,6 +78,8 @@ class TrialLoop:
         self.starts = tf.constant(ends - np.asarray(sizes), tf.int64)
         self.ends = tf.constant(ends, tf.int64)
         self.visit_t = tf.constant(self.visit, tf.int64)
+        self.breaks = sorted({int(b) for b in breaks if 0 < b < self.total})
+        self.step_ends = tf.constant(self.breaks + [self.total], tf.int64)
 
     def _locate(self, g):
         """Maps a global index in visiting order to (slot, flat index)."""
@@ -100,11 +108,17 @@ class TrialLoop:
         return [_current_or(scope, v) for v in self.ev.state_variables]
 
     def permutation(self, cycle):
-        """The random visiting permutation of a cycle (order="random")."""
-        return tf.random.experimental.stateless_shuffle(
-            tf.range(self.total, dtype=tf.int64),
+        """The random visiting permutation of a cycle (order="random").
+
+        Only the sweep over every weight is shuffled; trials after the
+        first break (the output-layer passes) keep their place at the end.
+        """
+        swept = self.breaks[0] if self.breaks else self.total
+        shuffled = tf.random.experimental.stateless_shuffle(
+            tf.range(swept, dtype=tf.int64),
             seed=tf.stack([tf.constant(self.opt.seed, tf.int64) + 1,
                            tf.cast(cycle, tf.int64)]))
+        return tf.concat([shuffled, tf.range(swept, self.total, dtype=tf.int64)], 0)
 
     def target(self, t, perm=None):
         """Trial `t` of a cycle -> (slot in `visit`, flat index)."""
@@ -129,7 +143,12 @@ class TrialLoop:
         k_max = opt.weights_per_batch
         position = tf.convert_to_tensor(opt.position)
         stopped = tf.convert_to_tensor(opt.nonfinite_step) >= 0
-        n = tf.clip_by_value(self.total - position, 0, k_max)
+        # The step ends at the next break (or the cycle's end).
+        segment = tf.searchsorted(self.step_ends, tf.reshape(position, [1]),
+                                  side="right")[0]
+        end = tf.gather(self.step_ends,
+                        tf.minimum(segment, len(self.breaks)))
+        n = tf.clip_by_value(end - position, 0, k_max)
 
         # Every write below happens outside control flow or through
         # `distribution.assign`, and every loss is summed over replicas,

@@ -54,6 +54,41 @@ def test_cycle_tries_every_scalar_once_output_to_input(toy_data):
     assert trainer.steps_per_cycle() == -(-sum(sizes) // 7)
 
 
+@pytest.mark.parametrize("order", ["output_to_input", "random"])
+def test_output_passes_search_the_output_layer_again_after_the_sweep(toy_data, order):
+    x, y = toy_data
+    model = small_convnet()
+    trainer = _trainer(model, k=7, order=order, output_passes=2)
+    hist = trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    sizes = [int(np.prod(v.shape)) for v in trainer.trainable_variables]
+    head = {v.path for v in model.layers[-1].trainable_variables}
+    head_size = sum(n for v, n in zip(trainer.trainable_variables, sizes) if v.path in head)
+    # The output layer's scalars are tried 1 + 2 times, every other once.
+    np.testing.assert_array_equal(
+        trainer.optimizer.trials_per_variable.numpy(),
+        [3 * n if v.path in head else n for v, n in zip(trainer.trainable_variables, sizes)])
+    assert trainer.trials_per_cycle == sum(sizes) + 2 * head_size
+    assert hist.history["trials"] == [trainer.trials_per_cycle]
+    schedule = trainer.visit_schedule()
+    sweep, passes = schedule[:sum(sizes)], schedule[sum(sizes):]
+    assert len(set(sweep)) == sum(sizes)
+    head_trials = [t for t in sweep if t[0] in head]
+    assert sorted(passes) == sorted(head_trials * 2)
+    if order == "output_to_input":
+        assert passes == head_trials * 2
+    # The passes start on a fresh batch: the sweep's last step is cut short.
+    assert trainer.steps_per_cycle() == -(-sum(sizes) // 7) + -(-2 * head_size // 7)
+    assert int(trainer.optimizer.iterations.numpy()) == trainer.steps_per_cycle()
+
+
+def test_output_passes_must_be_a_non_negative_int():
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="output_passes"):
+            keras_rso.RSO(output_passes=bad)
+    opt = keras_rso.RSO(output_passes=3)
+    assert keras_rso.RSO.from_config(opt.get_config()).output_passes == 3
+
+
 @pytest.mark.parametrize("order", ["input_to_output", "random"])
 def test_other_orders_cover_every_scalar(toy_data, order):
     x, y = toy_data
@@ -139,14 +174,15 @@ def _deeper_convnet_with_frozen_bn():
     return model
 
 
-@pytest.mark.parametrize("build,k", [(small_convnet, 8), (deeper_convnet, 64),
-                                     (_deeper_convnet_with_frozen_bn, 64)])
-def test_fast_path_matches_full_forward_path(toy_data, build, k):
+@pytest.mark.parametrize("build,k,passes", [(small_convnet, 8, 0), (deeper_convnet, 64, 0),
+                                            (_deeper_convnet_with_frozen_bn, 64, 0),
+                                            (deeper_convnet, 16, 3)])
+def test_fast_path_matches_full_forward_path(toy_data, build, k, passes):
     x, y = toy_data
     weights = {}
     for fast in (True, False):
         model = build()
-        trainer = _trainer(model, k=k, seed=3, fast_path=fast)
+        trainer = _trainer(model, k=k, seed=3, fast_path=fast, output_passes=passes)
         trainer.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
         weights[fast] = _weights(model)
     for a, b in zip(weights[True], weights[False]):
