@@ -74,11 +74,13 @@ class RSO(keras.optimizers.Optimizer):
             the layer that owns the last searched variable (the `Dense`
             classifier of the paper's networks). It is searched first in
             the paper's order, before the layers below it have settled,
-            and it has few weights: on MNIST the best linear classifier on
-            the features of 5 cycles is 0.3 points more accurate than the
-            one RSO found (docs/results.md). Its trials are cheap (only the
-            last layer and the loss run), so a few passes cost little.
-            The passes start on a fresh mini-batch. Departs from the paper.
+            and it has few weights. On MNIST ten passes lift test accuracy
+            after cycle 1 from 75% to 89%, and after 5 cycles leave the
+            classifier within 0.1 point of the best linear one on its
+            features, though 5-cycle accuracy did not rise
+            (docs/results.md). Its trials are cheap (only the last layer
+            and the loss run), so a few passes cost little. The passes
+            start on a fresh mini-batch. Departs from the paper.
         tolerance: Relative improvement a candidate needs to replace the
             current weight: it is kept only if its loss is below
             `loss(w) * (1 - tolerance)`. `0.0` (default) is the paper's
