@@ -61,11 +61,12 @@ def _step_values(running, key):
     return np.diff(totals, prepend=0.0)
 
 
-def _run(x, y, callbacks, shuffle):
+def _run(x, y, callbacks, shuffle, output_passes=0):
     keras.utils.set_random_seed(0)
     model = small_convnet()
     trainer = keras_rso.RSOModel(model)
-    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=32, seed=4),
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=32, seed=4,
+                                            output_passes=output_passes),
                     loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     anneal = keras_rso.callbacks.SigmaAnnealing(0.1)
     try:
@@ -101,20 +102,25 @@ def test_model_checkpoint_keeps_working(toy_data, tmp_path):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
 
 
-@pytest.mark.parametrize("shuffle", [True])
-def test_resume_from_a_mid_cycle_backup_is_exact(toy_data, tmp_path, shuffle):
+# 211 weights at K=32: the sweep takes 7 steps; with 2 output passes over
+# the 15 classifier weights, step 8 runs them. Killed after step 3, or
+# after the sweep's last step, just before the passes.
+@pytest.mark.parametrize("shuffle,passes,killed_after", [(True, 0, 2), (True, 2, 6)])
+def test_resume_from_a_mid_cycle_backup_is_exact(toy_data, tmp_path, shuffle, passes,
+                                                 killed_after):
     x, y = toy_data
     ref_logs = EpochLogs()
-    reference, ref_trainer = _run(x, y, [ref_logs], shuffle)
+    reference, ref_trainer = _run(x, y, [ref_logs], shuffle, passes)
     backup = str(tmp_path / "backup")
     killed, killed_trainer = _run(
         x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1),
-               InterruptAtBatch(epoch=1, batch=2)], shuffle)
+               InterruptAtBatch(epoch=1, batch=killed_after)], shuffle, passes)
     # Stopped in the middle of cycle 2.
     assert 0 < int(killed_trainer.optimizer.position.numpy()) < killed_trainer.trials_per_cycle
     logs = EpochLogs()
     resumed, trainer = _run(
-        x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1), logs], shuffle)
+        x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1), logs], shuffle, passes)
+    assert trainer.steps_per_cycle() == 7 + (passes > 0)
     assert int(trainer.optimizer.iterations.numpy()) == int(ref_trainer.optimizer.iterations.numpy())
     assert int(trainer.optimizer.trials.numpy()) == 3 * trainer.trials_per_cycle
     assert int(trainer.optimizer.weight_updates.numpy()) == \
@@ -122,10 +128,10 @@ def test_resume_from_a_mid_cycle_backup_is_exact(toy_data, tmp_path, shuffle):
     for a, b in zip(resumed.weights, reference.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     # The resumed epoch's loss and accuracy average only the steps taken
-    # after the resume: the three replayed steps (batches 0-2, already
-    # used before the kill) do not count.
+    # after the resume: the replayed steps (already used before the kill)
+    # do not count.
     for key in ("loss", "accuracy"):
-        expected = _step_values(ref_logs.batches[1], key)[3:].mean()
+        expected = _step_values(ref_logs.batches[1], key)[killed_after + 1:].mean()
         np.testing.assert_allclose(logs.epochs[1][key], expected, rtol=1e-5, err_msg=key)
         np.testing.assert_allclose(logs.epochs[2][key], ref_logs.epochs[2][key],
                                    rtol=1e-6, err_msg=key)
