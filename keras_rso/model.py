@@ -166,9 +166,10 @@ class RSOModel(keras.Model):
             ev = FullForwardEvaluator(self.model, all_vars, self._loss_fn)
             if order != "input_to_output":
                 index.reverse()
-        passes = self._output_passes(index)
-        breaks = [self._trial_count(index)] if passes else []
-        return ev, index + passes, breaks
+        # The output passes start on a fresh batch: a break after the sweep,
+        # at the same count `steps_per_cycle` uses.
+        breaks = self._cycle_segments()[:-1]
+        return ev, index + self._output_passes(index), breaks
 
     def _searched_index(self) -> List[int]:
         """Positions of the searched variables in `trainable_variables`."""
