@@ -24,11 +24,15 @@ def rso_settings(args: dict) -> str:
         label += ", balanced"
     if args.get("output_passes"):
         label += f", +{args['output_passes']} output passes"
+    if args.get("step_rule", "argmin") != "argmin":
+        label += f", {args['step_rule']} step"
     return label
 
 
 def is_paper_settings(args: dict) -> bool:
     """Whether a run used the paper's settings: sigma 1x annealed to 0.1x,
-    measured once, and a cycle that visits every weight once."""
+    measured once, a cycle that visits every weight once, and the argmin
+    of w - dw, w, w + dw."""
     return (sigma_scales(args) == (1.0, 0.1) and not args.get("remeasure_sigma")
-            and not args.get("balance_sigma") and not args.get("output_passes"))
+            and not args.get("balance_sigma") and not args.get("output_passes")
+            and args.get("step_rule", "argmin") == "argmin")

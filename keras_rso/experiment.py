@@ -20,7 +20,7 @@ import numpy as np
 
 from keras_rso.callbacks import LayerAcceptRates, SigmaAnnealing, SigmaBalancing
 from keras_rso.model import RSOModel
-from keras_rso.optimizer import RSO
+from keras_rso.optimizer import RSO, STEP_RULES
 
 
 class StopAfter(keras.callbacks.Callback):
@@ -177,7 +177,7 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
         data: `((x_train, y_train), (x_test, y_test))`.
         args: Parsed flags: cycles, batch_size, weights_per_batch, seed,
             sigma_scale, final_fraction, remeasure_sigma, balance_sigma, order, stop_after,
-            no_bn_refresh, tolerance, output_passes,
+            no_bn_refresh, tolerance, output_passes, step_rule,
             backup_dir, backup_every, logdir, save, results, verbose.
 
     Returns:
@@ -192,7 +192,8 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
                       remeasure_sigma=args.remeasure_sigma,
                       bn_refresh=not args.no_bn_refresh,
                       tolerance=args.tolerance,
-                      output_passes=args.output_passes),
+                      output_passes=args.output_passes,
+                      step_rule=args.step_rule),
         loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     backup_dir = args.backup_dir
     # Per-variable accept rates go into every results row (and, with
@@ -295,6 +296,10 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
     parser.add_argument("--output-passes", type=_non_negative_int, default=0,
                         help="extra passes over the output layer at the end of "
                              "every cycle (RSO(output_passes=...); paper: 0)")
+    parser.add_argument("--step-rule", default="argmin", choices=list(STEP_RULES),
+                        help="argmin: best of w-dw, w, w+dw (paper); parabolic: also "
+                             "the vertex of the parabola through their losses "
+                             "(RSO(step_rule=...), twice the evaluations per trial)")
     parser.add_argument("--order", default="output_to_input",
                         choices=["output_to_input", "input_to_output", "random"])
     parser.add_argument("--stop-after", type=int, default=None,

@@ -29,20 +29,51 @@ class StepResult(NamedTuple):
     replayed: tf.Tensor     # True for a step a resumed fit only replays
 
 
-def decide(loss0, loss_plus, loss_minus, tolerance: float = 0.0):
-    """Chooses among `{w, w + dw, w - dw}` (KEEP, PLUS or MINUS).
+def choose(loss0, candidate_losses: Sequence, tolerance: float = 0.0):
+    """Index of the weight to keep: `0` for `w`, `i + 1` for candidate `i`.
 
     A candidate must be strictly better than the current weight, by the
     relative `tolerance` (ties keep `w`), a candidate with a non-finite
-    loss is never taken, and `+dw` wins a tie between the two candidates.
+    loss is never taken, and an earlier candidate wins a tie.
     """
     inf = tf.constant(np.inf, loss0.dtype)
-    lp = tf.where(tf.math.is_finite(loss_plus), loss_plus, inf)
-    lm = tf.where(tf.math.is_finite(loss_minus), loss_minus, inf)
-    bar = loss0 - tf.cast(tolerance, loss0.dtype) * tf.abs(loss0) if tolerance else loss0
-    take_plus = tf.logical_and(lp < bar, lp <= lm)
-    take_minus = tf.logical_and(lm < bar, lm < lp)
-    return tf.where(take_plus, PLUS, tf.where(take_minus, MINUS, KEEP))
+    best_loss = (loss0 - tf.cast(tolerance, loss0.dtype) * tf.abs(loss0)
+                 if tolerance else loss0)
+    best = tf.constant(KEEP, tf.int32)
+    for i, loss in enumerate(candidate_losses):
+        loss = tf.where(tf.math.is_finite(loss), loss, inf)
+        better = loss < best_loss
+        best = tf.where(better, i + 1, best)
+        best_loss = tf.where(better, loss, best_loss)
+    return best
+
+
+def decide(loss0, loss_plus, loss_minus, tolerance: float = 0.0):
+    """Chooses among `{w, w + dw, w - dw}` (KEEP, PLUS or MINUS): the
+    paper's argmin, with `choose`'s rules (`+dw` wins a tie)."""
+    return choose(loss0, [loss_plus, loss_minus], tolerance)
+
+
+def parabolic_offset(loss0, loss_plus, loss_minus, dw, max_ratio: float = 2.0):
+    """Offset from `w` to the vertex of the parabola through the three losses.
+
+    The losses are those at `w - dw`, `w` and `w + dw` (`dw` may be
+    negative). Where they curve upward, this is the offset that minimises
+    the parabola, clipped to `max_ratio * |dw|`: beyond the points measured
+    the quadratic model is a guess. Where they do not curve upward (flat or
+    concave), it is a step of `max_ratio * |dw|` toward the lower side.
+    A non-finite loss gives `0` (no second pair of candidates is worth
+    evaluating).
+    """
+    dw = tf.cast(dw, loss0.dtype)
+    curvature = loss_plus + loss_minus - 2.0 * loss0
+    reach = max_ratio * tf.abs(dw)
+    vertex = dw * (loss_minus - loss_plus) / (2.0 * curvature)
+    downhill = tf.where(loss_plus <= loss_minus, reach, -reach) * tf.sign(dw)
+    offset = tf.where(curvature > 0, tf.clip_by_value(vertex, -reach, reach), downhill)
+    # `curvature` is non-finite when any of the three losses is.
+    usable = tf.logical_and(tf.math.is_finite(curvature), tf.math.is_finite(offset))
+    return tf.where(usable, offset, tf.zeros_like(offset))
 
 
 class TrialLoop:
@@ -199,28 +230,39 @@ class TrialLoop:
                     trial = self.ev.trial(v, j, dw, fixed, carried, x, y, sample_weight)
                     lp = distribution.cross_replica_sum(trial.loss_plus)
                     lm = distribution.cross_replica_sum(trial.loss_minus)
-                    choice = decide(loss, lp, lm, opt.tolerance)
+                    # (offset from w, its loss, its predictions, its cache entries)
+                    options = [(dw, lp, trial.y_plus, trial.plus),
+                               (-dw, lm, trial.y_minus, trial.minus)]
+                    if opt.step_rule == "parabolic":
+                        t = parabolic_offset(loss, lp, lm, dw)
+                        second = self.ev.trial(v, j, t, fixed, carried, x, y, sample_weight)
+                        # At t == 0 both candidates are w itself, and rounding
+                        # could make w look better than w.
+                        usable = tf.not_equal(t, 0.0)
+                        inf = tf.constant(np.inf, loss.dtype)
+                        lq = tf.where(usable, distribution.cross_replica_sum(second.loss_plus), inf)
+                        lqm = tf.where(usable, distribution.cross_replica_sum(second.loss_minus), inf)
+                        options += [(t, lq, second.y_plus, second.plus),
+                                    (-t, lqm, second.y_minus, second.minus)]
+                    choice = choose(loss, [o[1] for o in options], opt.tolerance)
 
                     def keep():
                         return tf.identity(loss), y_pred, trial.kept
 
-                    def take(sign, candidate_loss, candidate_y_pred, entries):
+                    def take(offset, candidate_loss, candidate_y_pred, entries):
                         def apply():
                             # Later trials read the committed weight: the
                             # next iteration runs on this switch's outputs.
                             value = tf.convert_to_tensor(var.value)
                             w = tf.gather(tf.reshape(value, [-1]), j)
                             distribution.assign(var, replace_scalar(
-                                value, j, w + tf.cast(sign * dw, value.dtype)))
+                                value, j, w + tf.cast(offset, value.dtype)))
                             return tf.identity(candidate_loss), candidate_y_pred, entries()
                         return apply
 
                     # Only the chosen candidate's cache entries are built.
                     new_loss, new_y_pred, entries = tf.switch_case(
-                        tf.cast(choice, tf.int32),
-                        {KEEP: keep,
-                         PLUS: take(1.0, lp, trial.y_plus, trial.plus),
-                         MINUS: take(-1.0, lm, trial.y_minus, trial.minus)})
+                        choice, [keep] + [take(*o) for o in options])
                     return (new_loss, new_y_pred, trial.merge(entries),
                             tf.cast(choice != KEEP, tf.int64))
 

@@ -62,6 +62,7 @@ def test_compile_needs_a_loss():
     ({"seed": "zero"}, TypeError, "seed"),
     ({"tolerance": -1e-6}, ValueError, "tolerance"),
     ({"tolerance": 1.0}, ValueError, "tolerance"),
+    ({"step_rule": "newton"}, ValueError, "step_rule"),
 ])
 def test_out_of_range_options_are_rejected(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -126,9 +126,11 @@ def test_rejected_candidates_leave_weights_bit_identical(toy_data):
         [int(np.sum(a != b)) for a, b in zip(before, after)])
 
 
-@pytest.mark.parametrize("fast_path,build", [(True, small_convnet), (False, small_convnet),
-                                             (True, deeper_convnet)])
-def test_loss_on_a_fixed_batch_never_increases(toy_data, fast_path, build):
+@pytest.mark.parametrize("fast_path,build,rule", [(True, small_convnet, "argmin"),
+                                                  (False, small_convnet, "argmin"),
+                                                  (True, deeper_convnet, "argmin"),
+                                                  (True, deeper_convnet, "parabolic")])
+def test_loss_on_a_fixed_batch_never_increases(toy_data, fast_path, build, rule):
     x, y = toy_data
     xb, yb = x[:48], y[:48]
     model = build()
@@ -138,7 +140,7 @@ def test_loss_on_a_fixed_batch_never_increases(toy_data, fast_path, build):
         with keras.StatelessScope():  # batch statistics, no BN update
             return float(loss_fn(yb, model(xb, training=True)))
 
-    trainer = _trainer(model, k=16, fast_path=fast_path)
+    trainer = _trainer(model, k=16, fast_path=fast_path, step_rule=rule)
     rec = StepRecorder(batch_loss)
     ds = tf.data.Dataset.from_tensors((xb, yb)).repeat()
     trainer.fit(ds, epochs=1, verbose=0, callbacks=[rec])

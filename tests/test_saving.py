@@ -55,7 +55,8 @@ def test_trainer_round_trips_with_rso_state(toy_data, tmp_path):
 
 
 def test_rso_config_round_trip():
-    opt = keras_rso.RSO(weights_per_batch=3, seed=7, order="random", zero_std_sigma=0.02)
+    opt = keras_rso.RSO(weights_per_batch=3, seed=7, order="random", zero_std_sigma=0.02,
+                        step_rule="parabolic")
     again = keras_rso.RSO.from_config(opt.get_config())
     assert again.get_config() == opt.get_config()
     assert keras.optimizers.deserialize(keras.optimizers.serialize(opt)).get_config() == opt.get_config()
