@@ -207,11 +207,15 @@ class RSOModel(keras.Model):
         Computed by the same code that drives the traced train step; the
         model and optimizer must be built (after `fit`, or `build`).
         """
+        return self._trial_targets(cycle, range(self.trials_per_cycle))
+
+    def _trial_targets(self, cycle: int, trials) -> List[tuple]:
+        """`(variable path, flat index)` of the given trials of a cycle."""
         evaluator, visit, breaks = self._plan()
         loop = TrialLoop(self.optimizer, evaluator, visit, breaks=breaks)
         perm = loop.permutation(cycle) if self.optimizer.order == "random" else None
         out = []
-        for t in range(loop.total):
+        for t in trials:
             slot, j = loop.target(tf.constant(t, tf.int64), perm)
             out.append((evaluator.variables[visit[int(slot)]].path, int(j)))
         return out
@@ -352,18 +356,12 @@ class RSOModel(keras.Model):
         if step < 0:
             return
         opt.nonfinite_step.assign(-1)  # so a later fit on clean data can go on
-        ev, visit, _ = self._plan()
         total = self.trials_per_cycle
         pos = int(opt.position.numpy())
-        nxt = ev.variables[visit[0]].path
-        acc = 0
-        for v in visit:
-            acc += math.prod(ev.variables[v].shape)
-            if pos < acc:
-                nxt = ev.variables[v].path
-                break
+        cycle = int(opt.cycle.numpy())
+        nxt, _ = self._trial_targets(cycle, [min(pos, total - 1)])[0]
         raise NonFiniteLossError(
-            f"RSO stopped at train step {step} (cycle {int(opt.cycle.numpy())}, "
+            f"RSO stopped at train step {step} (cycle {cycle}, "
             f"trial {pos} of {total}, next variable '{nxt}'): the loss of the "
             "current weights on this batch is NaN or infinite, so no "
             "candidate can be compared. No weight was changed by that step; "

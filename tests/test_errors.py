@@ -117,6 +117,23 @@ def test_nan_batch_stops_with_step_and_variable_named_and_keeps_last_good_weight
     assert int(trainer.optimizer.trials.numpy()) == 16
 
 
+def test_nan_batch_under_random_order_names_the_variable_of_the_next_trial(toy_data):
+    x, y = toy_data
+    # A NaN sample weight (second batch of 32) makes the loss NaN. A NaN
+    # pixel would not under the full forward pass: in a tf.function, TF's
+    # fused CPU kernels turn the NaN BatchNorm output into 0 after ReLU.
+    weights = np.ones(64, "float32")
+    weights[40] = np.nan
+    ds = tf.data.Dataset.from_tensor_slices((x[:64], y[:64], weights)).batch(32)
+    trainer = _compiled(small_convnet(), weights_per_batch=4, order="random")
+    with pytest.raises(keras_rso.NonFiniteLossError) as err:
+        trainer.fit(ds, epochs=1, verbose=0)
+    # The shuffled schedule's trial 4, not the variable at position 4 of
+    # the unshuffled order.
+    path = trainer.visit_schedule(cycle=0)[4][0]
+    assert f"trial 4 of 211, next variable '{path}'" in str(err.value)
+
+
 class NanOutsideUnitBall(keras.layers.Layer):
     """Scales its input by w; the output is NaN wherever |w| > 1."""
 
