@@ -163,11 +163,14 @@ class RSO(keras.optimizers.Optimizer):
                 f"improvement, e.g. 1e-6). Received: {tolerance}"
             )
         if isinstance(output_passes, bool) or not isinstance(
-            output_passes, (int, np.integer)) or output_passes < 0:
-            raise ValueError(
+            output_passes, (int, np.integer)):
+            raise TypeError(
                 "`output_passes` must be an int >= 0 (extra passes over the "
                 f"output layer per cycle). Received: {output_passes!r}"
             )
+        if output_passes < 0:
+            raise ValueError(
+                f"`output_passes` must be >= 0. Received: {output_passes}")
         if step_rule not in STEP_RULES:
             raise ValueError(
                 f"`step_rule` must be one of {STEP_RULES}. Received: {step_rule!r}")

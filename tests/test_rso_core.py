@@ -82,8 +82,10 @@ def test_output_passes_search_the_output_layer_again_after_the_sweep(toy_data, o
 
 
 def test_output_passes_must_be_a_non_negative_int():
-    for bad in (-1, 1.5, True):
-        with pytest.raises(ValueError, match="output_passes"):
+    with pytest.raises(ValueError, match="output_passes"):
+        keras_rso.RSO(output_passes=-1)
+    for bad in (1.5, True):  # wrong type, as for weights_per_batch
+        with pytest.raises(TypeError, match="output_passes"):
             keras_rso.RSO(output_passes=bad)
     opt = keras_rso.RSO(output_passes=3)
     assert keras_rso.RSO.from_config(opt.get_config()).output_passes == 3
