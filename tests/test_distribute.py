@@ -9,7 +9,7 @@ import keras_rso
 from conftest import small_convnet
 
 
-def _fit(strategy, x, y, bn=False, tolerance=1e-6, epochs=2, **bn_kwargs):
+def _fit(strategy, x, y, bn=False, tolerance=1e-6, epochs=2, options=None, **bn_kwargs):
     with strategy.scope():
         model = small_convnet(bn=bn)
         if bn_kwargs:
@@ -19,7 +19,8 @@ def _fit(strategy, x, y, bn=False, tolerance=1e-6, epochs=2, **bn_kwargs):
                         setattr(layer, k, v)
         trainer = keras_rso.RSOModel(model)
         trainer.compile(
-            optimizer=keras_rso.RSO(weights_per_batch=8, seed=3, tolerance=tolerance),
+            optimizer=keras_rso.RSO(weights_per_batch=8, seed=3, tolerance=tolerance,
+                                    **(options or {})),
             loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     history = trainer.fit(x, y, batch_size=32, epochs=epochs, shuffle=False, verbose=0)
     return model, trainer, history
@@ -42,12 +43,16 @@ def test_two_replicas_match_one_device(toy_data):
     np.testing.assert_allclose(h1.history["accuracy"], h2.history["accuracy"])
 
 
-def test_replicas_never_diverge_with_batchnorm(toy_data):
+@pytest.mark.parametrize("options", [{}, {"output_passes": 2}, {"step_rule": "parabolic"}])
+def test_replicas_never_diverge_with_batchnorm(toy_data, options):
     # Per-replica BN statistics and the paper's exact argmin (tolerance 0):
     # decisions are still taken on the gathered global loss, identical on
-    # both replicas, and BN moving statistics are averaged.
+    # both replicas, and BN moving statistics are averaged. The same holds
+    # with output passes and with the parabolic step (whose offset is
+    # computed from the gathered losses).
     x, y = toy_data
-    model, trainer, history = _fit(_mirrored(), x, y, bn=True, tolerance=0.0)
+    model, trainer, history = _fit(_mirrored(), x, y, bn=True, tolerance=0.0,
+                                   options=options)
     assert history.history["loss"][-1] < history.history["loss"][0]
     for v in model.weights:
         copies = [c.numpy() for c in v._value.values]
