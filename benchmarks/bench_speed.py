@@ -48,12 +48,12 @@ class _StepTimer(keras.callbacks.Callback):
         self.total += time.perf_counter() - self._t0
 
 
-def time_keras_rso(k, trials, x, y, batch):
+def time_keras_rso(k, trials, x, y, batch, step_rule="argmin"):
     """Trials per second of every variable, for one K (one traced function)."""
     keras.utils.set_random_seed(0)
     model = keras_rso.models.mnist_paper_net()
     trainer = keras_rso.RSOModel(model)
-    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=0),
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=0, step_rule=step_rule),
                     loss="sparse_categorical_crossentropy")
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat().prefetch(4)
     trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # trace
@@ -100,6 +100,10 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--trials", type=int, default=128,
                         help="scalars timed per variable and setting")
+    parser.add_argument("--step-rule", default="argmin", choices=["argmin", "parabolic"],
+                        help="keras_rso's RSO(step_rule=...); the naive reference is argmin")
+    parser.add_argument("--no-naive", action="store_true",
+                        help="time keras_rso only (no reference, no speed-up)")
     parser.add_argument("--output", default=None, help="write results JSON here")
     args = parser.parse_args(argv)
     ks = [int(k) for k in args.ks.split(",")]
@@ -107,20 +111,23 @@ def main(argv=None):
     (x, y), _ = keras_rso.datasets.load_mnist(limit=4096)
     model = keras_rso.models.mnist_paper_net()
     variables = [(i, v.path, int(np.prod(v.shape))) for i, v in enumerate(model.trainable_variables)]
-    rso = {k: time_keras_rso(k, args.trials, x, y, args.batch_size) for k in ks}
+    rso = {k: time_keras_rso(k, args.trials, x, y, args.batch_size, args.step_rule) for k in ks}
     rows = []
     for i, path, size in variables:
-        row = {"variable": path, "scalars": size,
-               "naive_trials_per_s": time_naive(i, args.trials, x, y, args.batch_size)}
+        row = {"variable": path, "scalars": size}
+        if not args.no_naive:
+            row["naive_trials_per_s"] = time_naive(i, args.trials, x, y, args.batch_size)
         for k in ks:
             row[f"k{k}_trials_per_s"] = rso[k][path]
         rows.append(row)
         print(json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
 
-    cycle = {"naive": sum(r["scalars"] / r["naive_trials_per_s"] for r in rows)}
+    cycle = {} if args.no_naive else {
+        "naive": sum(r["scalars"] / r["naive_trials_per_s"] for r in rows)}
     for k in ks:
         cycle[f"k{k}"] = sum(r["scalars"] / r[f"k{k}_trials_per_s"] for r in rows)
-    speedup = {name: cycle["naive"] / s for name, s in cycle.items() if name != "naive"}
+    speedup = {} if args.no_naive else {
+        name: cycle["naive"] / s for name, s in cycle.items() if name != "naive"}
     print("seconds per cycle:", {k: round(v, 1) for k, v in cycle.items()})
     print("speed-up over naive:", {k: round(v, 2) for k, v in speedup.items()})
     if args.output:
@@ -129,7 +136,8 @@ def main(argv=None):
             json.dump({"command": "python " + " ".join(sys.argv),
                        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                    "tensorflow": tf.__version__, "keras": keras.__version__},
-                       "batch_size": args.batch_size, "per_variable": rows,
+                       "batch_size": args.batch_size, "step_rule": args.step_rule,
+                       "per_variable": rows,
                        "seconds_per_cycle": cycle, "speedup_over_naive": speedup}, f, indent=1)
 
 
