@@ -261,6 +261,8 @@ class TrialLoop:
                         return apply
 
                     # Only the chosen candidate's cache entries are built.
+                    # Both trials of a weight name the same entries, so
+                    # `trial.merge` also takes the second trial's.
                     new_loss, new_y_pred, entries = tf.switch_case(
                         choice, [keep] + [take(*o) for o in options])
                     return (new_loss, new_y_pred, trial.merge(entries),
