@@ -20,7 +20,7 @@ import numpy as np
 
 from keras_rso.callbacks import LayerAcceptRates, SigmaAnnealing, SigmaBalancing
 from keras_rso.model import RSOModel
-from keras_rso.optimizer import RSO, STEP_RULES
+from keras_rso.optimizer import ORDERS, RSO, STEP_RULES
 
 
 class StopAfter(keras.callbacks.Callback):
@@ -300,8 +300,7 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
                         help="argmin: best of w-dw, w, w+dw (paper); parabolic: also "
                              "the vertex of the parabola through their losses "
                              "(RSO(step_rule=...), twice the evaluations per trial)")
-    parser.add_argument("--order", default="output_to_input",
-                        choices=["output_to_input", "input_to_output", "random"])
+    parser.add_argument("--order", default="output_to_input", choices=list(ORDERS))
     parser.add_argument("--stop-after", type=int, default=None,
                         help="stop after N cycles of the --cycles schedule (sweeps)")
     parser.add_argument("--no-bn-refresh", action="store_true",
