@@ -18,7 +18,7 @@ from keras_rso import distribution
 from keras_rso.evaluators import replace_scalar
 from keras_rso.optimizer import RSO
 
-KEEP, PLUS, MINUS = 0, 1, 2
+KEEP = 0  # `choose` index of the current weight; candidate i is i + 1
 
 
 class StepResult(NamedTuple):
@@ -46,12 +46,6 @@ def choose(loss0, candidate_losses: Sequence, tolerance: float = 0.0):
         best = tf.where(better, i + 1, best)
         best_loss = tf.where(better, loss, best_loss)
     return best
-
-
-def decide(loss0, loss_plus, loss_minus, tolerance: float = 0.0):
-    """Chooses among `{w, w + dw, w - dw}` (KEEP, PLUS or MINUS): the
-    paper's argmin, with `choose`'s rules (`+dw` wins a tie)."""
-    return choose(loss0, [loss_plus, loss_minus], tolerance)
 
 
 def parabolic_offset(loss0, loss_plus, loss_minus, dw, max_ratio: float = 2.0):

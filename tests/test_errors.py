@@ -163,23 +163,27 @@ def test_non_finite_candidates_are_never_accepted(toy_data, fast_path):
     assert np.isfinite(model.evaluate(x, y, verbose=0))
 
 
-def test_decide_prefers_keep_on_ties_and_never_takes_non_finite():
-    from keras_rso.search import KEEP, MINUS, PLUS, decide
+def test_choose_prefers_keep_on_ties_and_never_takes_non_finite():
+    from keras_rso.search import KEEP, choose
+    plus, minus = 1, 2  # the paper's candidates w + dw, w - dw, in that order
     nan, inf = float("nan"), float("inf")
-    cases = [((1.0, 0.5, 0.7), PLUS), ((1.0, 0.7, 0.5), MINUS), ((1.0, 1.0, 1.0), KEEP),
-             ((1.0, 0.5, 0.5), PLUS), ((1.0, nan, 0.9), MINUS), ((1.0, -inf, 2.0), KEEP),
-             ((1.0, nan, nan), KEEP), ((1.0, inf, 1.5), KEEP)]
-    for (l0, lp, lm), want in cases:
-        got = int(decide(tf.constant(l0), tf.constant(lp), tf.constant(lm)))
-        assert got == want, ((l0, lp, lm), got, want)
+    cases = [((1.0, [0.5, 0.7]), plus), ((1.0, [0.7, 0.5]), minus), ((1.0, [1.0, 1.0]), KEEP),
+             ((1.0, [0.5, 0.5]), plus), ((1.0, [nan, 0.9]), minus), ((1.0, [-inf, 2.0]), KEEP),
+             ((1.0, [nan, nan]), KEEP), ((1.0, [inf, 1.5]), KEEP),
+             # Four candidates (the parabolic step): the earlier wins a tie.
+             ((1.0, [0.9, 0.8, 0.7, 0.95]), 3), ((1.0, [0.7, 0.8, 0.7, 0.7]), 1),
+             ((1.0, [1.0, 1.0, 1.0, 1.0]), KEEP), ((1.0, [nan, 0.9, -inf, 0.5]), 4)]
+    for (l0, losses), want in cases:
+        got = int(choose(tf.constant(l0), [tf.constant(v) for v in losses]))
+        assert got == want, ((l0, losses), got, want)
 
 
 def test_tolerance_ignores_improvements_below_it():
-    from keras_rso.search import KEEP, MINUS, PLUS, decide
+    from keras_rso.search import KEEP, choose
     l0, tiny, clear = tf.constant(2.0), tf.constant(2.0 - 1e-6), tf.constant(1.9)
-    assert int(decide(l0, tiny, tf.constant(3.0))) == PLUS
-    assert int(decide(l0, tiny, tf.constant(3.0), tolerance=1e-6)) == KEEP
-    assert int(decide(l0, tf.constant(3.0), clear, tolerance=1e-6)) == MINUS
+    assert int(choose(l0, [tiny, tf.constant(3.0)])) == 1
+    assert int(choose(l0, [tiny, tf.constant(3.0)], tolerance=1e-6)) == KEEP
+    assert int(choose(l0, [tf.constant(3.0), clear], tolerance=1e-6)) == 2
 
 
 def test_wrong_input_shape_raises_before_any_change(toy_data):

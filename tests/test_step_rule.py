@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_rso
-from keras_rso.search import KEEP, choose, parabolic_offset
+from keras_rso.search import parabolic_offset
 from conftest import deeper_convnet, small_convnet
 
 
@@ -34,15 +34,6 @@ def test_parabolic_offset_clips_steps_downhill_and_ignores_non_finite():
     assert _offset(1.0, 0.8, 1.2, -0.5) == pytest.approx(-1.0)
     assert _offset(1.0, float("nan"), 0.8, 0.5) == 0.0
     assert _offset(1.0, float("inf"), 0.8, 0.5) == 0.0
-
-
-def test_choose_keeps_on_ties_and_prefers_the_earlier_candidate():
-    nan = float("nan")
-    cases = [((1.0, [0.9, 0.8, 0.7, 0.95]), 3), ((1.0, [0.7, 0.8, 0.7, 0.7]), 1),
-             ((1.0, [1.0, 1.0, 1.0, 1.0]), KEEP), ((1.0, [nan, 0.9, -float("inf"), 0.5]), 4)]
-    for (l0, losses), want in cases:
-        got = int(choose(tf.constant(l0), [tf.constant(v) for v in losses]))
-        assert got == want, (l0, losses)
 
 
 def _fit_one_weight(rule, seed):
