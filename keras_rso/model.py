@@ -355,19 +355,28 @@ class RSOModel(keras.Model):
         step = int(opt.nonfinite_step.numpy())
         if step < 0:
             return
-        opt.nonfinite_step.assign(-1)  # so a later fit on clean data can go on
+        inputs = bool(opt.nonfinite_inputs.numpy())
+        # Cleared, so that a later fit on clean data can go on.
+        opt.nonfinite_step.assign(-1)
+        opt.nonfinite_inputs.assign(0)
         total = self.trials_per_cycle
         pos = int(opt.position.numpy())
         cycle = int(opt.cycle.numpy())
         nxt, _ = self._trial_targets(cycle, [min(pos, total - 1)])[0]
+        if inputs:
+            problem = ("the inputs of this batch contain NaN or infinite "
+                       "values, so no loss on it means anything")
+            advice = "Clean or drop those samples (e.g. `np.isfinite(x)`)."
+        else:
+            problem = ("the loss of the current weights on this batch is NaN "
+                       "or infinite, so no candidate can be compared")
+            advice = ("Check the targets and sample weights for NaN/inf "
+                      "values and that the loss is defined for them.")
         raise NonFiniteLossError(
             f"RSO stopped at train step {step} (cycle {cycle}, "
-            f"trial {pos} of {total}, next variable '{nxt}'): the loss of the "
-            "current weights on this batch is NaN or infinite, so no "
-            "candidate can be compared. No weight was changed by that step; "
-            "the model holds the weights of the last good step. Check the "
-            "inputs and targets for NaN/inf values and that the loss is "
-            "defined for them.")
+            f"trial {pos} of {total}, next variable '{nxt}'): {problem}. "
+            "No weight was changed by that step; the model holds the "
+            f"weights of the last good step. {advice}")
 
     # ------------------------------------------------------------------ fit
     def _ensure_ready(self, data_batch):

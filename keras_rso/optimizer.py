@@ -224,11 +224,14 @@ class RSO(keras.optimizers.Optimizer):
         # end): a fit resumed from a mid-epoch backup replays, without
         # trials, the steps of that epoch it had already taken.
         self.epoch_start = self.add_variable((), name="epoch_start", **int_kw)
-        # Set when a batch had a non-finite base loss; the step that saw it
-        # (and every later one) leaves the weights alone.
+        # Set when a batch had non-finite inputs or a non-finite base loss;
+        # the step that saw it (and every later one) leaves the weights
+        # alone. `nonfinite_inputs` tells the two causes apart for the error.
         self.nonfinite_step = self.add_variable(
             (), initializer=keras.initializers.Constant(-1),
             name="nonfinite_step", **int_kw)
+        self.nonfinite_inputs = self.add_variable(
+            (), name="nonfinite_inputs", **int_kw)
 
     def initialize_sigmas(self, variables: Sequence[keras.Variable],
                           layer_of: Sequence[int]) -> np.ndarray:

@@ -189,7 +189,14 @@ class TrialLoop:
             loss0, y_pred0, fixed, carried0 = self.ev.begin(x, y, sample_weight)
         updated = [_current_or(scope, v) for v in self.ev.state_variables]
         loss0 = distribution.cross_replica_sum(loss0)
-        finite = tf.math.is_finite(loss0)
+        # A NaN pixel does not always reach the loss: inside a tf.function,
+        # TF's fused CPU kernels can turn a NaN BatchNormalization output
+        # into 0 after a ReLU, and RSO would then search on garbage without
+        # noticing. So the inputs are checked too (cheap next to a trial).
+        bad_inputs = distribution.cross_replica_sum(
+            _count_non_finite(x)) > 0
+        finite = tf.logical_and(tf.math.is_finite(loss0),
+                                tf.logical_not(bad_inputs))
         replaying = (tf.convert_to_tensor(self.replay_steps) > 0
                      if self.replay_steps is not None else tf.constant(False))
         active = tf.logical_and(tf.logical_not(stopped), tf.logical_not(replaying))
@@ -200,6 +207,9 @@ class TrialLoop:
         distribution.assign(opt.nonfinite_step, tf.where(
             first_bad, tf.cast(tf.convert_to_tensor(opt.iterations), tf.int64),
             tf.convert_to_tensor(opt.nonfinite_step)))
+        distribution.assign(opt.nonfinite_inputs, tf.where(
+            first_bad, tf.cast(bad_inputs, tf.int64),
+            tf.convert_to_tensor(opt.nonfinite_inputs)))
 
         first_trial = tf.convert_to_tensor(opt.trials)
         sigmas = tf.convert_to_tensor(opt.sigmas)
@@ -322,3 +332,10 @@ def _current_or(scope, variable):
     """The value a stateless scope holds for `variable`, else its own."""
     value = scope.get_current_value(variable)
     return value if value is not None else tf.convert_to_tensor(variable.value)
+
+
+def _count_non_finite(inputs) -> tf.Tensor:
+    """Number of NaN/inf values in the floating-point tensors of `inputs`."""
+    counts = [tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(t)), tf.float32))
+              for t in tf.nest.flatten(inputs) if t.dtype.is_floating]
+    return tf.add_n(counts) if counts else tf.constant(0.0)
