@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import importlib
 import os
 import pathlib
 import runpy
@@ -35,6 +36,7 @@ def _run(script, *args, timeout=400):
                                     "benchmarks/bench_startup.py",
                                     "benchmarks/weight_stats.py",
                                     "benchmarks/precise_bn.py",
+                                    "benchmarks/trial_noise.py",
                                     "benchmarks/plot_results.py",
                                     "benchmarks/results_table.py"])
 def test_scripts_have_help(script, capsys, monkeypatch):
@@ -45,6 +47,23 @@ def test_scripts_have_help(script, capsys, monkeypatch):
         runpy.run_path(str(ROOT / script), run_name="__main__")
     assert exit_info.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_trial_noise_scores_a_decision_on_the_batches_it_did_not_see(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    trial_noise = importlib.import_module("trial_noise")
+    # One weight, 4 batches. Loss at w is 1.0 everywhere; w + dw looks better
+    # on batch 0 only (0.9) and is worse on the others (1.2); w - dw is 1.05.
+    lucky = np.array([[[1.05] * 4, [1.0] * 4, [0.9, 1.2, 1.2, 1.2]]])
+    gains = trial_noise.held_out_gains(lucky, tolerances=[0.2])
+    # Batch 0 takes w + dw, which costs 0.2 on batches 1-3; the others keep w.
+    assert gains["held_out_gain_tol0_x1"] == pytest.approx(0.2 / 4)
+    assert gains["held_out_gain_tol0.2_x1"] == 0.0  # 0.9 is not 20% below 1.0
+    assert gains["held_out_gain_tol0_x2"] == 0.0  # pairs of batches keep w
+    # A change that is better on every batch gains on held-out data too.
+    real = np.array([[[1.05] * 4, [1.0] * 4, [0.9] * 4]])
+    assert trial_noise.held_out_gains(real, [])["held_out_gain_tol0_x1"] == pytest.approx(-0.1)
+    assert trial_noise.decide([1.0, 1.0, 1.0]) == 1  # ties keep w
 
 
 def _scalars(logdir):

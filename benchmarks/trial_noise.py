@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""How often does one mini-batch make the same trial decision as more data?
+
+For a saved model of the paper's MNIST net, this picks random scalar weights
+in every kernel, draws `dw ~ N(0, sigma)` for each (sigma = the He-normal
+std of the layer's initialisation times `--sigma-scale`, the paper's sigma
+without `SigmaBalancing`'s factors), and evaluates the training loss at
+`w - dw`, `w` and `w + dw` on `--batches` disjoint training batches of
+`--batch-size` images, with BatchNormalization in training mode as RSO
+evaluates it. For each batch it compares the batch's decision (the argmin of
+the three losses, as RSO takes it) with the decision of the other batches
+pooled (7 x 2048 = 14,336 images by default).
+
+Per variable it reports:
+  * `agreement`: the fraction of batch decisions equal to the pooled one;
+  * `move_rate_batch` / `move_rate_pooled`: how often the batch, and the
+    pooled data, pick `w - dw` or `w + dw` over `w` (the accept rate);
+  * `snr`: |mean| / std over batches of `L(w + dw) - L(w - dw)`, averaged
+    over the sampled weights.
+
+Low agreement with a high move rate means that the trials at this sigma and
+batch size are mostly decided by the batch's noise.
+
+It also reports what a trial gains on data it did not see: for the decision
+of batch `b` (or of `b` and the next batch pooled, i.e. twice the batch), the
+change of the loss of the other batches between the chosen candidate and `w`
+(`held_out_gain`, negative is better), for the paper's argmin and for the
+`RSO(tolerance=...)` values given with `--tolerances`. The raw losses are
+kept in the output file.
+
+Example:
+    python benchmarks/trial_noise.py mnist.keras --sigma-scale 1 --output noise.json
+"""
+
+import argparse
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_rso  # noqa: F401  (registers the saved classes)
+from keras_rso import datasets
+from keras_rso.experiment import provenance, write_json
+
+
+def he_std(variable) -> float:
+    """The std He-normal initialisation gives a kernel of this shape."""
+    fan_in = int(np.prod(variable.shape[:-1]))
+    return float(np.sqrt(2.0 / fan_in))
+
+
+def measure(path: str, sigma_scale: float, weights: int, batches: int,
+            batch_size: int, seed: int, tolerances=()) -> dict:
+    rng = np.random.default_rng(seed)
+    (x_train, y_train), _ = datasets.load_mnist()
+    model = keras.saving.load_model(path)
+    order = rng.permutation(len(x_train))[:batches * batch_size]
+    data = [(tf.constant(x_train[i]), tf.constant(y_train[i]))
+            for i in np.split(order, batches)]
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+
+    @tf.function
+    def loss(x, y):
+        return loss_fn(y, model(x, training=True))
+
+    base = np.array([float(loss(x, y)) for x, y in data])
+    kernels = [v for v in model.trainable_variables if v.path.endswith("kernel")]
+    results = {}
+    for variable in kernels:
+        sigma = he_std(variable) * sigma_scale
+        flat = variable.numpy().reshape(-1)
+        agree, moved_batch, moved_pooled, snr, raw = [], [], [], [], []
+        for j in rng.choice(flat.size, size=min(weights, flat.size), replace=False):
+            dw = rng.normal(0.0, sigma)
+            losses = [None, base, None]
+            for slot, sign in ((0, -1.0), (2, 1.0)):
+                trial = flat.copy()
+                trial[j] += sign * dw
+                variable.assign(trial.reshape(variable.shape))
+                losses[slot] = np.array([float(loss(x, y)) for x, y in data])
+            variable.assign(flat.reshape(variable.shape))
+            stacked = np.stack(losses)  # (3 candidates, batches)
+            raw.append(stacked.tolist())
+            for b in range(batches):
+                pooled = np.delete(stacked, b, axis=1).mean(axis=1)
+                mine, ref = decide(stacked[:, b]), decide(pooled)
+                agree.append(mine == ref)
+                moved_batch.append(mine != 1)
+                moved_pooled.append(ref != 1)
+            diff = stacked[2] - stacked[0]
+            snr.append(abs(diff.mean()) / max(diff.std(ddof=1), 1e-12))
+        results[variable.path] = row = {
+            "sigma": sigma, "weights": len(snr),
+            "agreement": float(np.mean(agree)),
+            "move_rate_batch": float(np.mean(moved_batch)),
+            "move_rate_pooled": float(np.mean(moved_pooled)),
+            "snr": float(np.mean(snr)),
+        }
+        row.update(held_out_gains(np.array(raw), tolerances))
+        print(variable.path, {k: round(v, 7) if isinstance(v, float) else v
+                              for k, v in row.items()}, flush=True)
+        row["losses"] = raw
+    return results
+
+
+def decide(losses, tolerance: float = 0.0) -> int:
+    """RSO's choice among `(w - dw, w, w + dw)`: 1 keeps `w` (ties too)."""
+    best = int(np.argmin(losses))
+    return best if losses[best] < losses[1] * (1.0 - tolerance) else 1
+
+
+def held_out_gains(raw: np.ndarray, tolerances) -> dict:
+    """Mean held-out loss change of a trial's decision, per decision rule.
+
+    Args:
+        raw: Losses, shape `(weights, 3 candidates, batches)`.
+        tolerances: `RSO(tolerance=...)` values to evaluate besides 0.
+    """
+    n_batches = raw.shape[2]
+    out = {}
+    for tol in [0.0, *tolerances]:
+        for width in (1, 2):  # decide on one batch, or on two pooled
+            gains = []
+            for losses in raw:
+                for b in range(0, n_batches - width + 1, width):
+                    seen = list(range(b, b + width))
+                    choice = decide(losses[:, seen].mean(axis=1), tol)
+                    rest = np.delete(losses, seen, axis=1).mean(axis=1)
+                    gains.append(rest[choice] - rest[1])
+            out[f"held_out_gain_tol{tol:g}_x{width}"] = float(np.mean(gains))
+    best = raw.mean(axis=2)  # the oracle: decided on all batches
+    # In-sample (decided and scored on all batches): an optimistic bound.
+    out["in_sample_gain_all_batches"] = float(np.mean(
+        [b[decide(b)] - b[1] for b in best]))
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help=".keras file of the paper's MNIST net")
+    parser.add_argument("--sigma-scale", type=float, nargs="+", default=[1.0],
+                        help="sigma as a multiple of the He-normal std (several allowed)")
+    parser.add_argument("--weights", type=int, default=20,
+                        help="sampled scalars per kernel")
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tolerances", type=float, nargs="*", default=[1e-4, 3e-4, 1e-3, 3e-3],
+                        help="RSO(tolerance=...) values whose held-out gain to report")
+    parser.add_argument("--output", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    out = provenance(args)
+    out["model"] = os.path.basename(args.model)
+    out["by_sigma_scale"] = {
+        str(s): measure(args.model, s, args.weights, args.batches, args.batch_size, args.seed,
+                        args.tolerances)
+        for s in args.sigma_scale}
+    write_json(out, args.output)
+
+
+if __name__ == "__main__":
+    main()
