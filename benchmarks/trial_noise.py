@@ -33,6 +33,7 @@ Example:
 """
 
 import argparse
+import json
 import os
 
 import keras
@@ -121,14 +122,20 @@ def held_out_gains(raw: np.ndarray, tolerances) -> dict:
     out = {}
     for tol in [0.0, *tolerances]:
         for width in (1, 2):  # decide on one batch, or on two pooled
-            gains = []
+            per_weight = []
             for losses in raw:
+                gains = []
                 for b in range(0, n_batches - width + 1, width):
                     seen = list(range(b, b + width))
                     choice = decide(losses[:, seen].mean(axis=1), tol)
                     rest = np.delete(losses, seen, axis=1).mean(axis=1)
                     gains.append(rest[choice] - rest[1])
-            out[f"held_out_gain_tol{tol:g}_x{width}"] = float(np.mean(gains))
+                per_weight.append(np.mean(gains))
+            key = f"held_out_gain_tol{tol:g}_x{width}"
+            out[key] = float(np.mean(per_weight))
+            # Over weights: the batches of one weight share its dw.
+            out[key + "_se"] = (float(np.std(per_weight, ddof=1) / np.sqrt(len(per_weight)))
+                                if len(per_weight) > 1 else float("nan"))
     best = raw.mean(axis=2)  # the oracle: decided on all batches
     # In-sample (decided and scored on all batches): an optimistic bound.
     out["in_sample_gain_all_batches"] = float(np.mean(
@@ -139,7 +146,11 @@ def held_out_gains(raw: np.ndarray, tolerances) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help=".keras file of the paper's MNIST net")
+    parser.add_argument("model", help=".keras file of the paper's MNIST net, or with "
+                        "--reanalyse a JSON this script wrote")
+    parser.add_argument("--reanalyse", action="store_true",
+                        help="recompute the held-out gains from the losses stored in a "
+                             "JSON this script wrote (e.g. for other --tolerances)")
     parser.add_argument("--sigma-scale", type=float, nargs="+", default=[1.0],
                         help="sigma as a multiple of the He-normal std (several allowed)")
     parser.add_argument("--weights", type=int, default=20,
@@ -152,12 +163,29 @@ def main(argv=None):
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     out = provenance(args)
-    out["model"] = os.path.basename(args.model)
-    out["by_sigma_scale"] = {
-        str(s): measure(args.model, s, args.weights, args.batches, args.batch_size, args.seed,
-                        args.tolerances)
-        for s in args.sigma_scale}
+    if args.reanalyse:
+        with open(args.model) as f:
+            stored = json.load(f)
+        out["reanalysed"] = {"file": os.path.basename(args.model),
+                             "command": stored["command"]}
+        out["model"] = stored["model"]
+        out["by_sigma_scale"] = {
+            scale: {path: reanalyse(row, args.tolerances) for path, row in rows.items()}
+            for scale, rows in stored["by_sigma_scale"].items()}
+    else:
+        out["model"] = os.path.basename(args.model)
+        out["by_sigma_scale"] = {
+            str(s): measure(args.model, s, args.weights, args.batches, args.batch_size,
+                            args.seed, args.tolerances)
+            for s in args.sigma_scale}
     write_json(out, args.output)
+
+
+def reanalyse(row: dict, tolerances) -> dict:
+    """A stored variable's row with its gains recomputed from its losses."""
+    fresh = {k: v for k, v in row.items() if not k.startswith(("held_out", "in_sample"))}
+    fresh.update(held_out_gains(np.array(row["losses"]), tolerances))
+    return fresh
 
 
 if __name__ == "__main__":
