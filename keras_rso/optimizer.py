@@ -277,6 +277,22 @@ class RSO(keras.optimizers.Optimizer):
         self.sigmas_ready.assign(1)
         return sigmas
 
+    def load_own_variables(self, store) -> None:
+        """Restores the search state, also from files of earlier versions.
+
+        Files written before `nonfinite_inputs` existed hold one variable
+        fewer. It is the last one built and is only set while a non-finite
+        batch is being reported, so such a file restores everything else
+        and leaves it at 0. Keras' default would skip every optimizer
+        variable (with a warning), and a resumed fit would silently restart
+        the search state: sigmas, cycle, position and counters.
+        """
+        if len(store.keys()) == len(self.variables) - 1:
+            for i, variable in enumerate(self.variables[:-1]):
+                variable.assign(store[str(i)])
+            return
+        super().load_own_variables(store)
+
     # ------------------------------------------------------ gradient API guard
     def update_step(self, gradient, variable, learning_rate):
         raise NotImplementedError(
