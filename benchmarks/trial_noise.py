@@ -43,6 +43,7 @@ import tensorflow as tf
 import keras_rso  # noqa: F401  (registers the saved classes)
 from keras_rso import datasets
 from keras_rso.experiment import provenance, write_json
+from keras_rso.search import KEEP, choose
 
 
 def he_std(variable) -> float:
@@ -105,10 +106,16 @@ def measure(path: str, sigma_scale: float, weights: int, batches: int,
     return results
 
 
+# `choose` numbers `w` as KEEP and the candidates in the order a trial passes
+# them, `w + dw` then `w - dw`; map that to positions in `(w - dw, w, w + dw)`.
+_POSITION = {KEEP: 1, 1: 2, 2: 0}
+
+
 def decide(losses, tolerance: float = 0.0) -> int:
-    """RSO's choice among `(w - dw, w, w + dw)`: 1 keeps `w` (ties too)."""
-    best = int(np.argmin(losses))
-    return best if losses[best] < losses[1] * (1.0 - tolerance) else 1
+    """RSO's own choice (`keras_rso.search.choose`) among `(w - dw, w, w + dw)`,
+    as an index into them: 1 keeps `w` (ties too)."""
+    minus, loss0, plus = (tf.constant(v, tf.float64) for v in losses)
+    return _POSITION[int(choose(loss0, [plus, minus], tolerance))]
 
 
 def held_out_gains(raw: np.ndarray, tolerances) -> dict:
