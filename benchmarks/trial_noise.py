@@ -52,11 +52,13 @@ def he_std(variable) -> float:
     return float(np.sqrt(2.0 / fan_in))
 
 
-def measure(path: str, sigma_scale: float, weights: int, batches: int,
-            batch_size: int, seed: int, tolerances=()) -> dict:
+def measure(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
+            sigma_scale: float, weights: int, batches: int, batch_size: int,
+            seed: int, tolerances=()) -> dict:
+    # Every trial restores the weight it changed, so one model serves all
+    # sigma scales; the same seed gives each scale the same batches and
+    # scalars.
     rng = np.random.default_rng(seed)
-    (x_train, y_train), _ = datasets.load_mnist()
-    model = keras.saving.load_model(path)
     order = rng.permutation(len(x_train))[:batches * batch_size]
     data = [(tf.constant(x_train[i]), tf.constant(y_train[i]))
             for i in np.split(order, batches)]
@@ -181,9 +183,11 @@ def main(argv=None):
             for scale, rows in stored["by_sigma_scale"].items()}
     else:
         out["model"] = os.path.basename(args.model)
+        (x_train, y_train), _ = datasets.load_mnist()
+        model = keras.saving.load_model(args.model)
         out["by_sigma_scale"] = {
-            str(s): measure(args.model, s, args.weights, args.batches, args.batch_size,
-                            args.seed, args.tolerances)
+            str(s): measure(model, x_train, y_train, s, args.weights, args.batches,
+                            args.batch_size, args.seed, args.tolerances)
             for s in args.sigma_scale}
     write_json(out, args.output)
 
