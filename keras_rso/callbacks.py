@@ -122,6 +122,11 @@ class SigmaBalancing(_EpochCounts):
     to its `|g| / h`, and the overall step size, which
     `SigmaAnnealing` sets, is left unchanged.
 
+    With `RSO(remeasure_sigma=True)` the factors accumulate in the
+    optimizer's `sigma_factors`, and each cycle's sigma is the std measured
+    at its start times that product: balancing then sets each variable's
+    step relative to its weights' current scale.
+
     The sigmas live in the optimizer, so backups keep them. After a resume
     from a mid-cycle backup (`BackupAndRestore(save_freq=<int>)`), that
     cycle's rates cover only the steps run after the resume.
@@ -145,13 +150,6 @@ class SigmaBalancing(_EpochCounts):
             raise ValueError(f"`max_factor` must be a finite float > 1; received {max_factor}.")
         self.max_factor = float(max_factor)
 
-    def on_train_begin(self, logs=None):
-        if _rso_optimizer(self.model).remeasure_sigma:
-            raise ValueError(
-                "SigmaBalancing rescales the sigmas between cycles, and "
-                "`RSO(remeasure_sigma=True)` replaces them at every cycle "
-                "start, undoing it. Use one or the other.")
-
     def factors(self) -> np.ndarray:
         """Each variable's sigma multiplier from its accept rate this epoch."""
         tried, accepted = self.epoch_counts()
@@ -169,7 +167,10 @@ class SigmaBalancing(_EpochCounts):
 
     def on_epoch_end(self, epoch, logs=None):
         opt = _rso_optimizer(self.model)
-        opt.sigmas.assign((opt.sigmas.numpy() * self.factors()).astype(np.float32))
+        factors = self.factors()
+        opt.sigmas.assign((opt.sigmas.numpy() * factors).astype(np.float32))
+        # Kept by `RSO(remeasure_sigma=True)` when it measures the stds again.
+        opt.sigma_factors.assign((opt.sigma_factors.numpy() * factors).astype(np.float32))
 
 
 class LayerAcceptRates(_EpochCounts):

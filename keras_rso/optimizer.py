@@ -59,7 +59,10 @@ class RSO(keras.optimizers.Optimizer):
             kernel's scale does not change the function, and accepted
             steps make kernels grow, so a fixed sigma becomes an ever
             smaller step relative to the kernel; re-measuring keeps sigma
-            proportional to the weights. Departs from the paper.
+            proportional to the weights. Per-variable factors that
+            `keras_rso.callbacks.SigmaBalancing` set (`sigma_factors`) are
+            kept: sigma becomes the new std times the factor. Departs from
+            the paper.
         bn_refresh: If True (default), the last step of every cycle sets
             each BatchNormalization layer's moving mean and variance to the
             statistics of that step's batch under the final weights. RSO
@@ -110,6 +113,10 @@ class RSO(keras.optimizers.Optimizer):
     trainer.fit(x, y, batch_size=256, epochs=5)
     ```
     """
+
+    # Variables that later versions appended to `build`, oldest first; see
+    # `load_own_variables`.
+    _ADDED_LATER = ("nonfinite_inputs", "sigma_factors")
 
     def __init__(
         self,
@@ -232,13 +239,20 @@ class RSO(keras.optimizers.Optimizer):
             name="nonfinite_step", **int_kw)
         self.nonfinite_inputs = self.add_variable(
             (), name="nonfinite_inputs", **int_kw)
+        # Each variable's sigma as a multiple of its measured std. Callbacks
+        # that rescale sigmas (SigmaBalancing) multiply it too, so that
+        # `remeasure_sigma` can measure the stds again and keep the factors.
+        self.sigma_factors = self.add_variable(
+            (max(n, 1),), initializer="ones", dtype="float32",
+            aggregation="only_first_replica", name="sigma_factors")
 
     def initialize_sigmas(self, variables: Sequence[keras.Variable],
                           layer_of: Sequence[int]) -> np.ndarray:
         """Measures each variable's std: the sigmas of the search.
 
         Called when training starts, and at every cycle start with
-        `remeasure_sigma=True`.
+        `remeasure_sigma=True`. Each sigma is the measured std (or the
+        zero-std fallback) times the variable's `sigma_factors` entry.
 
         Args:
             variables: The searched variables (same order as `build`).
@@ -246,7 +260,7 @@ class RSO(keras.optimizers.Optimizer):
                 used for the zero-std fallback.
 
         Returns:
-            The sigmas as a numpy array.
+            The sigmas as a numpy array (before `sigma_factors`).
         """
         stds = np.array(
             [float(np.std(keras.ops.convert_to_numpy(v.value))) for v in variables],
@@ -273,22 +287,27 @@ class RSO(keras.optimizers.Optimizer):
                     "`RSO(zero_std_sigma=...)` or initialise the weights "
                     "randomly (the paper uses He-normal)."
                 )
-        self.sigmas.assign(sigmas.astype(np.float32))
+        factors = self.sigma_factors.numpy()[:len(sigmas)]
+        self.sigmas.assign((sigmas * factors).astype(np.float32))
         self.sigmas_ready.assign(1)
         return sigmas
 
     def load_own_variables(self, store) -> None:
         """Restores the search state, also from files of earlier versions.
 
-        Files written before `nonfinite_inputs` existed hold one variable
-        fewer. It is the last one built and is only set while a non-finite
-        batch is being reported, so such a file restores everything else
-        and leaves it at 0. Keras' default would skip every optimizer
-        variable (with a warning), and a resumed fit would silently restart
-        the search state: sigmas, cycle, position and counters.
+        Variables added in later versions are built last (`_ADDED_LATER`),
+        so an older file holds a prefix of `variables`. Such a file restores
+        everything it has and leaves the newer ones at their initial values:
+        `nonfinite_inputs` is 0 (it is only set while a non-finite batch is
+        being reported) and `sigma_factors` is 1 (older versions could not
+        combine `SigmaBalancing` with `remeasure_sigma`, the only case that
+        reads it). Keras' default would skip every optimizer variable (with
+        a warning), and a resumed fit would silently restart the search
+        state: sigmas, cycle, position and counters.
         """
-        if len(store.keys()) == len(self.variables) - 1:
-            for i, variable in enumerate(self.variables[:-1]):
+        missing = len(self.variables) - len(store.keys())
+        if 0 < missing <= len(self._ADDED_LATER):
+            for i, variable in enumerate(self.variables[:-missing]):
                 variable.assign(store[str(i)])
             return
         super().load_own_variables(store)

@@ -321,12 +321,22 @@ def test_sigma_balancing_shrinks_sigma_where_few_steps_are_accepted(toy_data, ma
         assert np.exp(np.sum(tried * np.log(ratio)) / np.sum(tried)) == pytest.approx(1.0, rel=1e-5)
 
 
-def test_sigma_balancing_refuses_remeasured_sigmas(toy_data):
+def test_remeasured_sigmas_keep_the_balancing_factors(toy_data):
     x, y = toy_data
-    trainer = _trainer(small_convnet(), k=64, remeasure_sigma=True)
-    with pytest.raises(ValueError, match="remeasure_sigma"):
-        trainer.fit(x, y, batch_size=32, epochs=1, verbose=0,
-                    callbacks=[keras_rso.callbacks.SigmaBalancing()])
+    model = small_convnet()
+    initial = [float(np.std(v.numpy())) for v in model.trainable_variables]
+    trainer = _trainer(model, k=64, remeasure_sigma=True)
+    ends = CycleEndStds()
+    trainer.fit(x, y, batch_size=32, epochs=2, verbose=0,
+                callbacks=[ends, keras_rso.callbacks.SigmaBalancing()])
+    opt = trainer.optimizer
+    factors = opt.sigma_factors.numpy()
+    assert np.any(np.abs(factors - 1.0) > 0.05)  # balancing did rescale
+    # Cycle 2 began with the stds of the end of cycle 1 times cycle 1's
+    # factors; its own factors then multiplied both.
+    for s, sd, f, sd0 in zip(opt.sigmas.numpy(), ends.stds[0], factors, initial):
+        if sd0 > 0:
+            assert s == pytest.approx(sd * f, rel=1e-5)
 
 
 def test_same_seed_gives_identical_weights(toy_data):
