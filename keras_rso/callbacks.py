@@ -166,11 +166,7 @@ class SigmaBalancing(_EpochCounts):
         return factors
 
     def on_epoch_end(self, epoch, logs=None):
-        opt = _rso_optimizer(self.model)
-        factors = self.factors()
-        opt.sigmas.assign((opt.sigmas.numpy() * factors).astype(np.float32))
-        # Kept by `RSO(remeasure_sigma=True)` when it measures the stds again.
-        opt.sigma_factors.assign((opt.sigma_factors.numpy() * factors).astype(np.float32))
+        _rso_optimizer(self.model).rescale_sigmas(self.factors())
 
 
 class LayerAcceptRates(_EpochCounts):

@@ -241,9 +241,9 @@ class RSO(keras.optimizers.Optimizer):
             name="nonfinite_step", **int_kw)
         self.nonfinite_inputs = self.add_variable(
             (), name="nonfinite_inputs", **int_kw)
-        # Each variable's sigma as a multiple of its measured std. Callbacks
-        # that rescale sigmas (SigmaBalancing) multiply it too, so that
-        # `remeasure_sigma` can measure the stds again and keep the factors.
+        # Each variable's sigma as a multiple of its measured std
+        # (`rescale_sigmas` multiplies it), so that `remeasure_sigma` can
+        # measure the stds again and keep the factors.
         self.sigma_factors = self.add_variable(
             (max(n, 1),), initializer="ones", dtype="float32",
             aggregation="only_first_replica", name="sigma_factors")
@@ -293,6 +293,20 @@ class RSO(keras.optimizers.Optimizer):
         self.sigmas.assign((sigmas * factors).astype(np.float32))
         self.sigmas_ready.assign(1)
         return sigmas
+
+    def rescale_sigmas(self, factors: np.ndarray) -> None:
+        """Multiplies each variable's sigma by its entry of `factors`.
+
+        The factors are also kept in `sigma_factors`, so that
+        `remeasure_sigma=True` applies them to the stds it measures next.
+        Callbacks that change the sigmas (`SigmaBalancing`) go through here.
+
+        Args:
+            factors: One positive multiplier per searched variable.
+        """
+        factors = np.asarray(factors, dtype=np.float64)
+        self.sigmas.assign((self.sigmas.numpy() * factors).astype(np.float32))
+        self.sigma_factors.assign((self.sigma_factors.numpy() * factors).astype(np.float32))
 
     def load_own_variables(self, store) -> None:
         """Restores the search state, also from files of earlier versions.
