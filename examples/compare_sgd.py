@@ -26,6 +26,9 @@ def main(argv=None):
     parser.add_argument("--dataset", choices=["mnist", "cifar10"], default="mnist")
     parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     parser.add_argument("--learning-rate", type=float, default=0.05)
+    parser.add_argument("--decay", choices=["none", "cosine"], default="none",
+                        help="learning-rate schedule: constant, or cosine decay to 0 "
+                             "over the run")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--filters", default="16,16,16", help="CIFAR-10 stage widths")

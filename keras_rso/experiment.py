@@ -234,6 +234,32 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
     return results
 
 
+def gradient_optimizer(name: str, learning_rate: float, decay: str = "none",
+                       total_steps: Optional[int] = None) -> keras.optimizers.Optimizer:
+    """The gradient baseline's optimizer: SGD (momentum 0.9) or Adam.
+
+    Args:
+        name: `"sgd"` or `"adam"`.
+        learning_rate: The initial learning rate.
+        decay: `"none"` keeps it constant; `"cosine"` decays it to 0 over
+            `total_steps` (a constant rate leaves the last epochs' test
+            accuracy swinging by points: BatchNorm's moving statistics
+            chase weights that still move fast).
+        total_steps: Optimizer steps of the whole run (for `"cosine"`).
+    """
+    if decay == "cosine":
+        if not total_steps or total_steps < 1:
+            raise ValueError(f"`decay='cosine'` needs total_steps >= 1; received {total_steps}.")
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, total_steps)
+    elif decay != "none":
+        raise ValueError(f"`decay` must be 'none' or 'cosine'; received {decay!r}.")
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    raise ValueError(f"`name` must be 'sgd' or 'adam'; received {name!r}.")
+
+
 def run_gradient(build_model: Callable[[], keras.Model], data, args) -> dict:
     """Trains the same network with a gradient optimizer, for comparison.
 
@@ -243,12 +269,12 @@ def run_gradient(build_model: Callable[[], keras.Model], data, args) -> dict:
     (x_train, y_train), (x_test, y_test) = data
     keras.utils.set_random_seed(args.seed)
     model = build_model()
-    optimizer = {"sgd": keras.optimizers.SGD(args.learning_rate, momentum=0.9),
-                 "adam": keras.optimizers.Adam(args.learning_rate)}[args.optimizer]
+    steps = int(np.ceil(len(x_train) / args.batch_size))
+    optimizer = gradient_optimizer(args.optimizer, args.learning_rate, args.decay,
+                                   total_steps=steps * args.epochs)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     params = _count(model)
-    steps = int(np.ceil(len(x_train) / args.batch_size))
 
     def count_updates(row):
         row["weight_updates"] = params * steps * row["epoch"]

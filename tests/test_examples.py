@@ -159,8 +159,9 @@ def test_cifar_example_end_to_end(tmp_path):
 def test_compare_sgd_and_plot(tmp_path):
     results, png = tmp_path / "s.json", tmp_path / "p.png"
     _run("examples/compare_sgd.py", "--epochs", "2", "--limit", "2048", "--verbose", "0",
-         "--results", str(results))
+         "--decay", "cosine", "--results", str(results))
     r = json.loads(results.read_text())
+    assert r["args"]["decay"] == "cosine"
     # Training accuracy: 32 SGD steps are too few for BN's moving averages.
     accs = [row["accuracy"] for row in r["per_cycle"]]
     assert len(accs) == 2 and accs[-1] > 0.3  # chance: 0.1

@@ -1,10 +1,12 @@
-"""The experiment drivers' results recorder keeps every cycle across a resume."""
+"""The experiment drivers: the results recorder keeps every cycle across a
+resume; the gradient baseline's optimizer and learning-rate schedule."""
 
 import os
 
+import pytest
 import tensorflow as tf
 
-from keras_rso.experiment import EpochRecorder
+from keras_rso.experiment import EpochRecorder, gradient_optimizer
 
 
 def _epoch(recorder, epoch, loss):
@@ -35,3 +37,24 @@ def test_rows_survive_a_resume_in_a_remote_backup_dir(tmp_path, monkeypatch):
     # Written through TensorFlow's filesystem, not to a local "ram:" folder.
     assert tf.io.gfile.exists(path)
     assert os.listdir(tmp_path) == []
+
+
+def test_gradient_baseline_cosine_decay_reaches_zero_at_the_last_step():
+    opt = gradient_optimizer("sgd", 0.05, "cosine", total_steps=100)
+    rates = []
+    for step in (0, 50, 100):
+        opt.iterations.assign(step)
+        rates.append(float(opt.learning_rate))
+    assert rates == pytest.approx([0.05, 0.025, 0.0], abs=1e-6)
+    constant = gradient_optimizer("adam", 0.003)
+    assert float(constant.learning_rate) == pytest.approx(0.003)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(name="rmsprop", learning_rate=0.1), "'sgd' or 'adam'"),
+    (dict(name="sgd", learning_rate=0.1, decay="linear"), "'none' or 'cosine'"),
+    (dict(name="sgd", learning_rate=0.1, decay="cosine"), "total_steps"),
+])
+def test_gradient_baseline_rejects_unknown_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        gradient_optimizer(**kwargs)
