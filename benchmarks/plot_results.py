@@ -25,7 +25,8 @@ def label(r):
     if r["method"] == "rso":
         return (f"RSO (batch {a['batch_size']}, K={a['weights_per_batch']}, "
                 f"{rso_settings(a)} over {a['cycles']} cycles)")
-    return f"{r['method'].upper()} (batch {a['batch_size']}, lr {a['learning_rate']})"
+    decay = ", cosine decay" if a.get("decay", "none") != "none" else ""
+    return f"{r['method'].upper()} (batch {a['batch_size']}, lr {a['learning_rate']}{decay})"
 
 
 def main(argv=None):
