@@ -6,7 +6,8 @@ Network: 6 conv 3x3x16 + BatchNorm + ReLU, average pooling after convs 2 and
 
 Defaults (batch 1024, 64 weights per batch, the paper's sigma schedule of
 1x down to 0.1x at the last cycle) reached 95.4% after 5 cycles, at
-about 3-4 minutes per cycle alone on a 2-core CPU; see docs/results.md. Departing
+about 4 minutes per cycle alone on a 2-core CPU (95.7% when rerun
+with the current code); see docs/results.md. Departing
 from the paper's schedule, --final-fraction 0.3 reached 96.3% and
 --sigma-scale 3 --final-fraction 0.3333 (3x down to 1x) 96.4%; the latter
 with --batch-size 2048 (or 4096) reached 97.4%, and adding --balance-sigma
