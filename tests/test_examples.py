@@ -177,3 +177,17 @@ def test_backup_every_must_not_be_negative(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--backup-every", "-1"])
     assert "--backup-every: must be >= 0" in capsys.readouterr().err
+
+
+def test_weight_stats_channel_spread_is_max_over_min_channel_std(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    weight_stats = importlib.import_module("weight_stats")
+    conv = keras.layers.Conv2D(2, 3, use_bias=False)
+    model = keras.Sequential([keras.Input((5, 5, 1)), conv, keras.layers.Flatten(),
+                              keras.layers.Dense(1)])
+    # Output channel 0 alternates +-1 (std 1), channel 1 +-3 (std 3).
+    signs = np.where(np.arange(9) % 2 == 0, 1.0, -1.0).reshape(3, 3, 1)
+    conv.kernel.assign(np.stack([signs, 3 * signs], axis=-1).astype("float32"))
+    spreads = weight_stats.channel_spreads(model)
+    # Only the convolution kernel: the Dense kernel has no channel axis to compare.
+    assert list(spreads.values()) == [pytest.approx(3.0)]
