@@ -35,6 +35,7 @@ def _run(script, *args, timeout=400):
                                     "benchmarks/bench_speed.py",
                                     "benchmarks/bench_startup.py",
                                     "benchmarks/weight_stats.py",
+                                    "benchmarks/last_cycle_ablation.py",
                                     "benchmarks/precise_bn.py",
                                     "benchmarks/trial_noise.py",
                                     "benchmarks/plot_results.py",
@@ -191,3 +192,22 @@ def test_weight_stats_channel_spread_is_max_over_min_channel_std(monkeypatch):
     spreads = weight_stats.channel_spreads(model)
     # Only the convolution kernel: the Dense kernel has no channel axis to compare.
     assert list(spreads.values()) == [pytest.approx(3.0)]
+
+
+def test_last_cycle_ablation_reverts_one_layer_and_restores_everything(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    ablation = importlib.import_module("last_cycle_ablation")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="a"),
+                              keras.layers.BatchNormalization(name="bn"),
+                              keras.layers.Dense(1, name="b")])
+    groups = ablation.layer_groups(model)
+    assert list(groups) == ["a", "bn", "b"]
+    final = [v.numpy() for v in model.variables]
+    start = [np.full(v.shape, 7.0, "float32") for v in model.trainable_variables]
+    with ablation.reverted(model, start, groups["a"]):
+        model.get_layer("bn").moving_mean.assign([5.0, 5.0])
+        np.testing.assert_array_equal(model.get_layer("a").kernel.numpy(), 7.0)
+        # The other layers keep their final weights.
+        np.testing.assert_array_equal(model.get_layer("b").kernel.numpy(), final[-2])
+    for v, value in zip(model.variables, final):
+        np.testing.assert_array_equal(v.numpy(), value)

@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Which layers' changes in the last RSO cycle help on held-out data?
+
+A cycle searches the layers from the output to the input, so the changes of
+the layers nearest the input come last, after the layers above them were
+tuned to the features they replace. This takes a trained model and the
+backup of the same run written when its last cycle began (the
+`latest.weights.h5` of `--backup-dir`, copied before the run ended), and
+evaluates the final model on the test set with one layer at a time put back
+to its weights at the start of that cycle. If putting a layer back lowers
+the test loss, its last-cycle changes hurt.
+
+Every variant, the unchanged final model included, is evaluated with its
+BatchNorm statistics recomputed over the first `--bn-images` training
+images (`precise_bn.set_population_statistics`), so that the rows differ by
+their weights only.
+
+Example:
+    python benchmarks/last_cycle_ablation.py mnist.keras cycle_start.weights.h5 --output docs/results/last_cycle_ablation.json
+"""
+
+import argparse
+import contextlib
+from typing import Dict, Iterator, List, Sequence
+
+import keras
+import numpy as np
+
+import keras_rso  # noqa: F401  (registers the saved classes)
+from keras_rso import datasets
+from keras_rso.experiment import provenance, write_json
+from head_probe import score
+from precise_bn import set_population_statistics
+
+
+def layer_groups(model: keras.Model) -> Dict[str, List[int]]:
+    """Indices into `model.trainable_variables`, by the layer that owns them."""
+    groups: Dict[str, List[int]] = {}
+    for i, v in enumerate(model.trainable_variables):
+        groups.setdefault(v.path.split("/")[-2], []).append(i)
+    return groups
+
+
+@contextlib.contextmanager
+def reverted(model: keras.Model, start: Sequence[np.ndarray],
+             indices: Sequence[int]) -> Iterator[None]:
+    """Inside the block the chosen trainable variables hold their `start`
+    values, and the BatchNorm statistics may be changed freely; on exit
+    every variable of the model is as it was."""
+    saved = [v.numpy() for v in model.variables]
+    try:
+        for i in indices:
+            model.trainable_variables[i].assign(start[i])
+        yield
+    finally:
+        for v, value in zip(model.variables, saved):
+            v.assign(value)
+
+
+def evaluate(model, x_bn, x_test, y_test) -> dict:
+    set_population_statistics(model, x_bn)
+    return score(model.predict(x_test, batch_size=2000, verbose=0), y_test)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="trained .keras model (end of its last cycle)")
+    parser.add_argument("cycle_start", help="weights of the same run when its last cycle began "
+                                            "(a `--backup-dir` latest.weights.h5)")
+    parser.add_argument("--bn-images", type=int, default=20000,
+                        help="training images for the BatchNorm statistics of every variant")
+    parser.add_argument("--output", default=None, help="write the results JSON here")
+    args = parser.parse_args(argv)
+    (x_train, _), (x_test, y_test) = datasets.load_mnist()
+    x_bn = x_train[:args.bn_images]
+
+    model = keras.saving.load_model(args.model)
+    start_model = keras.saving.load_model(args.model)
+    # The backup holds the `RSOModel` that trained the net (and its
+    # optimizer, which is not needed here): load it through the same wrapper.
+    trainer = keras_rso.RSOModel(start_model)
+    trainer(x_test[:1])  # builds the wrapper, which load_weights requires
+    trainer.load_weights(args.cycle_start, skip_mismatch=True)
+    start = [v.numpy() for v in start_model.trainable_variables]
+    # skip_mismatch also skips layers that do not match: catch a wrong file.
+    if all(np.array_equal(a, v.numpy()) for a, v in zip(start, model.trainable_variables)):
+        raise ValueError(f"{args.cycle_start} did not load into {args.model}'s network "
+                         "(or holds its final weights): nothing to compare.")
+    groups = layer_groups(model)
+
+    rows = {"final": evaluate(model, x_bn, x_test, y_test)}
+    with reverted(model, start, [i for idx in groups.values() for i in idx]):
+        rows["all layers at cycle start"] = evaluate(model, x_bn, x_test, y_test)
+    for layer, indices in groups.items():
+        with reverted(model, start, indices):
+            rows[f"{layer} at cycle start"] = evaluate(model, x_bn, x_test, y_test)
+    base = rows["final"]["loss"]
+    print("| variant | test accuracy (%) | test loss | loss - final |")
+    print("|---|---:|---:|---:|")
+    for name, r in rows.items():
+        r["loss_minus_final"] = r["loss"] - base
+        print(f"| {name} | {100 * r['accuracy']:.2f} | {r['loss']:.4f} | "
+              f"{r['loss_minus_final']:+.4f} |")
+    write_json({**provenance(args), "rows": rows}, args.output)
+
+
+if __name__ == "__main__":
+    main()
