@@ -34,7 +34,10 @@ class RSO(keras.optimizers.Optimizer):
         weights_per_batch: Number of consecutive weight trials that share one
             mini-batch (`K`). `1` is the paper's setting (a fresh batch for
             every weight); larger values amortise the cost of the base
-            forward pass over `K` trials.
+            forward pass over `K` trials. On the paper's MNIST net at
+            batch 2048, K=64 ended 5 cycles best (97.7%; K=8, 16 and 1024:
+            97.3-97.35%, see docs/results.md); at batch 256, K=16 and 64
+            were level.
         seed: Integer seed of the perturbation stream. Draws are stateless
             and keyed on `(seed, trial number)`, so a run is reproducible and
             identical on every replica.
