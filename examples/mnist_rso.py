@@ -11,7 +11,7 @@ with the current code); see docs/results.md. Departing
 from the paper's schedule, --final-fraction 0.3 reached 96.3% and
 --sigma-scale 3 --final-fraction 0.3333 (3x down to 1x) 96.4%; the latter
 with --batch-size 2048 (or 4096) reached 97.4%, and adding --balance-sigma
-97.7% (97.4% with --seed 1, 97.5% with --seed 2), the best measured 5-cycle result (the paper
+97.7% (97.4% with --seed 1, 97.5% with --seeds 2 and 3), the best measured 5-cycle result (the paper
 reports 98%); over --cycles 10 the same flags reached 98.2%. --output-passes 10 (the classifier searched again at each
 cycle end) gave 87-89% after cycle 1 instead of 74-75%, and 97.5% after 5.
 --step-rule parabolic (each trial also tries the vertex of the parabola
