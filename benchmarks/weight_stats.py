@@ -27,9 +27,13 @@ from keras_rso import models
 from keras_rso.experiment import provenance, write_json
 
 
+def name(variable) -> str:
+    """`layer/variable`, the key both tables use."""
+    return "/".join(variable.path.split("/")[-2:])
+
+
 def stds(model: keras.Model) -> dict:
-    return {"/".join(v.path.split("/")[-2:]): float(keras.ops.std(v.value))
-            for v in model.trainable_variables}
+    return {name(v): float(keras.ops.std(v.value)) for v in model.trainable_variables}
 
 
 def channel_spreads(model: keras.Model) -> dict:
@@ -39,8 +43,7 @@ def channel_spreads(model: keras.Model) -> dict:
         if len(v.shape) == 4:
             w = keras.ops.convert_to_numpy(v.value)
             per_channel = w.reshape(-1, w.shape[-1]).std(axis=0)
-            spreads["/".join(v.path.split("/")[-2:])] = float(
-                per_channel.max() / per_channel.min())
+            spreads[name(v)] = float(per_channel.max() / per_channel.min())
     return spreads
 
 
