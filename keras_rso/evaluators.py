@@ -332,9 +332,10 @@ class ChainEvaluator:
 
     Caches (the input and pre-activation of every mixer) are kept current
     as candidates are accepted. This is valid while trials within a batch
-    move from the output towards the input (`order="output_to_input"`):
-    a trial can only change what lies downstream of the perturbed layer,
-    and later trials in the batch lie upstream of it.
+    move from the output towards the input: a trial can only change what
+    lies downstream of the perturbed layer, and later trials in the batch
+    lie upstream of it. `TrialLoop` runs every step that way, whatever
+    `RSO(order=...)` says about the order from one batch to the next.
 
     Args:
         layers: The chain, from `chain_layers`.

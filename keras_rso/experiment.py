@@ -326,7 +326,10 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
                         help="argmin: best of w-dw, w, w+dw (paper); parabolic: also "
                              "the vertex of the parabola through their losses "
                              "(RSO(step_rule=...), twice the evaluations per trial)")
-    parser.add_argument("--order", default="output_to_input", choices=list(ORDERS))
+    parser.add_argument("--order", default="output_to_input", choices=list(ORDERS),
+                        help="order of a cycle from one batch to the next (paper: "
+                             "output_to_input); the trials sharing a batch run from "
+                             "the output side first (RSO(order=...))")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="stop after N cycles of the --cycles schedule (sweeps)")
     parser.add_argument("--no-bn-refresh", action="store_true",

@@ -70,8 +70,9 @@ class RSOModel(keras.Model):
             (`variable.path`), or a predicate `fn(variable) -> bool`.
             Non-trainable variables are never searched.
         fast_path: Use the layer-chain evaluator when the model is a chain
-            and the order is `"output_to_input"` (re-runs only downstream
-            layers). `False` forces a full forward pass per candidate.
+            (re-runs only downstream layers), in every `RSO(order=...)`.
+            `False` forces a full forward pass per candidate; the weights
+            come out the same.
         **kwargs: Passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -157,15 +158,16 @@ class RSOModel(keras.Model):
         # forward path evaluates the loss with the candidate substituted.
         regularized = bool(self.model.losses)
         layers = chain_layers(self.model) if self.fast_path and not regularized else None
-        if layers is not None and order == "output_to_input" and \
-                ChainEvaluator.supports(all_vars, layers):
+        if layers is not None and ChainEvaluator.supports(all_vars, layers):
             ev = ChainEvaluator(layers, all_vars, self._loss_fn)
-            # Output to input by layer; within a layer, last variable first.
-            index.sort(key=lambda i: (-ev.layer_of[i], -i))
+            # Input to output by layer; within a layer, first variable first.
+            index.sort(key=lambda i: (ev.layer_of[i], i))
         else:
             ev = FullForwardEvaluator(self.model, all_vars, self._loss_fn)
-            if order != "input_to_output":
-                index.reverse()
+        # Other orders keep this input-to-output list: `TrialLoop` runs each
+        # step's trials from the output side (see there).
+        if order == "output_to_input":
+            index.reverse()
         # The output passes start on a fresh batch: a break after the sweep,
         # at the same count `steps_per_cycle` uses.
         breaks = self._cycle_segments()[:-1]
@@ -213,12 +215,8 @@ class RSOModel(keras.Model):
         """`(variable path, flat index)` of the given trials of a cycle."""
         evaluator, visit, breaks = self._plan()
         loop = TrialLoop(self.optimizer, evaluator, visit, breaks=breaks)
-        perm = loop.permutation(cycle) if self.optimizer.order == "random" else None
-        out = []
-        for t in trials:
-            slot, j = loop.target(tf.constant(t, tf.int64), perm)
-            out.append((evaluator.variables[visit[int(slot)]].path, int(j)))
-        return out
+        slots, flat = (t.numpy() for t in loop.schedule(cycle))
+        return [(evaluator.variables[visit[slots[t]]].path, int(flat[t])) for t in trials]
 
     def _cycle_segments(self) -> List[int]:
         """Trials in each part of a cycle that starts on a fresh batch:

@@ -42,9 +42,14 @@ class RSO(keras.optimizers.Optimizer):
             and keyed on `(seed, trial number)`, so a run is reproducible and
             identical on every replica.
         order: Order in which a cycle visits the weights:
-            `"output_to_input"` (the paper's order, and the fast path for
-            chain models), `"input_to_output"`, or `"random"` (a fresh
-            permutation of all scalars each cycle).
+            `"output_to_input"` (the paper's order), `"input_to_output"`,
+            or `"random"` (a fresh permutation of all scalars each cycle).
+            The order runs from one mini-batch to the next; the
+            `weights_per_batch` trials that share a batch always run from
+            the output side first, which keeps the fast chain evaluator
+            exact (for the paper's order the two coincide; for
+            `"input_to_output"` they differ only in a batch that straddles
+            two layers).
         zero_std_sigma: Sigma used for a variable whose standard deviation
             is zero when training starts (a zero-initialised bias, a
             BatchNormalization `gamma`/`beta`). `None` (default) takes the

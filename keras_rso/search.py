@@ -87,6 +87,15 @@ class TrialLoop:
             are valid only while the trials of a batch move toward the
             input, so a visit that returns to the output layer (see
             `RSO(output_passes=...)`) starts a new batch.
+
+    The trials of one step share a mini-batch, and `ChainEvaluator`'s caches
+    stay valid only while those trials move toward the input. So for every
+    order but `"output_to_input"` (whose `visit` already runs that way),
+    `visit` lists the variables from the input to the output and each
+    step runs its trials in descending visiting index: the cycle follows
+    the order from one batch to the next, and within a batch the trials
+    closest to the output come first. The full-forward evaluator runs the
+    same schedule, so both evaluators give the same weights.
     """
 
     def __init__(self, optimizer: RSO, evaluator, visit: Sequence[int],
@@ -103,14 +112,45 @@ class TrialLoop:
         self.starts = tf.constant(ends - np.asarray(sizes), tf.int64)
         self.ends = tf.constant(ends, tf.int64)
         self.visit_t = tf.constant(self.visit, tf.int64)
+        self.output_first = optimizer.order != "output_to_input"
         self.breaks = sorted({int(b) for b in breaks if 0 < b < self.total})
         self.step_ends = tf.constant(self.breaks + [self.total], tf.int64)
 
     def _locate(self, g):
-        """Maps a global index in visiting order to (slot, flat index)."""
-        slot = tf.searchsorted(self.ends, tf.reshape(g, [1]), side="right")[0]
+        """Maps global indices in visiting order to (slot, flat index)."""
+        g = tf.convert_to_tensor(g, tf.int64)
+        slot = tf.reshape(tf.searchsorted(self.ends, tf.reshape(g, [-1]), side="right"),
+                          tf.shape(g))
         slot = tf.minimum(slot, len(self.visit) - 1)
         return slot, g - tf.gather(self.starts, slot)
+
+    def step_length(self, position):
+        """Trials of the step that starts at trial `position` of a cycle:
+        up to `weights_per_batch`, ending at the next break or cycle end."""
+        segment = tf.searchsorted(self.step_ends, tf.reshape(position, [1]),
+                                  side="right")[0]
+        end = tf.gather(self.step_ends, tf.minimum(segment, len(self.breaks)))
+        return tf.clip_by_value(end - position, 0, self.opt.weights_per_batch)
+
+    def step_trials(self, position, n, perm=None):
+        """Global visiting indices of a step's `n` trials, in the order they run."""
+        g = position + tf.range(n, dtype=tf.int64)
+        if perm is not None:
+            g = tf.gather(perm, g)
+        if self.output_first:
+            g = tf.sort(g, direction="DESCENDING")
+        return g
+
+    def schedule(self, cycle):
+        """`(slot in visit, flat index)` arrays of every trial of a cycle,
+        in the order the steps run them (eager; for inspection)."""
+        perm = self.permutation(cycle) if self.opt.order == "random" else None
+        position, parts = tf.constant(0, tf.int64), []
+        while int(position) < self.total:
+            n = self.step_length(position)
+            parts.append(self.step_trials(position, n, perm))
+            position += n
+        return self._locate(tf.concat(parts, 0))
 
     def _refreshed_statistics(self, x):
         """BN moving statistics set to the batch statistics of `x`.
@@ -145,11 +185,6 @@ class TrialLoop:
                            tf.cast(cycle, tf.int64)]))
         return tf.concat([shuffled, tf.range(swept, self.total, dtype=tf.int64)], 0)
 
-    def target(self, t, perm=None):
-        """Trial `t` of a cycle -> (slot in `visit`, flat index)."""
-        g = tf.gather(perm, t) if perm is not None else t
-        return self._locate(g)
-
     def __call__(self, x, y, sample_weight) -> StepResult:
         if distribution.num_replicas() > 1:
             # Collective ops inside a while loop pair up across replicas by
@@ -165,15 +200,9 @@ class TrialLoop:
 
     def _step(self, x, y, sample_weight) -> StepResult:
         opt = self.opt
-        k_max = opt.weights_per_batch
         position = tf.convert_to_tensor(opt.position)
         stopped = tf.convert_to_tensor(opt.nonfinite_step) >= 0
-        # The step ends at the next break (or the cycle's end).
-        segment = tf.searchsorted(self.step_ends, tf.reshape(position, [1]),
-                                  side="right")[0]
-        end = tf.gather(self.step_ends,
-                        tf.minimum(segment, len(self.breaks)))
-        n = tf.clip_by_value(end - position, 0, k_max)
+        n = self.step_length(position)
 
         # Every write below happens outside control flow or through
         # `distribution.assign`, and every loss is summed over replicas,
@@ -216,11 +245,12 @@ class TrialLoop:
         scale = tf.convert_to_tensor(opt.sigma_scale)
         perm = (self.permutation(tf.convert_to_tensor(opt.cycle))
                 if opt.order == "random" else None)
+        step_g = self.step_trials(position, n, perm)
         seed0 = tf.constant(opt.seed, tf.int64)
         n_vars = len(self.variables)
 
         def body(k, loss, y_pred, carried, accepted_vec, tried_vec):
-            slot, j = self.target(position + k, perm)
+            slot, j = self._locate(step_g[k])
             # Keyed on the trial number, so every replica (and a resumed
             # run) draws the same perturbation.
             noise = tf.random.stateless_normal(

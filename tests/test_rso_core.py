@@ -95,7 +95,8 @@ def test_output_passes_must_be_a_non_negative_int():
 def test_other_orders_cover_every_scalar(toy_data, order):
     x, y = toy_data
     model = small_convnet()
-    trainer = _trainer(model, k=5, order=order)
+    k = 5
+    trainer = _trainer(model, k=k, order=order)
     trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
     sizes = [int(np.prod(v.shape)) for v in trainer.trainable_variables]
     np.testing.assert_array_equal(trainer.optimizer.trials_per_variable.numpy(), sizes)
@@ -103,10 +104,16 @@ def test_other_orders_cover_every_scalar(toy_data, order):
     assert len(set(schedule)) == sum(sizes)
     depth = {v.path: i for i, l in enumerate(model.layers) for v in l.trainable_variables}
     seq = [depth[p] for p, _ in schedule]
+    steps = [seq[i:i + k] for i in range(0, len(seq), k)]
+    # The trials sharing a batch run from the output side first ...
+    assert all(a >= b for step in steps for a, b in zip(step, step[1:]))
     if order == "input_to_output":
-        assert all(a <= b for a, b in zip(seq, seq[1:]))
+        # ... while the cycle moves from the input to the output, batch by
+        # batch: a batch straddling two layers is the only overlap.
+        assert all(max(a) <= min(b) for a, b in zip(steps, steps[1:]))
+        assert seq[0] == min(seq) and seq[-1] == max(seq)
     else:
-        assert seq != sorted(seq) and seq != sorted(seq, reverse=True)
+        assert [min(s) for s in steps] != sorted(min(s) for s in steps)
         assert schedule != trainer.visit_schedule(cycle=1)  # fresh each cycle
 
 
@@ -178,16 +185,20 @@ def _deeper_convnet_with_frozen_bn():
     return model
 
 
-@pytest.mark.parametrize("build,k,passes", [(small_convnet, 8, 0), (deeper_convnet, 64, 0),
-                                            (_deeper_convnet_with_frozen_bn, 64, 0),
-                                            (deeper_convnet, 16, 3)])
-def test_fast_path_matches_full_forward_path(toy_data, build, k, passes):
+@pytest.mark.parametrize("build,k,passes,order", [
+    (small_convnet, 8, 0, "output_to_input"), (deeper_convnet, 64, 0, "output_to_input"),
+    (_deeper_convnet_with_frozen_bn, 64, 0, "output_to_input"),
+    (deeper_convnet, 16, 3, "output_to_input"),
+    (deeper_convnet, 16, 0, "input_to_output"), (deeper_convnet, 16, 2, "random")])
+def test_fast_path_matches_full_forward_path(toy_data, build, k, passes, order):
     x, y = toy_data
     weights = {}
     for fast in (True, False):
         model = build()
-        trainer = _trainer(model, k=k, seed=3, fast_path=fast, output_passes=passes)
+        trainer = _trainer(model, k=k, seed=3, fast_path=fast, output_passes=passes,
+                           order=order)
         trainer.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+        assert getattr(trainer._plan()[0], "fast", False) == fast
         weights[fast] = _weights(model)
     for a, b in zip(weights[True], weights[False]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
