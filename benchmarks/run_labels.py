@@ -26,13 +26,16 @@ def rso_settings(args: dict) -> str:
         label += f", +{args['output_passes']} output passes"
     if args.get("step_rule", "argmin") != "argmin":
         label += f", {args['step_rule']} step"
+    if args.get("order", "output_to_input") != "output_to_input":
+        label += f", {args['order'].replace('_', ' ')} order"
     return label
 
 
 def is_paper_settings(args: dict) -> bool:
     """Whether a run used the paper's settings: sigma 1x annealed to 0.1x,
-    measured once, a cycle that visits every weight once, and the argmin
-    of w - dw, w, w + dw."""
+    measured once, a cycle that visits every weight once from the output
+    to the input, and the argmin of w - dw, w, w + dw."""
     return (sigma_scales(args) == (1.0, 0.1) and not args.get("remeasure_sigma")
             and not args.get("balance_sigma") and not args.get("output_passes")
-            and args.get("step_rule", "argmin") == "argmin")
+            and args.get("step_rule", "argmin") == "argmin"
+            and args.get("order", "output_to_input") == "output_to_input")
