@@ -144,7 +144,7 @@ class TrialLoop:
     def schedule(self, cycle):
         """`(slot in visit, flat index)` arrays of every trial of a cycle,
         in the order the steps run them (eager; for inspection)."""
-        perm = self.permutation(cycle) if self.opt.order == "random" else None
+        perm = self.permutation(cycle)
         position, parts = tf.constant(0, tf.int64), []
         while int(position) < self.total:
             n = self.step_length(position)
@@ -173,11 +173,14 @@ class TrialLoop:
         return [_current_or(scope, v) for v in self.ev.state_variables]
 
     def permutation(self, cycle):
-        """The random visiting permutation of a cycle (order="random").
+        """The random visiting permutation of a cycle, or `None` unless
+        `order="random"` (the visit list is then followed as it is).
 
         Only the sweep over every weight is shuffled; trials after the
         first break (the output-layer passes) keep their place at the end.
         """
+        if self.opt.order != "random":
+            return None
         swept = self.breaks[0] if self.breaks else self.total
         shuffled = tf.random.experimental.stateless_shuffle(
             tf.range(swept, dtype=tf.int64),
@@ -243,8 +246,7 @@ class TrialLoop:
         first_trial = tf.convert_to_tensor(opt.trials)
         sigmas = tf.convert_to_tensor(opt.sigmas)
         scale = tf.convert_to_tensor(opt.sigma_scale)
-        perm = (self.permutation(tf.convert_to_tensor(opt.cycle))
-                if opt.order == "random" else None)
+        perm = self.permutation(tf.convert_to_tensor(opt.cycle))
         step_g = self.step_trials(position, n, perm)
         seed0 = tf.constant(opt.seed, tf.int64)
         n_vars = len(self.variables)

@@ -198,7 +198,7 @@ def test_fast_path_matches_full_forward_path(toy_data, build, k, passes, order):
         trainer = _trainer(model, k=k, seed=3, fast_path=fast, output_passes=passes,
                            order=order)
         trainer.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
-        assert getattr(trainer._plan()[0], "fast", False) == fast
+        assert trainer._plan()[0].fast == fast
         weights[fast] = _weights(model)
     for a, b in zip(weights[True], weights[False]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
