@@ -185,8 +185,12 @@ def _deeper_convnet_with_frozen_bn():
     return model
 
 
+def _small_convnet_without_flat_bias():
+    return small_convnet(first_bias=False)
+
+
 @pytest.mark.parametrize("build,k,passes,order", [
-    (small_convnet, 8, 0, "output_to_input"), (deeper_convnet, 64, 0, "output_to_input"),
+    (_small_convnet_without_flat_bias, 8, 0, "output_to_input"), (deeper_convnet, 64, 0, "output_to_input"),
     (_deeper_convnet_with_frozen_bn, 64, 0, "output_to_input"),
     (deeper_convnet, 16, 3, "output_to_input"),
     (deeper_convnet, 16, 0, "input_to_output"), (deeper_convnet, 16, 2, "random")])
