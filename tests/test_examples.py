@@ -145,15 +145,13 @@ def test_cifar_example_end_to_end(tmp_path):
     results, saved = tmp_path / "c.json", tmp_path / "c.keras"
     _run("examples/cifar10_rso.py", "--cycles", "1", "--limit", "300", "--filters", "4,4,4",
          "--weights-per-batch", "128", "--batch-size", "64", "--verbose", "0",
-         "--output-passes", "2", "--step-rule", "parabolic",
-         "--results", str(results), "--save", str(saved))
+         "--output-passes", "2", "--results", str(results), "--save", str(saved))
     r = json.loads(results.read_text())
     # Every weight once, then the Dense 4->10 classifier twice more.
     searched = sum(int(np.prod(v.shape))
                    for v in keras.models.load_model(saved).trainable_variables)
     assert r["per_cycle"][0]["trials"] == r["trials_per_cycle"] == searched + 2 * 50
     assert r["args"]["output_passes"] == 2
-    assert r["args"]["step_rule"] == "parabolic"
     assert 0.0 < r["test_accuracy"] <= 1.0
 
 
