@@ -21,7 +21,6 @@ Example:
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -31,6 +30,7 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras_rso  # noqa: E402
+from keras_rso.experiment import machine  # noqa: E402
 from naive_reference import NaiveRSO  # noqa: E402
 
 
@@ -134,8 +134,7 @@ def main(argv=None):
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w") as f:
             json.dump({"command": "python " + " ".join(sys.argv),
-                       "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                   "tensorflow": tf.__version__, "keras": keras.__version__},
+                       "machine": machine(),
                        "batch_size": args.batch_size, "step_rule": args.step_rule,
                        "per_variable": rows,
                        "seconds_per_cycle": cycle, "speedup_over_naive": speedup}, f, indent=1)

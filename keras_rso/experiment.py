@@ -124,16 +124,37 @@ def write_json(data, path: Optional[str], announce: bool = True):
         print(f"Results written to {path}")
 
 
+def machine() -> dict:
+    """The software versions and the CPU a result was measured on.
+
+    The CPU is named because speeds differ several-fold between CPUs: on
+    the same 2-core allowance, a CPU with only AVX2 ran the MNIST search
+    several times slower than one with AVX-512 (docs/results.md, "Speed").
+    `avx512` is None where the CPU's flags cannot be read (not Linux).
+    """
+    cpu, flags = platform.processor() or platform.machine(), None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    cpu = value.strip()
+                elif key.strip() == "flags":
+                    flags = value.split()
+                    break
+    except OSError:
+        pass
+    return {"python": platform.python_version(),
+            "tensorflow": __import__("tensorflow").__version__,
+            "keras": keras.__version__, "cpus": os.cpu_count(), "cpu": cpu,
+            "avx512": None if flags is None else "avx512f" in flags}
+
+
 def provenance(args) -> dict:
     """The command, its parsed flags and the software/machine it ran on,
     recorded at the top of every results file (examples and benchmarks)."""
-    return {
-        "command": "python " + " ".join(sys.argv),
-        "args": vars(args),
-        "machine": {"python": platform.python_version(),
-                    "tensorflow": __import__("tensorflow").__version__,
-                    "keras": keras.__version__, "cpus": os.cpu_count()},
-    }
+    return {"command": "python " + " ".join(sys.argv), "args": vars(args),
+            "machine": machine()}
 
 
 def _count(model) -> int:

@@ -1,0 +1,62 @@
+"""Seconds per search step in chosen layers of the paper's MNIST network.
+
+Times `--steps` steps of K trials starting at the first scalar of each
+variable in `--variables`, after a step that traces the search function,
+and prints for each the wall-clock seconds per step, the process's user
+and system CPU seconds per step, and the minor page faults per step.
+Made to compare CPUs and TensorFlow settings that are read from the
+environment before TensorFlow starts, for example
+`TF_CPU_ALLOCATOR_USE_BFC=true` (TensorFlow's pooling allocator on the CPU)
+or `TF_ENABLE_ONEDNN_OPTS=0` (Eigen kernels instead of oneDNN).
+
+Example:
+    TF_CPU_ALLOCATOR_USE_BFC=true python benchmarks/step_time.py --batch-size 2048
+"""
+
+import argparse
+import resource
+import time
+
+import keras
+import tensorflow as tf
+
+import keras_rso
+from keras_rso import datasets
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--weights-per-batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variable")
+    parser.add_argument("--variables", nargs="+",
+                        default=["block2_conv/kernel", "block4_conv/kernel"],
+                        help="variables whose first scalars the timed steps try")
+    args = parser.parse_args(argv)
+
+    (x, y), _ = datasets.load_mnist(limit=10 * args.batch_size)
+    keras.utils.set_random_seed(0)
+    model = keras_rso.models.mnist_paper_net()
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=args.weights_per_batch, seed=0),
+                    loss="sparse_categorical_crossentropy")
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch_size).repeat().prefetch(2)
+    trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # traces
+    start = {}
+    for t, (path, _) in enumerate(trainer.visit_schedule()):
+        start.setdefault(path, t)
+    for name in args.variables:
+        path = next(v.path for v in model.trainable_variables if v.path.endswith(name))
+        trainer.optimizer.position.assign(start[path])
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        trainer.fit(ds, epochs=1, steps_per_epoch=args.steps, verbose=0)
+        r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        n = args.steps
+        print(f"{name}: {(t1 - t0) / n:.2f} s/step, user {(r1.ru_utime - r0.ru_utime) / n:.2f} s, "
+              f"system {(r1.ru_stime - r0.ru_stime) / n:.2f} s, "
+              f"{(r1.ru_minflt - r0.ru_minflt) // n} minor page faults per step", flush=True)
+
+
+if __name__ == "__main__":
+    main()
