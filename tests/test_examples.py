@@ -38,6 +38,7 @@ def _run(script, *args, timeout=400):
                                     "benchmarks/last_cycle_ablation.py",
                                     "benchmarks/precise_bn.py",
                                     "benchmarks/trial_noise.py",
+                                    "benchmarks/step_time.py",
                                     "benchmarks/plot_results.py",
                                     "benchmarks/results_table.py"])
 def test_scripts_have_help(script, capsys, monkeypatch):
