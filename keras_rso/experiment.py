@@ -129,7 +129,8 @@ def machine() -> dict:
 
     The CPU is named because speeds differ several-fold between CPUs: on
     the same 2-core allowance, a CPU with only AVX2 ran the MNIST search
-    several times slower than one with AVX-512 (docs/results.md, "Speed").
+    several times slower than one with AVX-512 at batch 2048 (docs/results.md,
+    "A CPU without AVX-512").
     `avx512` is None where the CPU's flags cannot be read (not Linux).
     """
     cpu, flags = platform.processor() or platform.machine(), None
