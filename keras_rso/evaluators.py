@@ -188,6 +188,29 @@ def chain_layers(model: keras.Model) -> Optional[List[keras.layers.Layer]]:
     return layers
 
 
+def flat_biases(layers: Sequence[keras.layers.Layer]) -> List[keras.Variable]:
+    """Biases that the BatchNormalization right after their layer removes.
+
+    In training mode BatchNormalization subtracts each channel's batch mean,
+    so a per-channel bias added just before it, with no activation between,
+    does not change the output: the loss is flat along it, a trial there
+    only costs time, and float rounding decides whether the weight moves.
+    Only the unambiguous case is reported: a linear layer whose 1-D bias is
+    on the last axis, followed by a trainable BatchNormalization over the
+    last axis.
+    """
+    found = []
+    for layer, after in zip(layers, layers[1:]):
+        bias = getattr(layer, "bias", None)
+        if (bias is not None and bias.trainable and len(bias.shape) == 1
+                and getattr(layer, "activation", None) is keras.activations.linear
+                and getattr(layer, "data_format", "channels_last") == "channels_last"
+                and isinstance(after, keras.layers.BatchNormalization)
+                and after.trainable and after.axis == -1):
+            found.append(bias)
+    return found
+
+
 def _is_mixer(layer) -> bool:
     """Plain Dense/Conv2D: its pre-activation output is cached and updated."""
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):

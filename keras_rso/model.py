@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, List, Optional, Sequence, Union
 
 import keras
@@ -16,7 +17,8 @@ from keras.src.utils import file_utils
 
 from keras_rso import distribution
 from keras_rso.errors import NonFiniteLossError
-from keras_rso.evaluators import ChainEvaluator, FullForwardEvaluator, chain_layers
+from keras_rso.evaluators import (ChainEvaluator, FullForwardEvaluator, chain_layers,
+                                  flat_biases)
 from keras_rso.metrics import AcceptRate
 from keras_rso.optimizer import RSO
 from keras_rso.search import TrialLoop
@@ -157,7 +159,9 @@ class RSOModel(keras.Model):
         # Weight regularizers must see each candidate's value: only the full
         # forward path evaluates the loss with the candidate substituted.
         regularized = bool(self.model.losses)
-        layers = chain_layers(self.model) if self.fast_path and not regularized else None
+        chain = chain_layers(self.model)
+        self._warn_flat_biases(chain, [all_vars[i] for i in index])
+        layers = chain if self.fast_path and not regularized else None
         if layers is not None and ChainEvaluator.supports(all_vars, layers):
             ev = ChainEvaluator(layers, all_vars, self._loss_fn)
             # Input to output by layer; within a layer, first variable first.
@@ -172,6 +176,21 @@ class RSOModel(keras.Model):
         # at the same count `steps_per_cycle` uses.
         breaks = self._cycle_segments()[:-1]
         return ev, index + self._output_passes(index), breaks
+
+    def _warn_flat_biases(self, chain, searched) -> None:
+        """Warns, once per model, about searched biases the next BN removes."""
+        if chain is None or getattr(self, "_flat_biases_warned", False):
+            return
+        ids = {id(v) for v in searched}
+        flat = [v.path for v in flat_biases(chain) if id(v) in ids]
+        if flat:
+            self._flat_biases_warned = True
+            warnings.warn(
+                f"RSO searches {flat}, but the BatchNormalization after each "
+                "of these layers subtracts the bias again in training mode: "
+                "the loss does not depend on them, so their trials only cost "
+                "time. Build those layers with `use_bias=False`, or leave the "
+                "biases out with `RSOModel(variables=...)`.", stacklevel=3)
 
     def _searched_index(self) -> List[int]:
         """Positions of the searched variables in `trainable_variables`."""

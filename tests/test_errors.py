@@ -1,12 +1,14 @@
 """Bad input gets a clear error, raised before any weight changes."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import keras_rso
-from conftest import small_convnet
+from conftest import deeper_convnet, small_convnet
 
 
 def _weights(model):
@@ -115,6 +117,23 @@ def test_nan_batch_stops_with_step_and_variable_named_and_keeps_last_good_weight
     clean = tf.data.Dataset.from_tensor_slices((x[:64], y[:64])).batch(32)
     trainer.fit(clean, epochs=1, steps_per_epoch=2, verbose=0)
     assert int(trainer.optimizer.trials.numpy()) == 16
+
+
+def test_a_bias_that_batchnorm_removes_is_named_once_in_a_warning():
+    trainer = _compiled(small_convnet())  # Conv2D (bias, linear) -> BatchNormalization
+    with pytest.warns(UserWarning, match=r"RSO searches \['sequential\S*/conv2d\S*/bias'\], but the BatchNormalization"):
+        trainer.visit_schedule()
+    quiet = [trainer,  # warned once already
+             _compiled(small_convnet(first_bias=False)),
+             _compiled(deeper_convnet())]  # its biased convs feed ReLU, not BN
+    model = small_convnet()
+    bias = model.layers[0].bias
+    left_out = keras_rso.RSOModel(model, variables=lambda v: v is not bias)
+    left_out.compile(optimizer=keras_rso.RSO(), loss="sparse_categorical_crossentropy")
+    for t in quiet + [left_out]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            t.visit_schedule()
 
 
 class NanToZero(keras.layers.Layer):
