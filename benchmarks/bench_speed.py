@@ -30,7 +30,7 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras_rso  # noqa: E402
-from keras_rso.experiment import machine  # noqa: E402
+from keras_rso.experiment import provenance, write_json  # noqa: E402
 from naive_reference import NaiveRSO  # noqa: E402
 
 
@@ -48,8 +48,14 @@ class _StepTimer(keras.callbacks.Callback):
         self.total += time.perf_counter() - self._t0
 
 
-def time_keras_rso(k, trials, x, y, batch, step_rule="argmin"):
-    """Trials per second of every variable, for one K (one traced function)."""
+def traced_search(k, x, y, batch, step_rule="argmin"):
+    """The paper's MNIST net in an `RSOModel` whose search step is traced.
+
+    Returns `(model, trainer, ds, start)`: `ds` repeats `(x, y)` in batches,
+    and `start[path]` is the position in the cycle of the variable's first
+    scalar, where a timed step can be made to begin
+    (`trainer.optimizer.position.assign(start[path])`).
+    """
     keras.utils.set_random_seed(0)
     model = keras_rso.models.mnist_paper_net()
     trainer = keras_rso.RSOModel(model)
@@ -57,10 +63,15 @@ def time_keras_rso(k, trials, x, y, batch, step_rule="argmin"):
                     loss="sparse_categorical_crossentropy")
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat().prefetch(4)
     trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # trace
-    schedule = trainer.visit_schedule()
     start = {}
-    for t, (path, _) in enumerate(schedule):
+    for t, (path, _) in enumerate(trainer.visit_schedule()):
         start.setdefault(path, t)
+    return model, trainer, ds, start
+
+
+def time_keras_rso(k, trials, x, y, batch, step_rule="argmin"):
+    """Trials per second of every variable, for one K (one traced function)."""
+    model, trainer, ds, start = traced_search(k, x, y, batch, step_rule)
     rates = {}
     for v in model.trainable_variables:
         size = int(np.prod(v.shape))
@@ -130,14 +141,9 @@ def main(argv=None):
         name: cycle["naive"] / s for name, s in cycle.items() if name != "naive"}
     print("seconds per cycle:", {k: round(v, 1) for k, v in cycle.items()})
     print("speed-up over naive:", {k: round(v, 2) for k, v in speedup.items()})
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump({"command": "python " + " ".join(sys.argv),
-                       "machine": machine(),
-                       "batch_size": args.batch_size, "step_rule": args.step_rule,
-                       "per_variable": rows,
-                       "seconds_per_cycle": cycle, "speedup_over_naive": speedup}, f, indent=1)
+    write_json({**provenance(args), "batch_size": args.batch_size, "step_rule": args.step_rule,
+                "per_variable": rows, "seconds_per_cycle": cycle,
+                "speedup_over_naive": speedup}, args.output)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,7 @@ import argparse
 import resource
 import time
 
-import keras
-import tensorflow as tf
-
-import keras_rso
+from bench_speed import traced_search
 from keras_rso import datasets
 
 
@@ -36,16 +33,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     (x, y), _ = datasets.load_mnist(limit=10 * args.batch_size)
-    keras.utils.set_random_seed(0)
-    model = keras_rso.models.mnist_paper_net()
-    trainer = keras_rso.RSOModel(model)
-    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=args.weights_per_batch, seed=0),
-                    loss="sparse_categorical_crossentropy")
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch_size).repeat().prefetch(2)
-    trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # traces
-    start = {}
-    for t, (path, _) in enumerate(trainer.visit_schedule()):
-        start.setdefault(path, t)
+    model, trainer, ds, start = traced_search(args.weights_per_batch, x, y, args.batch_size)
     for name in args.variables:
         path = next(v.path for v in model.trainable_variables if v.path.endswith(name))
         trainer.optimizer.position.assign(start[path])

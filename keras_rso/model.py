@@ -100,6 +100,7 @@ class RSOModel(keras.Model):
         self.model = model
         self.variable_spec = variables
         self.fast_path = bool(fast_path)
+        self._flat_biases_warned = False  # see `_warn_flat_biases`
         self.accept_rate_tracker = AcceptRate()
         # Batches of the repeated training stream to skip at the next fit
         # start; not a Keras variable, so it is never saved.
@@ -179,7 +180,7 @@ class RSOModel(keras.Model):
 
     def _warn_flat_biases(self, chain, searched) -> None:
         """Warns, once per model, about searched biases the next BN removes."""
-        if chain is None or getattr(self, "_flat_biases_warned", False):
+        if chain is None or self._flat_biases_warned:
             return
         ids = {id(v) for v in searched}
         flat = [v.path for v in flat_biases(chain) if id(v) in ids]
