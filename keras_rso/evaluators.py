@@ -285,7 +285,7 @@ def _channel(x, i):
     A strided slice: on the CPU it is faster than `tf.gather` on the
     last axis.
     """
-    return x[..., i:i + 1]
+    return tf.ensure_shape(x[..., i:i + 1], x.shape[:-1].concatenate([1]))
 
 
 def _channel_delta(kind: str, layer, x, j, shape, like):
