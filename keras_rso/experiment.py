@@ -124,6 +124,12 @@ def write_json(data, path: Optional[str], announce: bool = True):
         print(f"Results written to {path}")
 
 
+# Environment variables that TensorFlow reads at start-up and that change
+# how fast the same command runs (docs/results.md, "A CPU without AVX-512").
+SPEED_SETTINGS = ("TF_CPU_ALLOCATOR_USE_BFC", "TF_ENABLE_ONEDNN_OPTS",
+                  "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS")
+
+
 def machine() -> dict:
     """The software versions and the CPU a result was measured on.
 
@@ -132,6 +138,9 @@ def machine() -> dict:
     several times slower than one with AVX-512 at batch 2048 (docs/results.md,
     "A CPU without AVX-512").
     `avx512` is None where the CPU's flags cannot be read (not Linux).
+    `settings` holds the environment variables, read when TensorFlow
+    starts, that changed the speed by up to 2x on that CPU
+    (`SPEED_SETTINGS`); only those that are set.
     """
     cpu, flags = platform.processor() or platform.machine(), None
     try:
@@ -148,7 +157,8 @@ def machine() -> dict:
     return {"python": platform.python_version(),
             "tensorflow": __import__("tensorflow").__version__,
             "keras": keras.__version__, "cpus": os.cpu_count(), "cpu": cpu,
-            "avx512": None if flags is None else "avx512f" in flags}
+            "avx512": None if flags is None else "avx512f" in flags,
+            "settings": {k: os.environ[k] for k in SPEED_SETTINGS if k in os.environ}}
 
 
 def provenance(args) -> dict:

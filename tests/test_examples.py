@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_rso.experiment import add_rso_flags
+from keras_rso.experiment import SPEED_SETTINGS, add_rso_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -23,8 +23,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
-def _run(script, *args, timeout=400):
-    out = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=ENV,
+def _run(script, *args, timeout=400, env=ENV):
+    out = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
@@ -84,9 +84,9 @@ def _backed_up_epochs(backup):
         return 0
 
 
-def _kill_after_first_backup(script, args, backup):
+def _kill_after_first_backup(script, args, backup, env):
     proc = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=ROOT,
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while _backed_up_epochs(backup) < 1:
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
@@ -106,8 +106,11 @@ def test_mnist_example_end_to_end_through_a_kill_and_resume(tmp_path):
             "--weights-per-batch", "32", "--batch-size", "128", "--verbose", "2",
             "--results", str(results), "--save", str(saved), "--logdir", str(logdir),
             "--backup-dir", str(backup)]
-    _kill_after_first_backup("examples/mnist_rso.py", args, backup)
-    out = _run("examples/mnist_rso.py", *args)
+    # Results files record the speed settings they ran with.
+    env = {k: v for k, v in ENV.items() if k not in SPEED_SETTINGS}
+    env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+    _kill_after_first_backup("examples/mnist_rso.py", args, backup, env)
+    out = _run("examples/mnist_rso.py", *args, env=env)
     assert "Epoch 2/2" in out and "Epoch 1/2" not in out, out  # resumed, not restarted
     assert not backup.exists()  # removed when training ended
 
@@ -123,6 +126,7 @@ def test_mnist_example_end_to_end_through_a_kill_and_resume(tmp_path):
     assert "mnist_rso.py" in r["command"] and r["complete"] is True
     # Speeds differ several-fold between CPUs, so results name theirs.
     assert r["machine"]["cpu"] and r["machine"]["avx512"] in (True, False, None)
+    assert r["machine"]["settings"] == {"TF_CPU_ALLOCATOR_USE_BFC": "true"}  # set below
     model = keras.models.load_model(saved)
     assert model.count_params() == n + 6 * 4 * 2  # + BN moving statistics
     # Every row holds each variable's accept rate in that cycle, and they
