@@ -374,8 +374,8 @@ def _candidates_batchnorm(layer, h, batch, channel=None):
 def _replace_channel(t, c, new):
     """`t` with channel `c` (last axis) replaced by `new` (one channel).
 
-    A select that broadcasts `new`: on the CPU about twice as fast as
-    mixing `t` and `new` with a one-hot mask.
+    A select that broadcasts `new`: on the CPU 1.4-2x as fast as mixing
+    `t` and `new` with a one-hot mask (batch 512, 28x28x16).
     """
     c = tf.convert_to_tensor(c)
     channels = tf.range(tf.shape(t, out_type=c.dtype)[-1], dtype=c.dtype)
