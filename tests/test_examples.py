@@ -39,6 +39,7 @@ def _run(script, *args, timeout=400, env=ENV):
                                     "benchmarks/precise_bn.py",
                                     "benchmarks/trial_noise.py",
                                     "benchmarks/step_time.py",
+                                    "benchmarks/profile_step.py",
                                     "benchmarks/plot_results.py",
                                     "benchmarks/results_table.py"])
 def test_scripts_have_help(script, capsys, monkeypatch):

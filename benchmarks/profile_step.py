@@ -1,0 +1,76 @@
+"""Where a search step's time goes, by TensorFlow op, in the paper's MNIST net.
+
+Traces the search step, runs one step from the first scalar of `--variable`
+to warm up, then profiles `--steps` steps from the same place with
+`tf.profiler` and prints the ops that took the most time (self time,
+summed over calls, inside the searched variable's branch). This is how
+the one-channel ops that the fast path used to spend most of its time on
+were found (docs/results.md, "Faster one-channel work in the fast path").
+The raw profile stays in `--logdir` for TensorBoard's profile plugin.
+
+Example:
+    python benchmarks/profile_step.py --batch-size 512 --variable block2_conv/kernel
+"""
+
+import argparse
+import glob
+import json
+import os
+import tempfile
+
+import tensorflow as tf
+from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
+
+from bench_speed import traced_search
+from keras_rso import datasets
+
+
+def op_table(logdir: str) -> list:
+    """Rows of TensorFlow's framework op statistics for the profile in `logdir`."""
+    planes = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+    data, ok = _pywrap_profiler_plugin.xspace_to_tools_data(planes, "framework_op_stats", {})
+    if not ok:
+        raise RuntimeError(f"could not read the profile in {logdir}")
+    table = json.loads(data)[0]
+    cols = [c["id"] for c in table["cols"]]
+    return [dict(zip(cols, [c.get("v") if c else None for c in row["c"]]))
+            for row in table["rows"]]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--weights-per-batch", type=int, default=64)
+    parser.add_argument("--variable", default="block2_conv/kernel",
+                        help="the profiled steps start at this variable's first scalar")
+    parser.add_argument("--steps", type=int, default=2, help="profiled steps")
+    parser.add_argument("--top", type=int, default=20, help="ops to print")
+    parser.add_argument("--logdir", default=None, help="where the profile is kept")
+    args = parser.parse_args(argv)
+
+    (x, y), _ = datasets.load_mnist(limit=10 * args.batch_size)
+    model, trainer, ds, start = traced_search(args.weights_per_batch, x, y, args.batch_size)
+    path = next(v.path for v in model.trainable_variables if v.path.endswith(args.variable))
+    for profiled in (False, True):
+        trainer.optimizer.position.assign(start[path])
+        if profiled:
+            logdir = args.logdir or tempfile.mkdtemp(prefix="rso_profile_")
+            tf.profiler.experimental.start(logdir)
+        trainer.fit(ds, epochs=1, steps_per_epoch=args.steps if profiled else 1, verbose=0)
+    tf.profiler.experimental.stop()
+
+    # Ops inside a switch branch run in trials; the rest is the step's set-up.
+    rows = [r for r in op_table(logdir) if "branch" in r["operation"]]
+    total = sum(r["total_self_time"] for r in rows)
+    print(f"{args.steps} steps of {args.weights_per_batch} trials from {path}, batch "
+          f"{args.batch_size}: {total / 1e6:.2f} s of op time in trials")
+    for r in sorted(rows, key=lambda r: -r["total_self_time"])[:args.top]:
+        name = r["operation"].rsplit("indexed_case/", 1)[-1]
+        print(f"{r['type']:20s} {r['total_self_time'] / 1e3:9.1f} ms "
+              f"{100 * r['total_self_time'] / total:5.1f}%  {int(r['occurrences']):5d} calls  {name}")
+    print(f"profile kept in {logdir}")
+
+
+if __name__ == "__main__":
+    main()
