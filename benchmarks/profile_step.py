@@ -19,6 +19,9 @@ import os
 import tempfile
 
 import tensorflow as tf
+# TensorFlow's own converter from a raw profile to the op-statistics table
+# that TensorBoard's profile plugin shows; TensorFlow has no public API for
+# it, and the plugin is not among this project's packages.
 from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
 
 from bench_speed import traced_search
