@@ -69,6 +69,14 @@ def traced_search(k, x, y, batch, step_rule="argmin"):
     return model, trainer, ds, start
 
 
+def start_at(model, trainer, start, name):
+    """Moves the search to the first scalar of the first trainable variable
+    whose path ends with `name` (`start` from `traced_search`); returns its path."""
+    path = next(v.path for v in model.trainable_variables if v.path.endswith(name))
+    trainer.optimizer.position.assign(start[path])
+    return path
+
+
 def time_keras_rso(k, trials, x, y, batch, step_rule="argmin"):
     """Trials per second of every variable, for one K (one traced function)."""
     model, trainer, ds, start = traced_search(k, x, y, batch, step_rule)

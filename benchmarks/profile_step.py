@@ -24,7 +24,7 @@ import tensorflow as tf
 # it, and the plugin is not among this project's packages.
 from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
 
-from bench_speed import traced_search
+from bench_speed import start_at, traced_search
 from keras_rso import datasets
 
 
@@ -54,13 +54,12 @@ def main(argv=None):
 
     (x, y), _ = datasets.load_mnist(limit=10 * args.batch_size)
     model, trainer, ds, start = traced_search(args.weights_per_batch, x, y, args.batch_size)
-    path = next(v.path for v in model.trainable_variables if v.path.endswith(args.variable))
-    for profiled in (False, True):
-        trainer.optimizer.position.assign(start[path])
-        if profiled:
-            logdir = args.logdir or tempfile.mkdtemp(prefix="rso_profile_")
-            tf.profiler.experimental.start(logdir)
-        trainer.fit(ds, epochs=1, steps_per_epoch=args.steps if profiled else 1, verbose=0)
+    start_at(model, trainer, start, args.variable)
+    trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # warm-up, not profiled
+    path = start_at(model, trainer, start, args.variable)
+    logdir = args.logdir or tempfile.mkdtemp(prefix="rso_profile_")
+    tf.profiler.experimental.start(logdir)
+    trainer.fit(ds, epochs=1, steps_per_epoch=args.steps, verbose=0)
     tf.profiler.experimental.stop()
 
     # Ops inside a switch branch run in trials; the rest is the step's set-up.

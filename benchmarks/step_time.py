@@ -17,7 +17,7 @@ import argparse
 import resource
 import time
 
-from bench_speed import traced_search
+from bench_speed import start_at, traced_search
 from keras_rso import datasets
 
 
@@ -35,8 +35,7 @@ def main(argv=None):
     (x, y), _ = datasets.load_mnist(limit=10 * args.batch_size)
     model, trainer, ds, start = traced_search(args.weights_per_batch, x, y, args.batch_size)
     for name in args.variables:
-        path = next(v.path for v in model.trainable_variables if v.path.endswith(name))
-        trainer.optimizer.position.assign(start[path])
+        start_at(model, trainer, start, name)
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         trainer.fit(ds, epochs=1, steps_per_epoch=args.steps, verbose=0)
         r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

@@ -127,7 +127,7 @@ def test_mnist_example_end_to_end_through_a_kill_and_resume(tmp_path):
     assert "mnist_rso.py" in r["command"] and r["complete"] is True
     # Speeds differ several-fold between CPUs, so results name theirs.
     assert r["machine"]["cpu"] and r["machine"]["avx512"] in (True, False, None)
-    assert r["machine"]["settings"] == {"TF_CPU_ALLOCATOR_USE_BFC": "true"}  # set below
+    assert r["machine"]["settings"] == {"TF_CPU_ALLOCATOR_USE_BFC": "true"}  # as run above
     model = keras.models.load_model(saved)
     assert model.count_params() == n + 6 * 4 * 2  # + BN moving statistics
     # Every row holds each variable's accept rate in that cycle, and they
