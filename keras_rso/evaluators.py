@@ -31,6 +31,8 @@ from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
+from keras_rso import distribution
+
 LossFn = Callable[[object, object, object], tf.Tensor]
 
 # Layers that treat every sample independently: both candidates can be run
@@ -349,9 +351,10 @@ def _candidates_batchnorm(layer, h, batch, channel=None):
     `h` holds the two candidates' activations along the batch axis; each
     half is normalised with its own batch statistics, as calling the layer
     on each half would do, but without building the moving-statistics
-    update that a trial throws away. The step's graph holds a copy of the
-    network's tail for every searched variable, so the ops saved here are
-    saved many times over in tracing and graph optimisation. `channel`
+    update that a trial throws away. The layers between a variable and the
+    next mixer are copied into that variable's branch of the step's graph,
+    so the ops saved here are saved many times over in tracing and graph
+    optimisation. `channel`
     picks one channel of the layer's parameters when `h` carries only it.
     """
     def param(v):
@@ -442,6 +445,7 @@ class ChainEvaluator:
         self.plain_bn = [_is_plain_batchnorm(l) for l in self.layers]
         self.batchnorms = [b for l in self.layers for b in batchnorm_layers(l)]
         self.state_variables = [v for l in self.layers for v in l.non_trainable_variables]
+        self._tails = {}  # start layer -> shared tail function (`_tail`)
 
     def forward(self, x):
         """A training-mode pass that applies state updates (BN statistics)."""
@@ -486,20 +490,51 @@ class ChainEvaluator:
         input and pre-activation.
         """
         seen = (None, None)
-        for i in range(start, len(self.layers)):
+        if record is not None:
+            h = self._layers(start, record, h, batch)
+            p = _pre_activation(self.layers[record], h)
+            seen = (h, p)
+            h = _activate(self.layers[record], p)
+            start = record + 1
+        return self._tail(start, h, batch), seen
+
+    def _layers(self, start: int, stop: int, h, batch):
+        """Layers `start..stop - 1` on two stacked candidates."""
+        for i in range(start, stop):
             layer = self.layers[i]
-            if i == record:
-                p = _pre_activation(layer, h)
-                seen = (h, p)
-                h = _activate(layer, p)
-            elif self.per_sample[i]:
+            if self.per_sample[i]:
                 h = layer(h, training=True)
             elif self.plain_bn[i]:
                 h = _candidates_batchnorm(layer, h, batch)
             else:
                 h = tf.concat([layer(h[:batch], training=True),
                                layer(h[batch:], training=True)], axis=0)
-        return h, seen
+        return h
+
+    def _tail(self, start: int, h, batch):
+        """Layers `start..` on two stacked candidates, through shared functions.
+
+        Every searched variable's trial ends by running the rest of the
+        network, and each trial is a branch of the step's graph, so inline
+        tails would put one copy of the network's end in the graph per
+        variable. Instead the tail is
+        cut after each mixer, and each piece is a `tf.function`, traced
+        once and called by every trial that reaches it. Under several
+        replicas the pieces stay inline: their collective ops (synchronized
+        BatchNormalization) must not be shared between call sites.
+        """
+        n = len(self.layers)
+        if start >= n:
+            return h
+        stop = next((m + 1 for m in self.mixers if m >= start), n)
+        if distribution.num_replicas() > 1:
+            return self._tail(stop, self._layers(start, stop, h, batch), batch)
+        piece = self._tails.get(start)
+        if piece is None:
+            def tail(h, batch):
+                return self._tail(stop, self._layers(start, stop, h, batch), batch)
+            piece = self._tails[start] = tf.function(tail, autograph=False)
+        return piece(h, batch)
 
     def _channel_layer(self, layer, h, c, batch):
         """Applies a channel-wise layer to channel `c` only, per candidate."""

@@ -226,6 +226,30 @@ def test_fit_traces_the_search_step_once(toy_data, monkeypatch):
     assert len(traces) == 1
 
 
+def test_trials_share_one_trace_of_each_tail_piece(toy_data, monkeypatch):
+    # Every variable's trial runs the rest of the network; the fast path
+    # traces that tail once per piece (cut after each mixer) and calls it
+    # from every variable's branch, instead of one inline copy per variable.
+    evaluators = []
+    original = keras_rso.search.TrialLoop.__call__
+
+    def recording(self, *args, **kwargs):
+        evaluators.append(self.ev)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras_rso.search.TrialLoop, "__call__", recording)
+    x, y = toy_data
+    trainer = _trainer(deeper_convnet(), k=64)
+    trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    (ev,) = evaluators
+    assert ev.fast
+    # Mixers at layers 0, 4, 7, 10, 11: the pieces start after 4, 7 and 10
+    # (the first mixer's change enters the second's cache; nothing follows
+    # the last).
+    assert sorted(ev._tails) == [m + 1 for m in ev.mixers[1:-1]] == [5, 8, 11]
+    assert [p.experimental_get_tracing_count() for p in ev._tails.values()] == [1, 1, 1]
+
+
 def test_sigma_annealing_reaches_final_fraction_on_last_epoch(toy_data):
     x, y = toy_data
     trainer = _trainer(small_convnet(), k=64)
