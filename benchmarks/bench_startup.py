@@ -8,7 +8,9 @@ than the steps of a short run together. This times the first train step
 and two steady-state steps of `keras_rso.models.mnist_paper_net` or
 `cifar10_net` on random data, counts how often the search step was traced
 (it should be once per fit) and the nodes of the traced graph, a measure of
-its size that does not depend on the machine's load.
+its size that does not depend on the machine's load, and the first step's
+CPU seconds, which a loaded machine changes much less than its wall-clock
+seconds.
 
 Example:
     python benchmarks/bench_startup.py --net cifar10 --filters 4 --output docs/results/bench_startup_cifar10_f4.json
@@ -17,6 +19,7 @@ Example:
 import argparse
 import json
 import os
+import resource
 import subprocess
 import time
 
@@ -28,16 +31,29 @@ import keras_rso
 from keras_rso.experiment import provenance, write_json
 
 
+def _cpu_seconds() -> float:
+    """User plus system CPU seconds of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 class _StepTimes(keras.callbacks.Callback):
+    """Wall-clock and CPU seconds of each train step.
+
+    Tracing runs on one thread, so on a loaded machine its CPU seconds
+    vary much less than its wall-clock seconds.
+    """
+
     def __init__(self):
         super().__init__()
-        self.seconds = []
+        self.seconds, self.cpu_seconds = [], []
 
     def on_train_batch_begin(self, batch, logs=None):
-        self._t0 = time.perf_counter()
+        self._t0, self._c0 = time.perf_counter(), _cpu_seconds()
 
     def on_train_batch_end(self, batch, logs=None):
         self.seconds.append(time.perf_counter() - self._t0)
+        self.cpu_seconds.append(_cpu_seconds() - self._c0)
 
 
 def graph_nodes(graph) -> int:
@@ -85,6 +101,7 @@ def measure(net: str, filters: int, k: int, batch: int) -> dict:
         "search_step_traces": len(traces),
         "graph_nodes": graph_nodes(traces[0]),
         "first_step_seconds": round(timer.seconds[0], 2),
+        "first_step_cpu_seconds": round(timer.cpu_seconds[0], 2),
         "later_step_seconds": [round(s, 3) for s in timer.seconds[1:]],
         "fit_seconds": round(fit_seconds, 2),
     }
