@@ -517,24 +517,25 @@ class ChainEvaluator:
         Every searched variable's trial ends by running the rest of the
         network, and each trial is a branch of the step's graph, so inline
         tails would put one copy of the network's end in the graph per
-        variable. Instead the tail is
-        cut after each mixer, and each piece is a `tf.function`, traced
-        once and called by every trial that reaches it. Under several
-        replicas the pieces stay inline: their collective ops (synchronized
-        BatchNormalization) must not be shared between call sites.
+        variable. Instead the tail is cut after each mixer, and each piece
+        is a `tf.function`, traced once and called by every trial that
+        reaches it. Under several replicas the pieces stay inline: their
+        collective ops (synchronized BatchNormalization) must not be shared
+        between call sites.
         """
         n = len(self.layers)
         if start >= n:
             return h
         stop = next((m + 1 for m in self.mixers if m >= start), n)
-        if distribution.num_replicas() > 1:
+
+        def piece(h, batch):
             return self._tail(stop, self._layers(start, stop, h, batch), batch)
-        piece = self._tails.get(start)
-        if piece is None:
-            def tail(h, batch):
-                return self._tail(stop, self._layers(start, stop, h, batch), batch)
-            piece = self._tails[start] = tf.function(tail, autograph=False)
-        return piece(h, batch)
+
+        if distribution.num_replicas() > 1:
+            return piece(h, batch)
+        if start not in self._tails:
+            self._tails[start] = tf.function(piece, autograph=False)
+        return self._tails[start](h, batch)
 
     def _channel_layer(self, layer, h, c, batch):
         """Applies a channel-wise layer to channel `c` only, per candidate."""

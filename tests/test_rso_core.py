@@ -243,9 +243,10 @@ def test_trials_share_one_trace_of_each_tail_piece(toy_data, monkeypatch):
     trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
     (ev,) = evaluators
     assert ev.fast
-    # Mixers at layers 0, 4, 7, 10, 11: the pieces start after 4, 7 and 10
-    # (the first mixer's change enters the second's cache; nothing follows
-    # the last).
+    # Mixers at layers 0, 4, 7, 10, 11: the pieces start after 4, 7 and 10.
+    # None starts after mixer 0 (its trials carry their change into mixer
+    # 4's cached pre-activation and go on from there), and nothing follows
+    # the last.
     assert sorted(ev._tails) == [m + 1 for m in ev.mixers[1:-1]] == [5, 8, 11]
     assert [p.experimental_get_tracing_count() for p in ev._tails.values()] == [1, 1, 1]
 
