@@ -208,40 +208,39 @@ def test_fast_path_matches_full_forward_path(toy_data, build, k, passes, order):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_fit_traces_the_search_step_once(toy_data, monkeypatch):
-    # Tracing an RSO step is slow (tens of seconds for a 10-layer net), so
-    # the compiled metrics must exist before the first trace: variables
-    # created inside it make tf.function trace everything a second time.
-    traces = []
-    original = keras_rso.search.TrialLoop.__call__
-
-    def counting(self, *args, **kwargs):
-        traces.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(keras_rso.search.TrialLoop, "__call__", counting)
-    x, y = toy_data
-    trainer = _trainer(small_convnet(), k=64)
-    trainer.fit(x, y, batch_size=32, epochs=2, verbose=0)
-    assert len(traces) == 1
-
-
-def test_trials_share_one_trace_of_each_tail_piece(toy_data, monkeypatch):
-    # Every variable's trial runs the rest of the network; the fast path
-    # traces that tail once per piece (cut after each mixer) and calls it
-    # from every variable's branch, instead of one inline copy per variable.
-    evaluators = []
+@pytest.fixture
+def traced_loops(monkeypatch):
+    """Every `TrialLoop` the RSO step calls while tracing, in order."""
+    loops = []
     original = keras_rso.search.TrialLoop.__call__
 
     def recording(self, *args, **kwargs):
-        evaluators.append(self.ev)
+        loops.append(self)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(keras_rso.search.TrialLoop, "__call__", recording)
+    return loops
+
+
+def test_fit_traces_the_search_step_once(toy_data, traced_loops):
+    # Tracing an RSO step is slow (tens of seconds for a 10-layer net), so
+    # the compiled metrics must exist before the first trace: variables
+    # created inside it make tf.function trace everything a second time.
+    x, y = toy_data
+    trainer = _trainer(small_convnet(), k=64)
+    trainer.fit(x, y, batch_size=32, epochs=2, verbose=0)
+    assert len(traced_loops) == 1
+
+
+def test_trials_share_one_trace_of_each_tail_piece(toy_data, traced_loops):
+    # Every variable's trial runs the rest of the network; the fast path
+    # traces that tail once per piece (cut after each mixer) and calls it
+    # from every variable's branch, instead of one inline copy per variable.
     x, y = toy_data
     trainer = _trainer(deeper_convnet(), k=64)
     trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
-    (ev,) = evaluators
+    (loop,) = traced_loops
+    ev = loop.ev
     assert ev.fast
     # Mixers at layers 0, 4, 7, 10, 11: the pieces start after 4, 7 and 10.
     # None starts after mixer 0 (its trials carry their change into mixer
