@@ -64,11 +64,13 @@ class Trial(NamedTuple):
 
     The caches an evaluator carries between trials (`carried`) can be large,
     so a trial names only the entries a candidate would change: `kept`
-    holds their current values, `plus()` / `minus()` build them for each
-    candidate (only the accepted one is ever built, inside the caller's
-    switch), and `merge(entries)` returns the whole carried state with
-    those entries replaced. Passing only the changed entries through the
-    accept/reject switch keeps the traced step small.
+    holds their current values, `entries(minus)` builds them for the
+    candidate `w - dw` where the boolean tensor `minus` holds, else for
+    `w + dw` (only the accepted candidate's are ever built, inside the
+    caller's switch), and `merge(entries)` returns the whole carried state
+    with those entries replaced. Passing only the changed entries through
+    the accept/reject switch keeps the traced step small, and one builder
+    for both candidates puts one copy of that code in it, not two.
     """
 
     loss_plus: tf.Tensor
@@ -76,9 +78,13 @@ class Trial(NamedTuple):
     loss_minus: tf.Tensor
     y_minus: object
     kept: tuple
-    plus: Callable[[], tuple]
-    minus: Callable[[], tuple]
+    entries: Callable[[tf.Tensor], tuple]
     merge: Callable[[tuple], object]
+
+    def y_pred(self, minus: tf.Tensor):
+        """The predictions of `w - dw` where `minus` holds, else of `w + dw`."""
+        return tf.nest.map_structure(lambda p, m: tf.where(minus, m, p),
+                                     self.y_plus, self.y_minus)
 
 
 def replace_scalar(value: tf.Tensor, j: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
@@ -142,7 +148,7 @@ class FullForwardEvaluator:
                 loss = self.loss_fn(y, y_pred, sample_weight)
             results.append((loss, y_pred))
         (lp, yp), (lm, ym) = results
-        return Trial(lp, yp, lm, ym, (), tuple, tuple, lambda _: carried)
+        return Trial(lp, yp, lm, ym, (), lambda _: (), lambda _: carried)
 
 
 def batchnorm_layers(model) -> List[keras.layers.Layer]:
@@ -374,6 +380,13 @@ def _candidates_batchnorm(layer, h, batch, channel=None):
     return tf.ensure_shape(tf.reshape(out, tf.shape(h)), h.shape)
 
 
+def _half(stacked, minus, batch):
+    """One candidate's half of two stacked candidates (`w + dw` first):
+    the second half where the boolean tensor `minus` holds, else the first."""
+    start = tf.where(minus, batch, 0)
+    return stacked[start:start + batch]
+
+
 def _replace_channel(t, c, new):
     """`t` with channel `c` (last axis) replaced by `new` (one channel).
 
@@ -557,11 +570,11 @@ class ChainEvaluator:
         h_in = mix_in[self.slot[i]] if i in self.slot else inputs[i]
         batch = tf.shape(h_in)[0]
         m = self.next_mixer[i]
-        # Cache slot -> function building that slot's value for a candidate.
-        # Only the accepted candidate's are ever built (lazily, in the
-        # caller's switch), so full-size cache tensors are not rewritten
-        # for rejected candidates.
-        new_plus, new_minus = dict(), dict()
+        # Cache slot -> function building that slot's value for the
+        # candidate `minus` names (see `Trial`). Only the accepted
+        # candidate's are ever built (lazily, in the caller's switch), so
+        # full-size cache tensors are not rewritten for rejected candidates.
+        new = dict()
         with keras.StatelessScope():
             if kind is not None:
                 k = self.slot[i]
@@ -570,8 +583,8 @@ class ChainEvaluator:
                 base_c = _channel(pre[k], c)
                 step = tf.cast(dw, base_c.dtype) * _channel_delta(kind, layer, h_in, j, shape, pre[k])
                 p_c = (base_c + step, base_c - step)
-                new_plus[("pre", k)] = lambda: _replace_channel(pre[k], c, p_c[0])
-                new_minus[("pre", k)] = lambda: _replace_channel(pre[k], c, p_c[1])
+                new[("pre", k)] = lambda minus: _replace_channel(
+                    pre[k], c, tf.where(minus, p_c[1], p_c[0]))
                 if i in self.sparse_to:
                     hc = _activate(layer, tf.concat(p_c, 0))
                     for l in range(i + 1, m):
@@ -586,14 +599,13 @@ class ChainEvaluator:
                         dpre = mixer.convolution_op(
                             diff, tf.gather(mixer.kernel, [c], axis=2))
                     p_m = tf.concat([pre[km], pre[km]], 0) + dpre
-                    new_plus[("in", km)] = lambda: _replace_channel(mix_in[km], c, hc[:batch])
-                    new_minus[("in", km)] = lambda: _replace_channel(mix_in[km], c, hc[batch:])
-                    new_plus[("pre", km)] = lambda: p_m[:batch]
-                    new_minus[("pre", km)] = lambda: p_m[batch:]
+                    new[("in", km)] = lambda minus: _replace_channel(
+                        mix_in[km], c, _half(hc, minus, batch))
+                    new[("pre", km)] = lambda minus: _half(p_m, minus, batch)
                     y_pred, _ = self._run(m + 1, _activate(mixer, p_m), batch, None)
                 else:
                     h = _activate(layer, tf.concat(
-                        [new_plus[("pre", k)](), new_minus[("pre", k)]()], 0))
+                        [_replace_channel(pre[k], c, p) for p in p_c], 0))
                     y_pred, seen = self._run(i + 1, h, batch, m)
             else:
                 _, plus, minus = candidate_values(var, j, dw)
@@ -602,27 +614,25 @@ class ChainEvaluator:
                     with keras.StatelessScope(state_mapping=[(var, value)]):
                         outs.append(layer(h_in, training=True))
                 y_pred, seen = self._run(i + 1, tf.concat(outs, 0), batch, m)
-            if m is not None and ("pre", self.slot[m]) not in new_plus:
+            if m is not None and ("pre", self.slot[m]) not in new:
                 km = self.slot[m]
-                new_plus[("in", km)] = lambda: seen[0][:batch]
-                new_minus[("in", km)] = lambda: seen[0][batch:]
-                new_plus[("pre", km)] = lambda: seen[1][:batch]
-                new_minus[("pre", km)] = lambda: seen[1][batch:]
+                new[("in", km)] = lambda minus: _half(seen[0], minus, batch)
+                new[("pre", km)] = lambda minus: _half(seen[1], minus, batch)
             yp, ym = y_pred[:batch], y_pred[batch:]
             lp = self.loss_fn(y, yp, sample_weight)
             lm = self.loss_fn(y, ym, sample_weight)
 
-        keys = sorted(new_plus)
+        keys = sorted(new)
         kept = tuple((mix_in if part == "in" else pre)[s] for part, s in keys)
 
-        def build(new):
+        def entries(minus):
             # ensure_shape keeps the loop variables' static shapes.
-            return lambda: tuple(tf.ensure_shape(new[key](), t.shape)
-                                 for key, t in zip(keys, kept))
+            return tuple(tf.ensure_shape(new[key](minus), t.shape)
+                         for key, t in zip(keys, kept))
 
         def merge(entries):
             value = dict(zip(keys, entries))
             return (tuple(value.get(("in", s), t) for s, t in enumerate(mix_in)),
                     tuple(value.get(("pre", s), t) for s, t in enumerate(pre)))
 
-        return Trial(lp, yp, lm, ym, kept, build(new_plus), build(new_minus), merge)
+        return Trial(lp, yp, lm, ym, kept, entries, merge)

@@ -266,9 +266,8 @@ class TrialLoop:
                     trial = self.ev.trial(v, j, dw, fixed, carried, x, y, sample_weight)
                     lp = distribution.cross_replica_sum(trial.loss_plus)
                     lm = distribution.cross_replica_sum(trial.loss_minus)
-                    # (offset from w, its loss, its predictions, its cache entries)
-                    options = [(dw, lp, trial.y_plus, trial.plus),
-                               (-dw, lm, trial.y_minus, trial.minus)]
+                    # (trial, offset from w, losses of w + offset and w - offset)
+                    pairs = [(trial, dw, lp, lm)]
                     if opt.step_rule == "parabolic":
                         t = parabolic_offset(loss, lp, lm, dw)
                         second = self.ev.trial(v, j, t, fixed, carried, x, y, sample_weight)
@@ -278,29 +277,33 @@ class TrialLoop:
                         inf = tf.constant(np.inf, loss.dtype)
                         lq = tf.where(usable, distribution.cross_replica_sum(second.loss_plus), inf)
                         lqm = tf.where(usable, distribution.cross_replica_sum(second.loss_minus), inf)
-                        options += [(t, lq, second.y_plus, second.plus),
-                                    (-t, lqm, second.y_minus, second.minus)]
-                    choice = choose(loss, [o[1] for o in options], opt.tolerance)
+                        pairs.append((second, t, lq, lqm))
+                    choice = choose(loss, [l for p in pairs for l in p[2:]], opt.tolerance)
 
                     def keep():
                         return tf.identity(loss), y_pred, trial.kept
 
-                    def take(offset, candidate_loss, candidate_y_pred, entries):
+                    def take(trial, offset, loss_plus, loss_minus):
                         def apply():
+                            # `choose` numbers pair i's candidates 2i + 1 (w +
+                            # offset) and 2i + 2 (w - offset). One branch per
+                            # pair, not per candidate: half the traced code.
+                            minus = tf.equal(choice % 2, 0)
                             # Later trials read the committed weight: the
                             # next iteration runs on this switch's outputs.
                             value = tf.convert_to_tensor(var.value)
                             w = tf.gather(tf.reshape(value, [-1]), j)
-                            distribution.assign(var, replace_scalar(
-                                value, j, w + tf.cast(offset, value.dtype)))
-                            return tf.identity(candidate_loss), candidate_y_pred, entries()
+                            step = tf.cast(tf.where(minus, -offset, offset), value.dtype)
+                            distribution.assign(var, replace_scalar(value, j, w + step))
+                            return (tf.where(minus, loss_minus, loss_plus),
+                                    trial.y_pred(minus), trial.entries(minus))
                         return apply
 
                     # Only the chosen candidate's cache entries are built.
                     # Both trials of a weight name the same entries, so
                     # `trial.merge` also takes the second trial's.
                     new_loss, new_y_pred, entries = tf.switch_case(
-                        choice, [keep] + [take(*o) for o in options])
+                        (choice + 1) // 2, [keep] + [take(*p) for p in pairs])
                     return (new_loss, new_y_pred, trial.merge(entries),
                             tf.cast(choice != KEEP, tf.int64))
 

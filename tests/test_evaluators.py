@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_rso.evaluators import _replace_channel, _tap_shift
+from keras_rso.evaluators import _half, _replace_channel, _tap_shift
 
 
 @pytest.mark.parametrize("kernel,strides,padding,dilation,size", [
@@ -37,3 +37,12 @@ def test_replace_channel_changes_that_channel_only():
     want = t.copy()
     want[..., 2] = -1
     np.testing.assert_array_equal(got, want)
+
+
+def test_half_picks_the_named_candidate_of_two_stacked():
+    # Candidates are stacked as [w + dw; w - dw] along the batch axis.
+    stacked = np.arange(4 * 2 * 3, dtype="float32").reshape(4, 2, 3)
+    batch = tf.constant(2)
+    for minus, want in ((False, stacked[:2]), (True, stacked[2:])):
+        got = _half(tf.constant(stacked), tf.constant(minus), batch)
+        np.testing.assert_array_equal(got.numpy(), want)
