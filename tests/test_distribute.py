@@ -103,7 +103,7 @@ def test_multi_worker_example_runs_two_workers_in_lockstep(tmp_path):
     script = pathlib.Path(__file__).resolve().parents[1] / "examples" / "multi_worker_rso.py"
     port = _free_port_block(2)
     common = ["--workers", "2", "--port", str(port), "--filters", "4",
-              "--limit", "512", "--batch-size", "128", "--weights-per-batch", "128"]
+              "--limit", "512", "--batch-size", "32", "--weights-per-batch", "128"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     procs = [subprocess.Popen(
         [sys.executable, str(script), "--index", str(i), *common,

@@ -89,12 +89,14 @@ def _kill_after_first_backup(script, args, backup, env):
     proc = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
-    while _backed_up_epochs(backup) < 1:
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    proc.kill()  # SIGKILL: no clean-up runs, as when a machine goes away
-    proc.wait()
+    try:
+        while _backed_up_epochs(backup) < 1:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.time() < deadline, "no backup after 300 s"
+            time.sleep(0.05)
+    finally:
+        proc.kill()  # SIGKILL: no clean-up runs, as when a machine goes away
+        proc.wait()
 
 
 def test_mnist_example_end_to_end_through_a_kill_and_resume(tmp_path):
@@ -103,8 +105,10 @@ def test_mnist_example_end_to_end_through_a_kill_and_resume(tmp_path):
     # The paper's network at 4 channels (854 weights), 2 cycles on 2048 images,
     # killed once cycle 1 is backed up, then the same command again.
     # (Bit-exact resume itself is tested on the API in test_resume.py.)
+    # Batch 32: a trial's cost grows with the batch, and each process
+    # already spends about 20 CPU seconds tracing the step.
     args = ["--cycles", "2", "--limit", "2048", "--filters", "4",
-            "--weights-per-batch", "32", "--batch-size", "128", "--verbose", "2",
+            "--weights-per-batch", "128", "--batch-size", "32", "--verbose", "2",
             "--results", str(results), "--save", str(saved), "--logdir", str(logdir),
             "--backup-dir", str(backup)]
     # Results files record the speed settings they ran with.
@@ -123,7 +127,8 @@ def test_mnist_example_end_to_end_through_a_kill_and_resume(tmp_path):
     assert [row["trials"] for row in r["per_cycle"]] == [n, 2 * n]
     assert r["weight_updates"] == r["per_cycle"][1]["weight_updates"] > r["per_cycle"][0]["weight_updates"]
     assert r["per_cycle"][0]["seconds"] < r["per_cycle"][1]["seconds"]
-    assert r["test_accuracy"] > 0.2  # chance is 0.1
+    # Chance is 0.1; on the 10,000 test images its standard error is 0.003.
+    assert r["test_accuracy"] > 0.15
     assert "mnist_rso.py" in r["command"] and r["complete"] is True
     # Speeds differ several-fold between CPUs, so results name theirs.
     assert r["machine"]["cpu"] and r["machine"]["avx512"] in (True, False, None)
@@ -152,7 +157,7 @@ def test_mnist_example_end_to_end_through_a_kill_and_resume(tmp_path):
 def test_cifar_example_end_to_end(tmp_path):
     results, saved = tmp_path / "c.json", tmp_path / "c.keras"
     _run("examples/cifar10_rso.py", "--cycles", "1", "--limit", "300", "--filters", "4,4,4",
-         "--weights-per-batch", "128", "--batch-size", "64", "--verbose", "0",
+         "--weights-per-batch", "256", "--batch-size", "16", "--verbose", "0",
          "--output-passes", "2", "--results", str(results), "--save", str(saved))
     r = json.loads(results.read_text())
     # Every weight once, then the Dense 4->10 classifier twice more.
