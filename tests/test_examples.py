@@ -105,8 +105,8 @@ def test_mnist_example_end_to_end_through_a_kill_and_resume(tmp_path):
     # The paper's network at 4 channels (854 weights), 2 cycles on 2048 images,
     # killed once cycle 1 is backed up, then the same command again.
     # (Bit-exact resume itself is tested on the API in test_resume.py.)
-    # Batch 32: a trial's cost grows with the batch, and each process
-    # already spends about 20 CPU seconds tracing the step.
+    # Batch 32: a trial's cost grows with the batch, and tracing the step
+    # already takes much of each process's time.
     args = ["--cycles", "2", "--limit", "2048", "--filters", "4",
             "--weights-per-batch", "128", "--batch-size", "32", "--verbose", "2",
             "--results", str(results), "--save", str(saved), "--logdir", str(logdir),
