@@ -27,12 +27,13 @@ from keras_rso.experiment import add_rso_flags, run_rso
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_rso_flags(parser, cycles=3, batch_size=256, weights_per_batch=16)
+    add_rso_flags(parser, cycles=3, batch_size=256, weights_per_batch=16,
+                  validation_size=5000)
     parser.add_argument("--filters", default="16,16,16",
                         help="channels of the three stages, comma separated")
     args = parser.parse_args(argv)
     filters = tuple(int(f) for f in args.filters.split(","))
-    data = datasets.load_cifar10(limit=args.limit)
+    data = datasets.load_cifar10()
     return run_rso(functools.partial(models.cifar10_net, filters=filters), data, args)
 
 

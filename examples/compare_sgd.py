@@ -32,13 +32,17 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--filters", default="16,16,16", help="CIFAR-10 stage widths")
-    add_common_flags(parser)
+    # The validation split depends on the data set: 10,000 MNIST or 5,000
+    # CIFAR-10 training images unless --validation-size says otherwise.
+    add_common_flags(parser, validation_size=None)
     args = parser.parse_args(argv)
+    if args.validation_size is None:
+        args.validation_size = 10000 if args.dataset == "mnist" else 5000
     if args.dataset == "mnist":
-        data, build = datasets.load_mnist(limit=args.limit), models.mnist_paper_net
+        data, build = datasets.load_mnist(), models.mnist_paper_net
     else:
         filters = tuple(int(f) for f in args.filters.split(","))
-        data = datasets.load_cifar10(limit=args.limit)
+        data = datasets.load_cifar10()
         build = functools.partial(models.cifar10_net, filters=filters)
     return run_gradient(build, data, args)
 

@@ -47,7 +47,7 @@ def main(argv=None):
     parser.add_argument("--fashion", action="store_true",
                         help="use Fashion-MNIST instead of MNIST")
     args = parser.parse_args(argv)
-    data = datasets.load_mnist(limit=args.limit, fashion=args.fashion)
+    data = datasets.load_mnist(fashion=args.fashion)
     build = functools.partial(models.mnist_paper_net, filters=args.filters)
     return run_rso(build, data, args)
 

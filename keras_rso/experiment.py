@@ -172,14 +172,21 @@ def _count(model) -> int:
     return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
 
-def _finish(model, test, recorder, args, fields: dict) -> dict:
-    """Evaluates on the test set, saves the model, writes the results JSON."""
+def _finish(model, splits, recorder, args, fields: dict) -> dict:
+    """Evaluates the final model on the validation and test splits, saves the
+    model, writes the results JSON."""
+    _, validation, test = splits
+    final = {}
+    if validation is not None:
+        val_loss, val_acc = model.evaluate(*validation, batch_size=1000, verbose=0)
+        final = {"validation_accuracy": float(val_acc), "validation_loss": float(val_loss)}
     test_loss, test_acc = model.evaluate(*test, batch_size=1000, verbose=0)
     results = provenance(args)
     results.update(fields)
     results.update({
         "complete": True,
         "per_cycle": recorder.rows,
+        "validation_size": args.validation_size, **final,
         "test_accuracy": float(test_acc), "test_loss": float(test_loss),
         "seconds": recorder.rows[-1]["seconds"] if recorder.rows else 0.0,
     })
@@ -190,14 +197,46 @@ def _finish(model, test, recorder, args, fields: dict) -> dict:
     return results
 
 
-def _fit(model: keras.Model, data, args, epochs: int, callbacks: list):
-    """`model.fit` on the training split, validated on the test split, with
-    TensorBoard logs when `--logdir` is given."""
-    (x_train, y_train), (x_test, y_test) = data
+def split_validation(data, validation_size: int, limit: Optional[int] = None):
+    """Holds out the last `validation_size` training examples for validation.
+
+    Settings are chosen on the validation split; the test split is only
+    read for the final model (`_finish`).
+
+    Args:
+        data: `((x_train, y_train), (x_test, y_test))`.
+        validation_size: Training examples to hold out, from the end of the
+            training split. `0` trains on all of them (the paper's runs) and
+            validates on nothing.
+        limit: If given, train on the first `limit` of the remaining
+            training examples only (smoke runs); the validation split is
+            unchanged.
+
+    Returns:
+        `(train, validation, test)`, each an `(x, y)` pair; `validation` is
+        `None` when `validation_size` is 0.
+    """
+    (x_train, y_train), test = data
+    if not 0 <= validation_size < len(x_train):
+        raise ValueError(
+            f"--validation-size must be in [0, {len(x_train)}) (the training "
+            f"split has {len(x_train)} examples). Received: {validation_size}")
+    n = len(x_train) - validation_size
+    train = (x_train[:n], y_train[:n])
+    validation = (x_train[n:], y_train[n:]) if validation_size else None
+    if limit is not None:
+        train = (train[0][:limit], train[1][:limit])
+    return train, validation, test
+
+
+def _fit(model: keras.Model, splits, args, epochs: int, callbacks: list):
+    """`model.fit` on the training split, validated on the validation split
+    (never the test split), with TensorBoard logs when `--logdir` is given."""
+    (x_train, y_train), validation, _ = splits
     if args.logdir:
         callbacks = callbacks + [keras.callbacks.TensorBoard(args.logdir)]
     model.fit(x_train, y_train, batch_size=args.batch_size, epochs=epochs,
-              validation_data=(x_test, y_test), callbacks=callbacks,
+              validation_data=validation, callbacks=callbacks,
               verbose=args.verbose)
 
 
@@ -206,8 +245,10 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
 
     Args:
         build_model: Returns a fresh, uncompiled Keras model.
-        data: `((x_train, y_train), (x_test, y_test))`.
-        args: Parsed flags: cycles, batch_size, weights_per_batch, seed,
+        data: `((x_train, y_train), (x_test, y_test))`; the last
+            `args.validation_size` training examples are held out for
+            validation (`split_validation`).
+        args: Parsed flags: validation_size, limit, cycles, batch_size, weights_per_batch, seed,
             sigma_scale, final_fraction, remeasure_sigma, balance_sigma, order, stop_after,
             no_bn_refresh, tolerance, output_passes, step_rule,
             backup_dir, backup_every, logdir, save, results, verbose.
@@ -215,6 +256,7 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
     Returns:
         The results dictionary (also written to `args.results`).
     """
+    splits = split_validation(data, args.validation_size, args.limit)
     keras.utils.set_random_seed(args.seed)
     model = build_model()
     trainer = RSOModel(model)
@@ -253,8 +295,8 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
             backup_dir, save_freq=args.backup_every or "epoch"))
     if args.stop_after:
         callbacks.append(StopAfter(args.stop_after))
-    _fit(trainer, data, args, args.cycles, callbacks)
-    results = _finish(model, data[1], recorder, args, {
+    _fit(trainer, splits, args, args.cycles, callbacks)
+    results = _finish(model, splits, recorder, args, {
         "method": "rso",
         "model": model.name,
         "parameters": _count(model),
@@ -298,7 +340,8 @@ def run_gradient(build_model: Callable[[], keras.Model], data, args) -> dict:
     Records accuracy per epoch and the number of parameter updates
     (parameters x steps), the paper's count for SGD.
     """
-    (x_train, y_train), (x_test, y_test) = data
+    splits = split_validation(data, args.validation_size, args.limit)
+    (x_train, y_train), _, _ = splits
     keras.utils.set_random_seed(args.seed)
     model = build_model()
     steps = int(np.ceil(len(x_train) / args.batch_size))
@@ -315,8 +358,8 @@ def run_gradient(build_model: Callable[[], keras.Model], data, args) -> dict:
         "method": args.optimizer, "model": model.name, "parameters": params}),
         annotate=count_updates)
     callbacks = [recorder]
-    _fit(model, data, args, args.epochs, callbacks)
-    results = _finish(model, (x_test, y_test), recorder, args, {
+    _fit(model, splits, args, args.epochs, callbacks)
+    results = _finish(model, splits, recorder, args, {
         "method": args.optimizer, "model": model.name, "parameters": params,
         "weight_updates": params * steps * args.epochs,
     })
@@ -331,7 +374,8 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
+def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int,
+                  validation_size: int = 10000):
     """Adds the flags shared by the RSO example scripts."""
     parser.add_argument("--cycles", type=int, default=cycles,
                         help="RSO cycles (= epochs); each tries every weight once")
@@ -373,14 +417,19 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int):
                              "interruption resumes where it stopped (removed at the end)")
     parser.add_argument("--backup-every", type=_non_negative_int, default=0,
                         help="also back up every N steps inside a cycle (0: at cycle ends)")
-    add_common_flags(parser)
+    add_common_flags(parser, validation_size)
 
 
-def add_common_flags(parser):
+def add_common_flags(parser, validation_size: int = 10000):
     """Adds the flags every example script shares (data, outputs)."""
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--validation-size", type=_non_negative_int,
+                        default=validation_size,
+                        help="hold out the last N training images for validation; "
+                             "settings are chosen on it, the test set is read only for "
+                             "the final model (0: train on all, as the paper)")
     parser.add_argument("--limit", type=int, default=None,
-                        help="train on the first N images only (smoke runs)")
+                        help="train on the first N training images only (smoke runs)")
     parser.add_argument("--logdir", default=None, help="TensorBoard log directory")
     parser.add_argument("--save", default=None, help="save the trained model (.keras)")
     parser.add_argument("--results", default=None, help="write results JSON here")
