@@ -18,7 +18,11 @@ of one variable. Two evaluators provide it inside the traced train step:
 
 Both evaluators apply BatchNormalization's moving-statistics update exactly
 once per batch (in `begin`, with the accepted weights) and never during a
-trial. Layers that mix samples keep each candidate's batch statistics
+trial. Random layers (Dropout, GaussianNoise, SpatialDropout, random
+augmentation) draw the same numbers in every evaluation of a batch (common
+random numbers): the base pass and both candidates of every trial see one
+mask, drawn afresh for each batch, as they see the same images; see
+`seed_states`. Layers that mix samples keep each candidate's batch statistics
 apart: a plain BatchNormalization is computed directly on both stacked
 candidates, each normalised by its own statistics, and anything unknown is
 called once per candidate.
@@ -122,6 +126,7 @@ class FullForwardEvaluator:
         self.loss_fn = loss_fn
         self.batchnorms = batchnorm_layers(model)
         self.state_variables = list(model.non_trainable_variables)
+        self.seed_states = seed_states(self.state_variables)
 
     def forward(self, x):
         """A training-mode pass (its state updates apply unless in a scope)."""
@@ -149,6 +154,22 @@ class FullForwardEvaluator:
             results.append((loss, y_pred))
         (lp, yp), (lm, ym) = results
         return Trial(lp, yp, lm, ym, (), lambda _: (), lambda _: carried)
+
+
+def seed_states(variables: Sequence[keras.Variable]) -> List[keras.Variable]:
+    """The `keras.random.SeedGenerator` states among `variables`.
+
+    A random layer draws from its seed generator, which advances its state
+    on every call. `TrialLoop` advances these states once per batch, after
+    the trials, so that the base pass and every candidate of the batch read
+    the same state and draw the same mask (common random numbers): a trial
+    then compares weights, not noise. Each candidate evaluation runs in a
+    `keras.StatelessScope` of its own, which keeps an earlier call's advance
+    from reaching the next candidate.
+    """
+    # SeedGenerator names its state variable so (Keras 3); a layer's
+    # generators are otherwise reachable only through private attributes.
+    return [v for v in variables if v.name == "seed_generator_state"]
 
 
 def batchnorm_layers(model) -> List[keras.layers.Layer]:
@@ -458,6 +479,7 @@ class ChainEvaluator:
         self.plain_bn = [_is_plain_batchnorm(l) for l in self.layers]
         self.batchnorms = [b for l in self.layers for b in batchnorm_layers(l)]
         self.state_variables = [v for l in self.layers for v in l.non_trainable_variables]
+        self.seed_states = seed_states(self.state_variables)
         self._tails = {}  # start layer -> shared tail function (`_tail`)
 
     def forward(self, x):
@@ -520,8 +542,14 @@ class ChainEvaluator:
             elif self.plain_bn[i]:
                 h = _candidates_batchnorm(layer, h, batch)
             else:
-                h = tf.concat([layer(h[:batch], training=True),
-                               layer(h[batch:], training=True)], axis=0)
+                # A scope per candidate: a random layer advances its seed
+                # state in the scope, and the second candidate must draw
+                # from the same state as the first (see `seed_states`).
+                halves = []
+                for half in (h[:batch], h[batch:]):
+                    with keras.StatelessScope():
+                        halves.append(layer(half, training=True))
+                h = tf.concat(halves, axis=0)
         return h
 
     def _tail(self, start: int, h, batch):

@@ -233,7 +233,10 @@ class TrialLoop:
                      if self.replay_steps is not None else tf.constant(False))
         active = tf.logical_and(tf.logical_not(stopped), tf.logical_not(replaying))
         good = tf.logical_and(finite, active)
-        self._write_state(good, updated)
+        # Seed states are written after the trials, so that every candidate
+        # of this batch draws the base pass's random numbers.
+        seeds = {id(v) for v in self.ev.seed_states}
+        self._write_state(good, updated, skip=seeds)
         n = tf.where(good, n, tf.constant(0, tf.int64))
         first_bad = tf.logical_and(tf.logical_not(finite), active)
         distribution.assign(opt.nonfinite_step, tf.where(
@@ -336,7 +339,10 @@ class TrialLoop:
                     ends_cycle, lambda: self._refreshed_statistics(x),
                     lambda: [tf.convert_to_tensor(v.value)
                              for v in self.ev.state_variables])
-            self._write_state(ends_cycle, refreshed)
+            self._write_state(ends_cycle, refreshed, skip=seeds)
+        if seeds:
+            with tf.control_dependencies([loss]):
+                self._write_state(good, updated, only=seeds)
         distribution.assign_add(opt.position, n)
         distribution.assign_add(opt.trials, n)
         distribution.assign_add(opt.weight_updates, accepted)
@@ -350,13 +356,17 @@ class TrialLoop:
                 replaying, -one, tf.constant(0, tf.int64)))
         return StepResult(loss, y_pred, n, accepted, replaying)
 
-    def _write_state(self, condition, values):
+    def _write_state(self, condition, values, skip=frozenset(), only=None):
         """Writes new state-variable values where `condition` holds.
 
         Replicas' BatchNorm statistics are averaged first, so the copies of
         a non-synchronized BN layer stay identical across replicas.
+        Variables whose id is in `skip`, or (if given) not in `only`, are
+        left alone.
         """
         for v, value in zip(self.ev.state_variables, values):
+            if id(v) in skip or (only is not None and id(v) not in only):
+                continue
             if value.dtype.is_floating:
                 value = distribution.cross_replica_mean(value)
             old = tf.convert_to_tensor(v.value)
