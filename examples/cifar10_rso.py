@@ -21,7 +21,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TF start-up logs
 
 from keras_rso import datasets, models
-from keras_rso.experiment import add_rso_flags, run_rso
+from keras_rso.experiment import add_rso_flags, load_data, run_rso
 
 
 def main(argv=None):
@@ -31,10 +31,20 @@ def main(argv=None):
                   validation_size=5000)
     parser.add_argument("--filters", default="16,16,16",
                         help="channels of the three stages, comma separated")
+    parser.add_argument("--dataset", default="cifar10",
+                        help="cifar10 (keras.datasets) or tfds:NAME for any TFDS "
+                             "image-classification data set, streamed through tf.data "
+                             "with the standardization inside the model")
     args = parser.parse_args(argv)
+    if args.dataset != "cifar10" and not args.dataset.startswith("tfds:"):
+        parser.error(f"--dataset must be cifar10 or tfds:NAME; got {args.dataset!r}")
     filters = tuple(int(f) for f in args.filters.split(","))
-    data = datasets.load_cifar10()
-    return run_rso(functools.partial(models.cifar10_net, filters=filters), data, args)
+    data = load_data(args, datasets.load_cifar10)
+    build = functools.partial(models.cifar10_net, filters=filters)
+    if isinstance(data, datasets.TFDSData):
+        build = functools.partial(build, data.image_shape, data.num_classes,
+                                  preprocessing=data.preprocessing_layers())
+    return run_rso(build, data, args)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
-"""Standardized image data sets from `keras.datasets`.
+"""Image data sets: `keras.datasets` arrays and TFDS streams.
 
 The paper standardizes inputs; these loaders return float32 images with
 zero mean and unit variance (statistics of the training set) and integer
 labels. They use the normal `keras.datasets` download, and the local Keras
-cache (`KERAS_HOME`) when it already holds the files.
+cache (`KERAS_HOME`) when it already holds the files. `load_tfds` streams
+any TFDS image-classification data set through `tf.data`, raw pixels in,
+with the standardization as layers for the model.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 from unittest import mock
 
 import keras
@@ -78,3 +80,106 @@ def load_cifar10(limit: Optional[int] = None) -> Tuple[Split, Split]:
     x_train, x_test = _standardize(x_train, x_test, True)
     return (_limit((x_train, y_train.reshape(-1).astype("int32")), limit),
             (x_test, y_test.reshape(-1).astype("int32")))
+
+
+class TFDSData(NamedTuple):
+    """A TFDS image-classification data set, streamed as `tf.data`.
+
+    `train`, `validation` and `test` yield `(images, labels)` batches of raw
+    pixels (float32, 0-255) and int32 labels: the preprocessing belongs in
+    the model (`preprocessing_layers`), so that a saved model takes images
+    as the data set stores them. `validation` is `None` when no validation
+    split was asked for.
+    """
+
+    train: "tf.data.Dataset"
+    validation: Optional["tf.data.Dataset"]
+    test: "tf.data.Dataset"
+    image_shape: Tuple[int, ...]
+    num_classes: int
+    mean: np.ndarray      # per-channel mean of the training pixels / 255
+    variance: np.ndarray  # per-channel variance of the training pixels / 255
+
+    def preprocessing_layers(self) -> list:
+        """Layers that standardize raw pixels with the training statistics."""
+        return [keras.layers.Rescaling(1.0 / 255, name="rescale"),
+                keras.layers.Normalization(mean=self.mean, variance=self.variance,
+                                           name="standardize")]
+
+
+def load_tfds(name: str, batch_size: int, validation_size: int = 0,
+              seed: int = 0, data_dir: Optional[str] = None,
+              statistics_size: int = 10000) -> TFDSData:
+    """Any TFDS image-classification data set, as `tf.data` streams.
+
+    The data set must have an `image` and a `label` feature (it is loaded
+    with `as_supervised=True`) and `train` and `test` splits. The
+    validation split is the last `validation_size` examples of `train`
+    (TFDS split slicing), so that settings are chosen without reading the
+    test set.
+
+    Args:
+        name: TFDS name, e.g. `"mnist"`, `"fashion_mnist"`, `"cifar10"`.
+        batch_size: Examples per batch of every stream.
+        validation_size: Training examples held out for validation (0: none).
+        seed: Seed of the training stream's shuffle (reshuffled each pass).
+        data_dir: TFDS data directory (`None`: TFDS' default).
+        statistics_size: Training examples the pixel statistics are
+            measured on.
+
+    Returns:
+        A `TFDSData`.
+
+    Example:
+
+    ```python
+    data = keras_rso.datasets.load_tfds("fashion_mnist", batch_size=1024,
+                                        validation_size=10000)
+    model = keras_rso.models.mnist_paper_net(
+        data.image_shape, data.num_classes,
+        preprocessing=data.preprocessing_layers())
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(optimizer=keras_rso.RSO(), loss="sparse_categorical_crossentropy")
+    trainer.fit(data.train, epochs=5, validation_data=data.validation)
+    ```
+    """
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    if validation_size < 0:
+        raise ValueError(f"`validation_size` must be >= 0. Received: {validation_size}")
+    train_split = f"train[:-{validation_size}]" if validation_size else "train"
+    splits = [train_split, "test"] + ([f"train[-{validation_size}:]"] if validation_size else [])
+    loaded, info = tfds.load(name, split=splits, as_supervised=True, with_info=True,
+                             data_dir=data_dir)
+    features = info.features
+    if "image" not in features or "label" not in features:
+        raise ValueError(
+            f"TFDS data set {name!r} has features {sorted(features.keys())}; "
+            "load_tfds needs an image-classification set with `image` and `label`.")
+    image_shape = tuple(features["image"].shape)
+    if None in image_shape:
+        raise ValueError(
+            f"TFDS data set {name!r} has images of varying size {image_shape}; "
+            "resize them into a fixed shape before training.")
+
+    def cast(image, label):
+        return tf.cast(image, tf.float32), tf.cast(label, tf.int32)
+
+    def stream(ds, shuffle):
+        ds = ds.map(cast, num_parallel_calls=tf.data.AUTOTUNE).cache()
+        if shuffle:
+            ds = ds.shuffle(10000, seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    train, test = loaded[0], loaded[1]
+    pixels = np.concatenate([x.numpy() for x, _ in train.map(cast).take(statistics_size)
+                             .batch(1000)]) / 255.0
+    axes = tuple(range(pixels.ndim - 1))
+    return TFDSData(
+        train=stream(train, True),
+        validation=stream(loaded[2], False) if validation_size else None,
+        test=stream(test, False),
+        image_shape=image_shape,
+        num_classes=int(features["label"].num_classes),
+        mean=pixels.mean(axis=axes), variance=pixels.var(axis=axes))

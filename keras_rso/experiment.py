@@ -19,6 +19,7 @@ from keras.src.utils import file_utils
 import numpy as np
 
 from keras_rso.callbacks import LayerAcceptRates, SigmaAnnealing, SigmaBalancing
+from keras_rso.datasets import TFDSData, load_tfds
 from keras_rso.model import RSOModel
 from keras_rso.optimizer import ORDERS, RSO, STEP_RULES
 
@@ -172,15 +173,20 @@ def _count(model) -> int:
     return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
 
+def _eval_batch(split):
+    return 1000 if isinstance(split, tuple) else None
+
+
 def _finish(model, splits, recorder, args, fields: dict) -> dict:
     """Evaluates the final model on the validation and test splits, saves the
     model, writes the results JSON."""
     _, validation, test = splits
     final = {}
     if validation is not None:
-        val_loss, val_acc = model.evaluate(*validation, batch_size=1000, verbose=0)
+        val_loss, val_acc = model.evaluate(*_xy(validation), batch_size=_eval_batch(validation),
+                                           verbose=0)
         final = {"validation_accuracy": float(val_acc), "validation_loss": float(val_loss)}
-    test_loss, test_acc = model.evaluate(*test, batch_size=1000, verbose=0)
+    test_loss, test_acc = model.evaluate(*_xy(test), batch_size=_eval_batch(test), verbose=0)
     results = provenance(args)
     results.update(fields)
     results.update({
@@ -229,13 +235,42 @@ def split_validation(data, validation_size: int, limit: Optional[int] = None):
     return train, validation, test
 
 
+def data_splits(data, args):
+    """`(train, validation, test)` of `data`, arrays or TFDS streams.
+
+    Arrays (`((x_train, y_train), (x_test, y_test))`) are split by
+    `split_validation`; a `TFDSData` already holds its three streams.
+    """
+    if isinstance(data, TFDSData):
+        train = data.train if args.limit is None else data.train.unbatch().take(
+            args.limit).batch(args.batch_size)
+        return train, data.validation, data.test
+    return split_validation(data, args.validation_size, args.limit)
+
+
+def load_data(args, keras_loader: Callable[[], tuple]):
+    """The data the `--dataset` flag names: `tfds:NAME` streams it from
+    TFDS (batched, validation split held out), anything else is
+    `keras_loader()`."""
+    if args.dataset.startswith("tfds:"):
+        return load_tfds(args.dataset[len("tfds:"):], batch_size=args.batch_size,
+                         validation_size=args.validation_size, seed=args.seed)
+    return keras_loader()
+
+
+def _xy(split) -> tuple:
+    """`evaluate`/`fit` arguments for an `(x, y)` pair or a dataset."""
+    return tuple(split) if isinstance(split, tuple) else (split,)
+
+
 def _fit(model: keras.Model, splits, args, epochs: int, callbacks: list):
     """`model.fit` on the training split, validated on the validation split
     (never the test split), with TensorBoard logs when `--logdir` is given."""
-    (x_train, y_train), validation, _ = splits
+    train, validation, _ = splits
     if args.logdir:
         callbacks = callbacks + [keras.callbacks.TensorBoard(args.logdir)]
-    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=epochs,
+    batch_size = args.batch_size if isinstance(train, tuple) else None
+    model.fit(*_xy(train), batch_size=batch_size, epochs=epochs,
               validation_data=validation, callbacks=callbacks,
               verbose=args.verbose)
 
@@ -256,7 +291,7 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
     Returns:
         The results dictionary (also written to `args.results`).
     """
-    splits = split_validation(data, args.validation_size, args.limit)
+    splits = data_splits(data, args)
     keras.utils.set_random_seed(args.seed)
     model = build_model()
     trainer = RSOModel(model)
@@ -340,11 +375,12 @@ def run_gradient(build_model: Callable[[], keras.Model], data, args) -> dict:
     Records accuracy per epoch and the number of parameter updates
     (parameters x steps), the paper's count for SGD.
     """
-    splits = split_validation(data, args.validation_size, args.limit)
-    (x_train, y_train), _, _ = splits
+    splits = data_splits(data, args)
     keras.utils.set_random_seed(args.seed)
     model = build_model()
-    steps = int(np.ceil(len(x_train) / args.batch_size))
+    train = splits[0]
+    steps = (int(np.ceil(len(train[0]) / args.batch_size)) if isinstance(train, tuple)
+             else int(train.reduce(0, lambda n, _: n + 1)))
     optimizer = gradient_optimizer(args.optimizer, args.learning_rate, args.decay,
                                    total_steps=steps * args.epochs)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",

@@ -23,6 +23,7 @@ def _conv_bn_relu(filters: int, name: str, synchronized_bn: bool = False):
 def mnist_paper_net(input_shape: Tuple[int, int, int] = (28, 28, 1),
                     num_classes: int = 10, filters: int = 16,
                     synchronized_bn: bool = False,
+                    preprocessing: Sequence[keras.layers.Layer] = (),
                     name: str = "rso_mnist_net") -> keras.Sequential:
     """The paper's MNIST network.
 
@@ -39,12 +40,16 @@ def mnist_paper_net(input_shape: Tuple[int, int, int] = (28, 28, 1),
         filters: Channels of every convolution.
         synchronized_bn: BatchNormalization over the global batch under a
             multi-replica `tf.distribute` strategy (TensorFlow backend).
+        preprocessing: Layers without weights to search, put between the
+            input and the first convolution (e.g. the standardization of
+            `keras_rso.datasets.TFDSData.preprocessing_layers`), so that the
+            model takes raw pixels.
         name: Model name.
 
     Returns:
         An uncompiled `keras.Sequential`.
     """
-    stack = [keras.Input(input_shape)]
+    stack = [keras.Input(input_shape), *preprocessing]
     for i in range(6):
         stack += _conv_bn_relu(filters, f"block{i + 1}", synchronized_bn)
         if i in (1, 3):
@@ -60,6 +65,7 @@ def mnist_paper_net(input_shape: Tuple[int, int, int] = (28, 28, 1),
 def cifar10_net(input_shape: Tuple[int, int, int] = (32, 32, 3),
                 num_classes: int = 10,
                 filters: Sequence[int] = (16, 16, 16),
+                preprocessing: Sequence[keras.layers.Layer] = (),
                 name: str = "rso_cifar10_net") -> keras.Sequential:
     """A 10-layer CIFAR-10 network in the spirit of the paper.
 
@@ -75,12 +81,14 @@ def cifar10_net(input_shape: Tuple[int, int, int] = (32, 32, 3),
         input_shape: Image shape (H, W, C).
         num_classes: Number of classes.
         filters: Channels of the three stages.
+        preprocessing: Layers put between the input and the first
+            convolution (see `mnist_paper_net`).
         name: Model name.
 
     Returns:
         An uncompiled `keras.Sequential`.
     """
-    stack = [keras.Input(input_shape)]
+    stack = [keras.Input(input_shape), *preprocessing]
     for stage, width in enumerate(filters):
         if stage:
             stack.append(layers.AveragePooling2D(2, name=f"pool{stage}"))
