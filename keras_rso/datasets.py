@@ -8,7 +8,6 @@ any TFDS image-classification data set through `tf.data`, raw pixels in,
 with the standardization as layers for the model.
 """
 
-from __future__ import annotations
 
 import os
 from typing import NamedTuple, Optional, Tuple
@@ -16,6 +15,7 @@ from unittest import mock
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 Split = Tuple[np.ndarray, np.ndarray]
 
@@ -92,9 +92,9 @@ class TFDSData(NamedTuple):
     split was asked for.
     """
 
-    train: "tf.data.Dataset"
-    validation: Optional["tf.data.Dataset"]
-    test: "tf.data.Dataset"
+    train: tf.data.Dataset
+    validation: Optional[tf.data.Dataset]
+    test: tf.data.Dataset
     image_shape: Tuple[int, ...]
     num_classes: int
     mean: np.ndarray      # per-channel mean of the training pixels / 255
@@ -143,8 +143,7 @@ def load_tfds(name: str, batch_size: int, validation_size: int = 0,
     trainer.fit(data.train, epochs=5, validation_data=data.validation)
     ```
     """
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # only needed here
 
     if validation_size < 0:
         raise ValueError(f"`validation_size` must be >= 0. Received: {validation_size}")

@@ -28,7 +28,6 @@ candidates, each normalised by its own statistics, and anything unknown is
 called once per candidate.
 """
 
-from __future__ import annotations
 
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 

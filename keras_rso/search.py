@@ -6,7 +6,6 @@ per-variable code is selected with `tf.switch_case`, so no Python runs per
 weight.
 """
 
-from __future__ import annotations
 
 from typing import NamedTuple, Optional, Sequence
 
