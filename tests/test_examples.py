@@ -42,7 +42,7 @@ def _run(script, *args, timeout=400, env=ENV):
                                     "benchmarks/profile_step.py",
                                     "benchmarks/plot_results.py",
                                     "benchmarks/results_table.py",
-                                    "benchmarks/random_layers.py",
+                                    "benchmarks/random_layers.py", "benchmarks/fuzz.py",
                                     "examples/tune_rso.py", "docs/build_api.py"])
 def test_scripts_have_help(script, capsys, monkeypatch):
     # In-process (TF is already imported): `--help` prints usage and exits 0.
