@@ -26,44 +26,78 @@ class SigmaAnnealing(keras.callbacks.Callback):
 
     By default the scale falls linearly from the optimizer's initial scale
     (`RSO(sigma_scale=...)`, 1 unless set) at the first epoch of `fit` to
-    `final_fraction` times that at the last (the paper uses 1/10), like
-    `keras.callbacks.LearningRateScheduler` does for a learning rate. A
-    `schedule(epoch, scale) -> scale` replaces the linear rule.
+    `final_fraction` times that at the last, like
+    `keras.callbacks.LearningRateScheduler` does for a learning rate.
+    `rule="paper"` follows the authors' code instead: at cycle `e` (0-based)
+    of `E`, `final_fraction + (1 - final_fraction) * (E - e) / E` times the
+    initial scale (1 at the first cycle; it never quite reaches
+    `final_fraction`). `total_cycles` sets `E` independently of `fit`'s
+    epochs, so that a fit can run the first cycles of a longer schedule
+    (the paper's "98% after 5 updates" is cycle 5 of a 50-cycle schedule)
+    and a resumed fit continues it. A `schedule(epoch, scale) -> scale`
+    replaces both rules.
 
     Args:
-        final_fraction: Scale used in the last epoch of `fit`, as a fraction
-            of the initial scale, in (0, 1].
+        final_fraction: Scale used in the last epoch (`"linear"`), or the
+            floor the paper's rule approaches, as a fraction of the
+            initial scale, in (0, 1].
         schedule: Optional function of the epoch index (0-based) and the
             current scale returning the new scale.
         verbose: If 1, print the scale at each epoch start.
+        total_cycles: Length of the schedule in cycles; `None` (default)
+            is the `epochs` of `fit`.
+        rule: `"linear"` (default) or `"paper"` (see above).
 
     Example:
 
     ```python
     trainer.fit(x, y, epochs=50,
                 callbacks=[keras_rso.callbacks.SigmaAnnealing(0.1)])
+    # The first 5 cycles of the authors' 50-cycle schedule:
+    trainer.fit(x, y, epochs=5, callbacks=[keras_rso.callbacks.SigmaAnnealing(
+        0.1, rule="paper", total_cycles=50)])
     ```
     """
 
+    RULES = ("linear", "paper")
+
     def __init__(self, final_fraction: float = 0.1,
                  schedule: Optional[Callable[[int, float], float]] = None,
-                 verbose: int = 0):
+                 verbose: int = 0, total_cycles: Optional[int] = None,
+                 rule: str = "linear"):
         super().__init__()
         if not (0.0 < final_fraction <= 1.0):
             raise ValueError(
                 f"`final_fraction` must be in (0, 1]; received {final_fraction}.")
+        if rule not in self.RULES:
+            raise ValueError(f"`rule` must be one of {self.RULES}; received {rule!r}.")
+        if total_cycles is not None and (isinstance(total_cycles, bool) or
+                                         not isinstance(total_cycles, int) or total_cycles < 1):
+            raise ValueError(f"`total_cycles` must be an int >= 1 or None; "
+                             f"received {total_cycles!r}.")
         self.final_fraction = float(final_fraction)
         self.schedule = schedule
         self.verbose = verbose
+        self.total_cycles = total_cycles
+        self.rule = rule
+
+    def _cycles(self) -> int:
+        return self.total_cycles or int(self.params.get("epochs") or 1)
 
     def linear(self, epoch: int, initial: float = 1.0) -> float:
         """The default schedule: `initial` at epoch 0, `initial *
-        final_fraction` at the last."""
-        epochs = int(self.params.get("epochs") or 1)
+        final_fraction` at the last epoch of the schedule."""
+        epochs = self._cycles()
         if epochs <= 1:
             return initial * self.final_fraction
         t = min(max(epoch / (epochs - 1), 0.0), 1.0)
         return initial * (1.0 - (1.0 - self.final_fraction) * t)
+
+    def paper(self, epoch: int, initial: float = 1.0) -> float:
+        """The authors' schedule: `initial * (f + (1 - f) * (E - e) / E)`."""
+        cycles = self._cycles()
+        remaining = min(max(cycles - epoch, 0), cycles) / cycles
+        return initial * (self.final_fraction + (1.0 - self.final_fraction) * remaining)
 
     def on_epoch_begin(self, epoch, logs=None):
         opt = _rso_optimizer(self.model)
@@ -71,7 +105,7 @@ class SigmaAnnealing(keras.callbacks.Callback):
         if self.schedule is not None:
             scale = float(self.schedule(epoch, current))
         else:
-            scale = self.linear(epoch, opt.initial_sigma_scale)
+            scale = getattr(self, self.rule)(epoch, opt.initial_sigma_scale)
         if not (np.isfinite(scale) and scale > 0):
             raise ValueError(
                 f"The sigma schedule returned {scale} at epoch {epoch}; it "

@@ -1,10 +1,17 @@
-"""The networks of the paper, as plain Keras models (no keras_rso inside)."""
+"""The networks of the paper, as plain Keras models (no keras_rso inside).
+
+`paper_mnist_net` and `paper_cifar10_net` are the authors' networks exactly,
+taking raw pixels; `mnist_paper_net` and `cifar10_net` are keras_rso's
+earlier variants (standardized inputs, ReLU after every BatchNormalization,
+a softmax classifier), kept for the runs recorded with them.
+"""
 
 from __future__ import annotations
 
 from typing import Sequence, Tuple
 
 import keras
+import numpy as np
 from keras import layers
 
 
@@ -100,3 +107,141 @@ def cifar10_net(input_shape: Tuple[int, int, int] = (32, 32, 3),
                      kernel_initializer="he_normal", name="classifier"),
     ]
     return keras.Sequential(stack, name=name)
+
+
+# The authors' code (rohun-tripathi/RSO-gradient-free, train.py) initialises
+# every kernel from an untruncated normal with the He std sqrt(2 / fan_in);
+# Keras' "he_normal" truncates it.
+def _he(fan_in: int):
+    return keras.initializers.RandomNormal(stddev=(2.0 / fan_in) ** 0.5)
+
+
+def _pixels(mean, name: str = "pixels"):
+    """Raw pixels (0-255) to pixels / 255 minus the training mean."""
+    mean = np.atleast_1d(np.asarray(mean, dtype="float64"))
+    return layers.Normalization(mean=255.0 * mean, variance=np.full_like(mean, 255.0 ** 2),
+                                name=name)
+
+
+def _paper_conv(filters: int, fan_in_channels: int, name: str, kernel: int = 3):
+    return layers.Conv2D(filters, kernel, padding="same", use_bias=False,
+                         kernel_initializer=_he(fan_in_channels * kernel * kernel),
+                         name=name)
+
+
+# Training-set pixel means / 255: MNIST's 60,000 training images, and the
+# published per-channel means of CIFAR-10's 50,000 (the JPEG-decoded offline
+# copy in ../shared differs from them by less than 0.0002).
+MNIST_MEAN = 0.1306604762738429
+CIFAR10_MEAN = (0.4913996, 0.4821584, 0.4465309)
+
+
+def paper_mnist_net(mean: float = MNIST_MEAN, num_classes: int = 10,
+                    input_shape: Tuple[int, int, int] = (28, 28, 1),
+                    name: str = "paper_mnist_net") -> keras.Sequential:
+    """The authors' MNIST network, exactly (12,016 searched weights).
+
+    As in their code: six 3x3 convolutions with 16 channels and no bias;
+    each is followed by 2x2 average pooling (after convolutions 2 and 4
+    only) and BatchNormalization; the ReLU sits at the *input* of the next
+    convolution, so none follows the last BatchNormalization; global
+    average pooling; a Dense layer to `num_classes` logits, without bias
+    and without softmax (train with `from_logits=True`). Kernels are drawn
+    from an untruncated normal with std sqrt(2 / fan_in).
+
+    The model takes raw pixels (0-255, as `keras.datasets` returns them):
+    its first layer computes pixels / 255 minus `mean`, without dividing
+    by a std, as the authors did. `keras_rso.models.mnist_paper_net` is
+    keras_rso's earlier variant (ReLU after every BatchNormalization,
+    pooling after it, a softmax classifier with bias, standardized inputs).
+
+    Args:
+        mean: Mean of the training pixels / 255 (default: MNIST's 60,000
+            training images).
+        num_classes: Number of classes.
+        input_shape: Image shape (H, W, C).
+        name: Model name.
+
+    Returns:
+        An uncompiled `keras.Sequential` that outputs logits.
+
+    Example:
+
+    ```python
+    model = keras_rso.models.paper_mnist_net()
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=1),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ```
+    """
+    stack = [keras.Input(input_shape), _pixels(mean)]
+    channels = input_shape[-1]
+    for i in range(6):
+        if i:
+            stack.append(layers.ReLU(name=f"relu{i + 1}"))
+        stack.append(_paper_conv(16, channels, f"conv{i + 1}"))
+        if i in (1, 3):
+            stack.append(layers.AveragePooling2D(2, name=f"pool{i + 1}"))
+        stack.append(layers.BatchNormalization(name=f"bn{i + 1}"))
+        channels = 16
+    stack += [layers.GlobalAveragePooling2D(name="gap"),
+              layers.Dense(num_classes, use_bias=False, kernel_initializer=_he(16),
+                           name="classifier")]
+    return keras.Sequential(stack, name=name)
+
+
+def paper_cifar10_net(mean: Sequence[float] = CIFAR10_MEAN, num_classes: int = 10,
+                      input_shape: Tuple[int, int, int] = (32, 32, 3),
+                      name: str = "paper_cifar10_net") -> keras.Model:
+    """The authors' residual CIFAR-10 network, exactly (57,104 searched weights).
+
+    Nine 3x3 convolutions without bias, with 16, 16, 16, 32, 32, 32, 32, 32
+    and 32 channels, each followed by [2x2 average pooling, after
+    convolutions 3 and 5] and BatchNormalization, with the ReLU at the
+    input of the next convolution. Convolutions 3, 5, 7 and 9 add the
+    BatchNormalization output of convolutions 1, 3, 5 and 7 to their own
+    output before the pooling; where the channels grow (at convolution 5)
+    that skip passes a 1x1 convolution and a BatchNormalization. Global
+    average pooling; Dense to `num_classes` logits without bias.
+
+    Takes raw pixels (0-255): the first layer computes pixels / 255 minus
+    the per-channel `mean`. `keras_rso.models.cifar10_net` is keras_rso's
+    earlier 10-layer chain without skips.
+
+    Args:
+        mean: Per-channel mean of the training pixels / 255 (default:
+            `keras.datasets.cifar10`'s training images).
+        num_classes: Number of classes.
+        input_shape: Image shape (H, W, C).
+        name: Model name.
+
+    Returns:
+        An uncompiled functional `keras.Model` that outputs logits.
+    """
+    widths = (16, 16, 16, 32, 32, 32, 32, 32, 32)
+    skip_from = {2: 0, 4: 2, 6: 4, 8: 6}  # 0-based: conv i adds BN output of conv j
+    pool_after = (2, 4)
+    inputs = keras.Input(input_shape)
+    h = _pixels(mean)(inputs)
+    bn_out, channels = [], input_shape[-1]
+    for i, width in enumerate(widths):
+        x = layers.ReLU(name=f"relu{i + 1}")(h) if i else h
+        out = _paper_conv(width, channels, f"conv{i + 1}")(x)
+        if i in skip_from:
+            skip = bn_out[skip_from[i]]
+            if skip.shape[-1] != width:
+                # The authors' code draws this kernel with std sqrt(2 / C_in).
+                skip = layers.Conv2D(width, 1, use_bias=False,
+                                     kernel_initializer=_he(skip.shape[-1]),
+                                     name=f"conv{i + 1}_shortcut")(skip)
+                skip = layers.BatchNormalization(name=f"bn{i + 1}_shortcut")(skip)
+            out = layers.Add(name=f"add{i + 1}")([out, skip])
+        if i in pool_after:
+            out = layers.AveragePooling2D(2, name=f"pool{i + 1}")(out)
+        h = layers.BatchNormalization(name=f"bn{i + 1}")(out)
+        bn_out.append(h)
+        channels = width
+    h = layers.GlobalAveragePooling2D(name="gap")(h)
+    outputs = layers.Dense(num_classes, use_bias=False, kernel_initializer=_he(widths[-1]),
+                           name="classifier")(h)
+    return keras.Model(inputs, outputs, name=name)

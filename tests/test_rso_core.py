@@ -268,6 +268,28 @@ def test_sigma_annealing_starts_from_the_optimizers_initial_scale(toy_data):
     np.testing.assert_allclose(hist.history["sigma_scale"], [2.0, 1.1, 0.2], rtol=1e-6)
 
 
+def test_sigma_annealing_follows_the_papers_rule_over_a_longer_schedule(toy_data):
+    # The first cycles of the authors' 50-cycle schedule: 0.1 + 0.9 (50 - e) / 50,
+    # continued by a second fit from where the first stopped.
+    x, y = toy_data
+    trainer = _trainer(small_convnet(), k=64)
+    anneal = keras_rso.callbacks.SigmaAnnealing(0.1, rule="paper", total_cycles=50)
+    first = trainer.fit(x, y, batch_size=32, epochs=2, steps_per_epoch=1, verbose=0,
+                        callbacks=[anneal])
+    more = trainer.fit(x, y, batch_size=32, epochs=4, initial_epoch=2, steps_per_epoch=1,
+                       verbose=0, callbacks=[anneal])
+    np.testing.assert_allclose(first.history["sigma_scale"] + more.history["sigma_scale"],
+                               [1.0, 0.982, 0.964, 0.946], rtol=1e-6)
+    linear = keras_rso.callbacks.SigmaAnnealing(0.1, total_cycles=10)
+    hist = trainer.fit(x, y, batch_size=32, epochs=2, steps_per_epoch=1, verbose=0,
+                       callbacks=[linear])
+    np.testing.assert_allclose(hist.history["sigma_scale"], [1.0, 0.9], rtol=1e-6)
+    with pytest.raises(ValueError, match="rule"):
+        keras_rso.callbacks.SigmaAnnealing(rule="cosine")
+    with pytest.raises(ValueError, match="total_cycles"):
+        keras_rso.callbacks.SigmaAnnealing(total_cycles=0)
+
+
 def test_custom_sigma_schedule_is_used(toy_data):
     x, y = toy_data
     trainer = _trainer(small_convnet(), k=64)
