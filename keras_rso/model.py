@@ -173,6 +173,8 @@ class RSOModel(keras.Model):
         # step's trials from the output side (see there).
         if order == "output_to_input":
             index.reverse()
+        elif order == "paper":
+            index = self._paper_order(index)
         # The output passes start on a fresh batch: a break after the sweep,
         # at the same count `steps_per_cycle` uses.
         breaks = self._cycle_segments()[:-1]
@@ -192,6 +194,34 @@ class RSOModel(keras.Model):
                 "the loss does not depend on them, so their trials only cost "
                 "time. Build those layers with `use_bias=False`, or leave the "
                 "biases out with `RSOModel(variables=...)`.", stacklevel=3)
+
+    def _batchnorm_flags(self) -> List[bool]:
+        """For each trainable variable, whether a BatchNormalization owns it."""
+        owner = {}
+        for layer in self.model._flatten_layers(include_self=False):
+            for v in getattr(layer, "_trainable_variables", []):
+                owner.setdefault(id(v), isinstance(layer, keras.layers.BatchNormalization))
+        return [owner.get(id(v), False) for v in self.trainable_variables]
+
+    def _paper_order(self, index: List[int]) -> List[int]:
+        """The authors' visiting order of an input-to-output `index`.
+
+        Layers from the output to the input, as `"output_to_input"`, but a
+        BatchNormalization's variables come after the kernel before them
+        in model order, beta before gamma: dense, then for each convolution
+        from the last, its kernel, beta, gamma.
+        """
+        bn = self._batchnorm_flags()
+        groups: List[List[int]] = []
+        for i in index:
+            if bn[i] and groups:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        order = []
+        for group in reversed(groups):
+            order += [i for i in group if not bn[i]] + [i for i in reversed(group) if bn[i]]
+        return order
 
     def _searched_index(self) -> List[int]:
         """Positions of the searched variables in `trainable_variables`."""
@@ -558,7 +588,8 @@ class _CycleKeeper(keras.callbacks.Callback):
         model._replay_steps.assign(max(iterations - start, 0))
         model._data_offset.assign(start)
         if int(opt.sigmas_ready.numpy()) == 0:
-            opt.initialize_sigmas(model.trainable_variables, model._layer_ids())
+            opt.initialize_sigmas(model.trainable_variables, model._layer_ids(),
+                                  model._batchnorm_flags())
 
     def on_epoch_begin(self, epoch, logs=None):
         opt = self.model.optimizer
@@ -567,4 +598,5 @@ class _CycleKeeper(keras.callbacks.Callback):
             opt.cycle.assign_add(1)
             if opt.remeasure_sigma:
                 opt.initialize_sigmas(self.model.trainable_variables,
-                                      self.model._layer_ids())
+                                      self.model._layer_ids(),
+                                      self.model._batchnorm_flags())

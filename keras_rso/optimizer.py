@@ -19,8 +19,10 @@ from typing import Optional, Sequence
 import keras
 import numpy as np
 
-ORDERS = ("output_to_input", "input_to_output", "random")
+ORDERS = ("output_to_input", "input_to_output", "random", "paper")
 STEP_RULES = ("argmin", "parabolic")
+SIGMA_RULES = ("std", "he")
+KERNEL_ORDERS = ("keras", "paper")
 
 
 @keras.saving.register_keras_serializable(package="keras_rso")
@@ -43,7 +45,12 @@ class RSO(keras.optimizers.Optimizer):
             identical on every replica.
         order: Order in which a cycle visits the weights:
             `"output_to_input"` (the paper's order), `"input_to_output"`,
-            or `"random"` (a fresh permutation of all scalars each cycle).
+            `"random"` (a fresh permutation of all scalars each cycle), or
+            `"paper"`: the authors' code, which also runs from the output
+            to the input but visits a convolution's kernel *before* the
+            BatchNormalization that follows it (kernel, beta, gamma), where
+            `"output_to_input"` reverses the model's variable order (beta,
+            gamma, kernel).
             The order runs from one mini-batch to the next; the
             `weights_per_batch` trials that share a batch always run from
             the output side first, which keeps the fast chain evaluator
@@ -103,6 +110,26 @@ class RSO(keras.optimizers.Optimizer):
             the weight to where the loss along it is lowest rather than to
             one of the random points. It evaluates twice as many
             candidates per trial. Departs from the paper.
+        sigma_rule: How each variable's sigma is set when training starts.
+            `"std"` (default): its measured standard deviation (see
+            `zero_std_sigma` for zero-std variables). `"he"`, the authors'
+            code: a kernel (2 or more axes) gets the He std of its layer,
+            sqrt(2 / fan_in) with fan_in the product of all but its last
+            axis; a BatchNormalization gamma or beta gets
+            `batchnorm_sigma`; anything else falls back to `"std"`.
+        batchnorm_sigma: Sigma of BatchNormalization gamma and beta under
+            `sigma_rule="he"` (the authors' 0.167).
+        weight_decay: Per-trial weight decay: before its trial, the weight is
+            multiplied by `1 - weight_decay`, the candidates are built around
+            that decayed value, and the decay stays even when both
+            perturbations are rejected (the authors' code, with 1e-4). It
+            costs one more evaluation per trial. `0.0` (default): none.
+        kernel_order: Order of a trial's scalars inside a kernel. `"keras"`
+            (default): Keras' memory order (for a Conv2D kernel: row,
+            column, input channel, output channel, the last fastest).
+            `"paper"`: the authors' order: output channel, then input
+            channel, then row, then column (a Dense kernel: for each output
+            unit, all of its inputs).
         tolerance: Relative improvement a candidate needs to replace the
             current weight: it is kept only if its loss is below
             `loss(w) * (1 - tolerance)`. `0.0` (default) is the paper's
@@ -140,6 +167,10 @@ class RSO(keras.optimizers.Optimizer):
         tolerance: float = 0.0,
         output_passes: int = 0,
         step_rule: str = "argmin",
+        sigma_rule: str = "std",
+        batchnorm_sigma: float = 0.167,
+        weight_decay: float = 0.0,
+        kernel_order: str = "keras",
         name: str = "rso",
         **kwargs,
     ):
@@ -193,6 +224,19 @@ class RSO(keras.optimizers.Optimizer):
                 f"`step_rule` must be one of {STEP_RULES}. Received: {step_rule!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"`seed` must be an int. Received: {seed!r}")
+        if sigma_rule not in SIGMA_RULES:
+            raise ValueError(
+                f"`sigma_rule` must be one of {SIGMA_RULES}. Received: {sigma_rule!r}")
+        if not (np.isfinite(batchnorm_sigma) and batchnorm_sigma > 0):
+            raise ValueError(
+                f"`batchnorm_sigma` must be a positive finite float. Received: {batchnorm_sigma}")
+        if not (np.isfinite(weight_decay) and 0.0 <= weight_decay < 1.0):
+            raise ValueError(
+                "`weight_decay` must be a float in [0, 1) (the fraction a weight "
+                f"shrinks by before each trial, e.g. 1e-4). Received: {weight_decay}")
+        if kernel_order not in KERNEL_ORDERS:
+            raise ValueError(
+                f"`kernel_order` must be one of {KERNEL_ORDERS}. Received: {kernel_order!r}")
         self.weights_per_batch = int(weights_per_batch)
         self.seed = int(seed)
         self.order = order
@@ -205,6 +249,49 @@ class RSO(keras.optimizers.Optimizer):
         self.tolerance = float(tolerance)
         self.output_passes = int(output_passes)
         self.step_rule = step_rule
+        self.sigma_rule = sigma_rule
+        self.batchnorm_sigma = float(batchnorm_sigma)
+        self.weight_decay = float(weight_decay)
+        self.kernel_order = kernel_order
+
+    @classmethod
+    def paper(cls, **overrides) -> "RSO":
+        """An `RSO` set up as the authors' code (`train.py` of
+        rohun-tripathi/RSO-gradient-free) runs it.
+
+        A fresh mini-batch for every weight (`weights_per_batch=1`; use
+        batch 5,000 in `fit`), the paper's visiting order (`order="paper"`)
+        and order inside a kernel (`kernel_order="paper"`), He-std sigmas
+        for kernels and 0.167 for BatchNorm gamma/beta (`sigma_rule="he"`),
+        per-trial weight decay 1e-4, ties keep the (decayed) weight. The
+        rest of the authors' setup lives outside the optimizer: the loss,
+        summed in float64 (`keras_rso.models.paper_loss()`), the sigma
+        schedule (`keras_rso.callbacks.SigmaAnnealing(0.1, rule="paper",
+        total_cycles=50)`) and the networks (`keras_rso.models.
+        paper_mnist_net`, `paper_cifar10_net`).
+
+        Args:
+            **overrides: Any `RSO` argument, replacing the preset's value.
+
+        Returns:
+            A new `RSO`.
+
+        Example:
+
+        ```python
+        trainer = keras_rso.RSOModel(keras_rso.models.paper_mnist_net())
+        trainer.compile(optimizer=keras_rso.RSO.paper(seed=0),
+                        loss=keras_rso.models.paper_loss(), metrics=["accuracy"])
+        trainer.fit(x, y, batch_size=5000, epochs=5, callbacks=[
+            keras_rso.callbacks.SigmaAnnealing(0.1, rule="paper", total_cycles=50)])
+        ```
+        """
+        preset = dict(weights_per_batch=1, order="paper", kernel_order="paper",
+                      sigma_rule="he", batchnorm_sigma=0.167, weight_decay=1e-4,
+                      tolerance=0.0, step_rule="argmin", output_passes=0,
+                      remeasure_sigma=False)
+        preset.update(overrides)
+        return cls(**preset)
 
     # ------------------------------------------------------------------ state
     def build(self, variables: Sequence[keras.Variable]) -> None:
@@ -257,7 +344,8 @@ class RSO(keras.optimizers.Optimizer):
             aggregation="only_first_replica", name="sigma_factors")
 
     def initialize_sigmas(self, variables: Sequence[keras.Variable],
-                          layer_of: Sequence[int]) -> np.ndarray:
+                          layer_of: Sequence[int],
+                          batchnorm: Optional[Sequence[bool]] = None) -> np.ndarray:
         """Measures each variable's std: the sigmas of the search.
 
         Called when training starts, and at every cycle start with
@@ -268,6 +356,8 @@ class RSO(keras.optimizers.Optimizer):
             variables: The searched variables (same order as `build`).
             layer_of: For each variable, an id of the layer that owns it,
                 used for the zero-std fallback.
+            batchnorm: For each variable, whether it is a
+                BatchNormalization gamma or beta (`sigma_rule="he"`).
 
         Returns:
             The sigmas as a numpy array (before `sigma_factors`).
@@ -297,6 +387,12 @@ class RSO(keras.optimizers.Optimizer):
                     "`RSO(zero_std_sigma=...)` or initialise the weights "
                     "randomly (the paper uses He-normal)."
                 )
+        if self.sigma_rule == "he":
+            for i, v in enumerate(variables):
+                if batchnorm is not None and batchnorm[i]:
+                    sigmas[i] = self.batchnorm_sigma
+                elif len(v.shape) >= 2:
+                    sigmas[i] = np.sqrt(2.0 / np.prod(v.shape[:-1]))
         factors = self.sigma_factors.numpy()[:len(sigmas)]
         self.sigmas.assign((sigmas * factors).astype(np.float32))
         self.sigmas_ready.assign(1)
@@ -360,6 +456,10 @@ class RSO(keras.optimizers.Optimizer):
             "tolerance": self.tolerance,
             "output_passes": self.output_passes,
             "step_rule": self.step_rule,
+            "sigma_rule": self.sigma_rule,
+            "batchnorm_sigma": self.batchnorm_sigma,
+            "weight_decay": self.weight_decay,
+            "kernel_order": self.kernel_order,
         }
 
     @classmethod

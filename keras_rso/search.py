@@ -112,6 +112,23 @@ class TrialLoop:
         self.ends = tf.constant(ends, tf.int64)
         self.visit_t = tf.constant(self.visit, tf.int64)
         self.output_first = optimizer.order != "output_to_input"
+        # `order="paper"` lists kernels before the BatchNormalization after
+        # them, so a step's trials are put output-first by each variable's
+        # place in the model (its rank), not by their place in `visit`.
+        self.rank_of_g = None
+        if optimizer.order == "paper":
+            layer_of = getattr(evaluator, "layer_of", None)
+            key = (lambda v: (layer_of[v], v)) if layer_of is not None else (lambda v: v)
+            rank = {v: r for r, v in enumerate(sorted(set(self.visit), key=key))}
+            self.rank_of_g = tf.constant(np.repeat([rank[v] for v in self.visit], sizes),
+                                         tf.int64)
+        # `kernel_order="paper"`: the flat index of the n-th scalar a trial
+        # visits inside each variable (`_paper_kernel_order`).
+        self.flat_of_g = None
+        if optimizer.kernel_order == "paper":
+            self.flat_of_g = tf.constant(np.concatenate(
+                [_paper_kernel_order(tuple(self.variables[v].shape)) for v in self.visit]),
+                tf.int64)
         self.breaks = sorted({int(b) for b in breaks if 0 < b < self.total})
         self.step_ends = tf.constant(self.breaks + [self.total], tf.int64)
 
@@ -121,6 +138,8 @@ class TrialLoop:
         slot = tf.reshape(tf.searchsorted(self.ends, tf.reshape(g, [-1]), side="right"),
                           tf.shape(g))
         slot = tf.minimum(slot, len(self.visit) - 1)
+        if self.flat_of_g is not None:
+            return slot, tf.gather(self.flat_of_g, g)
         return slot, g - tf.gather(self.starts, slot)
 
     def step_length(self, position):
@@ -136,7 +155,12 @@ class TrialLoop:
         g = position + tf.range(n, dtype=tf.int64)
         if perm is not None:
             g = tf.gather(perm, g)
-        if self.output_first:
+        if self.rank_of_g is not None:
+            # Output-first by the variable's place in the model; within a
+            # variable, in visiting order.
+            key = tf.gather(self.rank_of_g, g) * self.total + (self.total - 1 - g)
+            g = tf.gather(g, tf.argsort(key, direction="DESCENDING", stable=True))
+        elif self.output_first:
             g = tf.sort(g, direction="DESCENDING")
         return g
 
@@ -265,14 +289,18 @@ class TrialLoop:
 
                 def branch():
                     dw = noise * sigmas[v] * scale
-                    trial = self.ev.trial(v, j, dw, fixed, carried, x, y, sample_weight)
+                    loss_w, y_pred_w, carried_w = loss, y_pred, carried
+                    if opt.weight_decay:
+                        loss_w, y_pred_w, carried_w = self._decay(
+                            var, v, j, fixed, carried, x, y, sample_weight)
+                    trial = self.ev.trial(v, j, dw, fixed, carried_w, x, y, sample_weight)
                     lp = distribution.cross_replica_sum(trial.loss_plus)
                     lm = distribution.cross_replica_sum(trial.loss_minus)
                     # (trial, offset from w, losses of w + offset and w - offset)
                     pairs = [(trial, dw, lp, lm)]
                     if opt.step_rule == "parabolic":
-                        t = parabolic_offset(loss, lp, lm, dw)
-                        second = self.ev.trial(v, j, t, fixed, carried, x, y, sample_weight)
+                        t = parabolic_offset(loss_w, lp, lm, dw)
+                        second = self.ev.trial(v, j, t, fixed, carried_w, x, y, sample_weight)
                         # At t == 0 both candidates are w itself, and rounding
                         # could make w look better than w.
                         usable = tf.not_equal(t, 0.0)
@@ -280,10 +308,10 @@ class TrialLoop:
                         lq = tf.where(usable, distribution.cross_replica_sum(second.loss_plus), inf)
                         lqm = tf.where(usable, distribution.cross_replica_sum(second.loss_minus), inf)
                         pairs.append((second, t, lq, lqm))
-                    choice = choose(loss, [l for p in pairs for l in p[2:]], opt.tolerance)
+                    choice = choose(loss_w, [l for p in pairs for l in p[2:]], opt.tolerance)
 
                     def keep():
-                        return tf.identity(loss), y_pred, trial.kept
+                        return tf.identity(loss_w), y_pred_w, trial.kept
 
                     def take(trial, offset, loss_plus, loss_minus):
                         def apply():
@@ -355,6 +383,23 @@ class TrialLoop:
                 replaying, -one, tf.constant(0, tf.int64)))
         return StepResult(loss, y_pred, n, accepted, replaying)
 
+    def _decay(self, var, v, j, fixed, carried, x, y, sample_weight):
+        """Shrinks weight `j` of `var` by `RSO(weight_decay=...)` and returns
+        the loss, predictions and caches at the decayed weight.
+
+        The decayed value is evaluated as a trial's `w + dw` candidate with
+        `dw = -weight_decay * w` and committed whatever the trial then
+        decides, as the authors' code does.
+        """
+        value = tf.convert_to_tensor(var.value)
+        w = tf.gather(tf.reshape(value, [-1]), j)
+        shrink = -w * tf.cast(self.opt.weight_decay, value.dtype)
+        decayed = self.ev.trial(v, j, shrink, fixed, carried, x, y, sample_weight)
+        plus = tf.constant(False)
+        distribution.assign(var, replace_scalar(value, j, w + shrink))
+        return (distribution.cross_replica_sum(decayed.loss_plus), decayed.y_pred(plus),
+                decayed.merge(decayed.entries(plus)))
+
     def _write_state(self, condition, values, skip=frozenset(), only=None):
         """Writes new state-variable values where `condition` holds.
 
@@ -370,6 +415,22 @@ class TrialLoop:
                 value = distribution.cross_replica_mean(value)
             old = tf.convert_to_tensor(v.value)
             distribution.assign(v, tf.where(condition, tf.cast(value, old.dtype), old))
+
+
+def _paper_kernel_order(shape) -> np.ndarray:
+    """Flat (Keras) indices of a variable's scalars in the authors' order.
+
+    A kernel's last axis is its output, the one before its input, any
+    others spatial (Keras' layout): the authors visit output, then input,
+    then the spatial axes in order. Variables with fewer than 2 axes keep
+    their order.
+    """
+    shape = tuple(int(d) for d in shape)
+    flat = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
+    if len(shape) < 2:
+        return flat.reshape(-1)
+    axes = (len(shape) - 1, len(shape) - 2) + tuple(range(len(shape) - 2))
+    return np.transpose(flat, axes).reshape(-1)
 
 
 def _current_or(scope, variable):
