@@ -6,6 +6,10 @@ BatchNorm + ReLU (16 channels by default, `--filters` to widen), 2x2 average
 pooling between stages, global average pooling, Dense 10: 9 conv + 1 dense
 weight layers. Inputs are standardized per channel.
 
+--preset paper trains the authors' residual network instead
+(keras_rso.models.paper_cifar10_net, 57,104 weights, raw pixels) as their
+code does: batch 5000, one weight per batch, RSO.paper(), their schedule.
+
 Offline note: with KERAS_HOME pointing at a Keras cache that holds the
 extracted CIFAR-10 batches, the loader falls back to them when the download
 fails.
@@ -21,7 +25,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TF start-up logs
 
 from keras_rso import datasets, models
-from keras_rso.experiment import add_rso_flags, load_data, run_rso
+from keras_rso.experiment import add_rso_flags, load_data, parse_rso_args, run_rso, train_mean
 
 
 def main(argv=None):
@@ -35,13 +39,19 @@ def main(argv=None):
                         help="cifar10 (keras.datasets) or tfds:NAME for any TFDS "
                              "image-classification data set, streamed through tf.data "
                              "with the standardization inside the model")
-    args = parser.parse_args(argv)
+    args = parse_rso_args(parser, argv)
     if args.dataset != "cifar10" and not args.dataset.startswith("tfds:"):
         parser.error(f"--dataset must be cifar10 or tfds:NAME; got {args.dataset!r}")
     filters = tuple(int(f) for f in args.filters.split(","))
-    data = load_data(args, datasets.load_cifar10)
+    paper = args.preset == "paper"
+    if paper and args.dataset.startswith("tfds:"):
+        parser.error("--preset paper trains on keras.datasets arrays; drop --dataset tfds:...")
+    data = load_data(args, lambda: datasets.load_cifar10(raw=paper))
     build = functools.partial(models.cifar10_net, filters=filters)
-    if isinstance(data, datasets.TFDSData):
+    if paper:
+        build = functools.partial(models.paper_cifar10_net,
+                                  mean=train_mean(data, args, per_channel=True))
+    elif isinstance(data, datasets.TFDSData):
         build = functools.partial(build, data.image_shape, data.num_classes,
                                   preprocessing=data.preprocessing_layers())
     return run_rso(build, data, args)

@@ -33,7 +33,7 @@ def _limit(split: Split, limit: Optional[int]) -> Split:
     return split if limit is None else (split[0][:limit], split[1][:limit])
 
 
-def load_mnist(limit: Optional[int] = None, fashion: bool = False
+def load_mnist(limit: Optional[int] = None, fashion: bool = False, raw: bool = False
                ) -> Tuple[Split, Split]:
     """MNIST (or Fashion-MNIST) as standardized `(N, 28, 28, 1)` float32.
 
@@ -41,13 +41,18 @@ def load_mnist(limit: Optional[int] = None, fashion: bool = False
         limit: Keep only the first `limit` training images (the test set is
             always complete).
         fashion: Load Fashion-MNIST instead of MNIST.
+        raw: Return raw pixels (0-255 as float32) instead, for models that
+            standardize inside (`keras_rso.models.paper_mnist_net`).
 
     Returns:
         `((x_train, y_train), (x_test, y_test))`.
     """
     source = keras.datasets.fashion_mnist if fashion else keras.datasets.mnist
     (x_train, y_train), (x_test, y_test) = source.load_data()
-    x_train, x_test = _standardize(x_train[..., None], x_test[..., None], False)
+    if raw:
+        x_train, x_test = (x[..., None].astype("float32") for x in (x_train, x_test))
+    else:
+        x_train, x_test = _standardize(x_train[..., None], x_test[..., None], False)
     return _limit((x_train, y_train.astype("int32")), limit), (x_test, y_test.astype("int32"))
 
 
@@ -67,17 +72,22 @@ def _cifar10_raw():
             return keras.datasets.cifar10.load_data()
 
 
-def load_cifar10(limit: Optional[int] = None) -> Tuple[Split, Split]:
+def load_cifar10(limit: Optional[int] = None, raw: bool = False) -> Tuple[Split, Split]:
     """CIFAR-10 as per-channel standardized `(N, 32, 32, 3)` float32.
 
     Args:
         limit: Keep only the first `limit` training images.
+        raw: Return raw pixels (0-255 as float32) instead, for models that
+            standardize inside (`keras_rso.models.paper_cifar10_net`).
 
     Returns:
         `((x_train, y_train), (x_test, y_test))`, labels as int32 vectors.
     """
     (x_train, y_train), (x_test, y_test) = _cifar10_raw()
-    x_train, x_test = _standardize(x_train, x_test, True)
+    if raw:
+        x_train, x_test = x_train.astype("float32"), x_test.astype("float32")
+    else:
+        x_train, x_test = _standardize(x_train, x_test, True)
     return (_limit((x_train, y_train.reshape(-1).astype("int32")), limit),
             (x_test, y_test.reshape(-1).astype("int32")))
 

@@ -21,6 +21,7 @@ import numpy as np
 from keras_rso.callbacks import LayerAcceptRates, SigmaAnnealing, SigmaBalancing
 from keras_rso.datasets import TFDSData, load_tfds
 from keras_rso.model import RSOModel
+from keras_rso.models import paper_loss
 from keras_rso.optimizer import ORDERS, RSO, STEP_RULES
 
 
@@ -248,6 +249,14 @@ def data_splits(data, args):
     return split_validation(data, args.validation_size, args.limit)
 
 
+def train_mean(data, args, per_channel: bool):
+    """Mean of the training split's pixels / 255 (the validation split held
+    out), which the paper's networks subtract inside the model."""
+    (x, _), _, _ = split_validation(data, args.validation_size, args.limit)
+    axes = tuple(range(x.ndim - 1)) if per_channel else None
+    return (x / 255.0).mean(axis=axes, dtype=np.float64)
+
+
 def load_data(args, keras_loader: Callable[[], tuple]):
     """The data the `--dataset` flag names: `tfds:NAME` streams it from
     TFDS (batched, validation split held out), anything else is
@@ -295,15 +304,22 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
     keras.utils.set_random_seed(args.seed)
     model = build_model()
     trainer = RSOModel(model)
-    trainer.compile(
-        optimizer=RSO(weights_per_batch=args.weights_per_batch, seed=args.seed,
-                      order=args.order, sigma_scale=args.sigma_scale,
-                      remeasure_sigma=args.remeasure_sigma,
-                      bn_refresh=not args.no_bn_refresh,
-                      tolerance=args.tolerance,
-                      output_passes=args.output_passes,
-                      step_rule=args.step_rule),
-        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    paper = getattr(args, "preset", None) == "paper"
+    if paper:
+        optimizer, loss = RSO.paper(seed=args.seed), paper_loss()
+        annealing = SigmaAnnealing(0.1, rule="paper", total_cycles=args.schedule_cycles)
+    else:
+        optimizer = RSO(weights_per_batch=args.weights_per_batch, seed=args.seed,
+                        order=args.order, sigma_scale=args.sigma_scale,
+                        remeasure_sigma=args.remeasure_sigma,
+                        bn_refresh=not args.no_bn_refresh,
+                        tolerance=args.tolerance,
+                        output_passes=args.output_passes,
+                        step_rule=args.step_rule)
+        loss = "sparse_categorical_crossentropy"
+        annealing = SigmaAnnealing(final_fraction=args.final_fraction,
+                                   total_cycles=args.schedule_cycles)
+    trainer.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     backup_dir = args.backup_dir
     # Per-variable accept rates go into every results row (and, with
     # --logdir, to TensorBoard): they show which layers' steps are too large.
@@ -317,7 +333,7 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
         "trials_per_cycle": trainer.trials_per_cycle}),
         annotate=add_layer_rates,
         state_path=file_utils.join(backup_dir, "results_rows.json") if backup_dir else None)
-    callbacks = [SigmaAnnealing(final_fraction=args.final_fraction), layer_rates, recorder]
+    callbacks = [annealing, layer_rates, recorder]
     if args.balance_sigma:
         # Before BackupAndRestore, so that an epoch's backup holds the
         # sigmas the next cycle will use.
@@ -444,6 +460,15 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int,
                              "the output side first (RSO(order=...))")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="stop after N cycles of the --cycles schedule (sweeps)")
+    parser.add_argument("--schedule-cycles", type=int, default=None,
+                        help="length of the sigma schedule in cycles (default: --cycles); "
+                             "e.g. --cycles 5 --schedule-cycles 50 runs the first 5 cycles "
+                             "of a 50-cycle schedule")
+    parser.add_argument("--preset", choices=["paper"], default=None,
+                        help="paper: the authors' code (the paper's network taking raw "
+                             "pixels, batch 5000, one weight per batch, RSO.paper(), "
+                             "float64 summed loss, their 50-cycle sigma schedule); the "
+                             "other RSO flags must then stay at their defaults")
     parser.add_argument("--no-bn-refresh", action="store_true",
                         help="keep plain moving-average BN statistics (ablation)")
     parser.add_argument("--tolerance", type=float, default=0.0,
@@ -454,6 +479,30 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int,
     parser.add_argument("--backup-every", type=_non_negative_int, default=0,
                         help="also back up every N steps inside a cycle (0: at cycle ends)")
     add_common_flags(parser, validation_size)
+
+
+# Flags that --preset paper fixes itself; setting one of them is an error.
+PRESET_FIXED = ("weights_per_batch", "sigma_scale", "final_fraction", "remeasure_sigma",
+                "balance_sigma", "output_passes", "step_rule", "order", "no_bn_refresh",
+                "tolerance")
+
+
+def parse_rso_args(parser, argv=None):
+    """Parses the flags, applying `--preset paper`'s defaults (batch 5,000,
+    one weight per batch, a 50-cycle schedule) unless given explicitly."""
+    known, _ = parser.parse_known_args(argv)
+    if getattr(known, "preset", None) == "paper":
+        parser.set_defaults(batch_size=5000, weights_per_batch=1, schedule_cycles=50)
+    args = parser.parse_args(argv)
+    if args.preset == "paper":
+        changed = [f"--{k.replace('_', '-')}" for k in PRESET_FIXED
+                   if k != "weights_per_batch" and getattr(args, k) != parser.get_default(k)]
+        if args.weights_per_batch != 1:
+            changed.append("--weights-per-batch")
+        if changed:
+            parser.error(f"--preset paper fixes {', '.join(sorted(set(changed)))}; "
+                         "drop them, or leave out --preset to choose them yourself")
+    return args
 
 
 def add_common_flags(parser, validation_size: int = 10000):
