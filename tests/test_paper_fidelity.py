@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_rso
+from numpy_reference import avg_pool2, batchnorm, conv_same
 
 L = keras.layers
 BATCH, SEED, DECAY, BN_SIGMA = 32, 3, 1e-4, 0.167
@@ -45,27 +46,9 @@ def tiny_paper_net():
 
 
 # ----------------------------------------------------------------- numpy
-def _conv(x, k):
-    kh, kw = k.shape[:2]
-    pad = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-    out = np.zeros(x.shape[:3] + (k.shape[3],))
-    for dy in range(kh):
-        for dx in range(kw):
-            out += pad[:, dy:dy + x.shape[1], dx:dx + x.shape[2], :] @ k[dy, dx]
-    return out
-
-
-def _bn(x, gamma, beta):
-    m, v = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
-    return (x - m) / np.sqrt(v + 1e-3) * gamma + beta
-
-
 def _loss(w, x, y):
-    h = _conv(x, w["conv1"])
-    n, hh, ww, c = h.shape
-    h = h.reshape(n, hh // 2, 2, ww // 2, 2, c).mean(axis=(2, 4))
-    h = _bn(h, w["gamma1"], w["beta1"])
-    h = _bn(_conv(np.maximum(h, 0), w["conv2"]), w["gamma2"], w["beta2"])
+    h = batchnorm(avg_pool2(conv_same(x, w["conv1"])), w["gamma1"], w["beta1"])
+    h = batchnorm(conv_same(np.maximum(h, 0), w["conv2"]), w["gamma2"], w["beta2"])
     logits = h.mean(axis=(1, 2)) @ w["dense"]
     logits = logits - logits.max(axis=1, keepdims=True)
     log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))

@@ -6,28 +6,7 @@ import numpy as np
 import pytest
 
 from keras_rso import models
-
-
-def _conv(x, k):
-    """'Same' convolution, stride 1, NHWC input and HWIO kernel."""
-    kh, kw = k.shape[:2]
-    pad = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-    out = np.zeros(x.shape[:3] + (k.shape[3],))
-    for dy in range(kh):
-        for dx in range(kw):
-            out += pad[:, dy:dy + x.shape[1], dx:dx + x.shape[2], :] @ k[dy, dx]
-    return out
-
-
-def _bn(x, gamma, beta, eps=1e-3):
-    """Training-mode BatchNorm: this batch's statistics (MXNet's too)."""
-    m, v = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
-    return (x - m) / np.sqrt(v + eps) * gamma + beta
-
-
-def _pool(x):
-    n, h, w, c = x.shape
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+from numpy_reference import avg_pool2 as _pool, batchnorm as _bn, conv_same as _conv
 
 
 def _reference(model, x, mean, pools, skips):
@@ -62,26 +41,19 @@ def _randomize_bn(model, rng):
                                mm, mv])
 
 
-def test_paper_mnist_net_is_the_authors_network():
+@pytest.mark.parametrize("build, size, mean, pools, skips", [
+    (models.paper_mnist_net, 12016, models.MNIST_MEAN, [0, 1, 0, 1, 0, 0], {}),
+    (models.paper_cifar10_net, 57104, models.CIFAR10_MEAN, [0, 0, 1, 0, 1, 0, 0, 0, 0],
+     {2: 0, 4: 2, 6: 4, 8: 6}),
+])
+def test_paper_net_is_the_authors_network(build, size, mean, pools, skips):
     keras.utils.set_random_seed(0)
-    model = models.paper_mnist_net()
-    assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 12016
+    model = build()
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == size
     rng = np.random.default_rng(0)
     _randomize_bn(model, rng)
-    x = rng.integers(0, 256, size=(4, 28, 28, 1)).astype("float32")
-    expected = _reference(model, x, models.MNIST_MEAN, pools=[0, 1, 0, 1, 0, 0], skips={})
-    np.testing.assert_allclose(model(x, training=True).numpy(), expected, rtol=1e-3, atol=1e-3)
-
-
-def test_paper_cifar10_net_is_the_authors_network():
-    keras.utils.set_random_seed(0)
-    model = models.paper_cifar10_net()
-    assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 57104
-    rng = np.random.default_rng(1)
-    _randomize_bn(model, rng)
-    x = rng.integers(0, 256, size=(4, 32, 32, 3)).astype("float32")
-    expected = _reference(model, x, models.CIFAR10_MEAN, pools=[0, 0, 1, 0, 1, 0, 0, 0, 0],
-                          skips={2: 0, 4: 2, 6: 4, 8: 6})
+    x = rng.integers(0, 256, size=(4,) + model.input_shape[1:]).astype("float32")
+    expected = _reference(model, x, mean, pools=pools, skips=skips)
     np.testing.assert_allclose(model(x, training=True).numpy(), expected, rtol=1e-3, atol=1e-3)
 
 
