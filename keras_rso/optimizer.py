@@ -444,8 +444,8 @@ class RSO(keras.optimizers.Optimizer):
 
     # --------------------------------------------------------------- config
     def get_config(self) -> dict:
-        return {
-            "name": self.name,
+        config = super().get_config()
+        config.update({
             "weights_per_batch": self.weights_per_batch,
             "seed": self.seed,
             "order": self.order,
@@ -460,7 +460,8 @@ class RSO(keras.optimizers.Optimizer):
             "batchnorm_sigma": self.batchnorm_sigma,
             "weight_decay": self.weight_decay,
             "kernel_order": self.kernel_order,
-        }
+        })
+        return config
 
     @classmethod
     def from_config(cls, config: dict, custom_objects=None) -> "RSO":

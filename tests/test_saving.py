@@ -78,3 +78,16 @@ def test_rso_config_round_trip():
     again = keras_rso.RSO.from_config(opt.get_config())
     assert again.get_config() == opt.get_config()
     assert keras.optimizers.deserialize(keras.optimizers.serialize(opt)).get_config() == opt.get_config()
+
+
+def test_rso_config_extends_the_base_optimizers():
+    # Base options (clipnorm, ...) survive a round trip, and so does every
+    # option of the paper preset.
+    opt = keras_rso.RSO.paper(seed=5, clipnorm=1.0)
+    config = opt.get_config()
+    assert set(keras.optimizers.SGD().get_config()) - {"momentum", "nesterov"} <= set(config)
+    again = keras_rso.RSO.from_config(config)
+    assert again.clipnorm == 1.0
+    assert (again.order, again.kernel_order, again.sigma_rule, again.weight_decay,
+            again.weights_per_batch) == ("paper", "paper", "he", 1e-4, 1)
+    assert again.get_config() == config
