@@ -43,6 +43,7 @@ def _run(script, *args, timeout=400, env=ENV):
                                     "benchmarks/plot_results.py",
                                     "benchmarks/results_table.py",
                                     "benchmarks/random_layers.py", "benchmarks/fuzz.py",
+                                    "benchmarks/paper_cycle_cost.py",
                                     "examples/tune_rso.py", "docs/build_api.py"])
 def test_scripts_have_help(script, capsys, monkeypatch):
     # In-process (TF is already imported): `--help` prints usage and exits 0.
