@@ -212,16 +212,33 @@ class RSOModel(keras.Model):
         from the last, its kernel, beta, gamma.
         """
         bn = self._batchnorm_flags()
-        groups: List[List[int]] = []
+        variables = self.trainable_variables
+        position = {id(variables[i]): i for i in index}
+        groups: dict = {}
+        last = None
         for i in index:
-            if bn[i] and groups:
-                groups[-1].append(i)
-            else:
-                groups.append([i])
+            if not bn[i]:
+                groups.setdefault(i, []).append(i)
+                last = i
+                continue
+            # A BatchNormalization joins the kernel that feeds it in the
+            # graph (through pooling or a merge's first input), else the
+            # kernel before it in model order.
+            kernel = _feeding_kernel(self._owner_layer(variables[i]))
+            key = position.get(id(kernel)) if kernel is not None else None
+            key = key if key is not None else last
+            groups.setdefault(key if key is not None else i, []).append(i)
         order = []
-        for group in reversed(groups):
+        for key in sorted(groups, reverse=True):
+            group = groups[key]
             order += [i for i in group if not bn[i]] + [i for i in reversed(group) if bn[i]]
         return order
+
+    def _owner_layer(self, variable):
+        for layer in self.model._flatten_layers(include_self=False):
+            if any(v is variable for v in getattr(layer, "_trainable_variables", [])):
+                return layer
+        return None
 
     def _searched_index(self) -> List[int]:
         """Positions of the searched variables in `trainable_variables`."""
@@ -534,6 +551,23 @@ class RSOModel(keras.Model):
         model = keras.saving.deserialize_keras_object(
             config.pop("model"), custom_objects=custom_objects)
         return cls(model, **config)
+
+
+def _feeding_kernel(layer, depth: int = 32):
+    """The kernel of the nearest layer with one upstream of `layer`, walking
+    each layer's first input (a merge's main path), or None."""
+    for _ in range(depth):
+        nodes = getattr(layer, "_inbound_nodes", None) if layer is not None else None
+        if not nodes or not nodes[0].input_tensors:
+            return None
+        history = getattr(nodes[0].input_tensors[0], "_keras_history", None)
+        if history is None:
+            return None
+        layer = history[0]
+        kernel = getattr(layer, "kernel", None)
+        if isinstance(kernel, keras.Variable):
+            return kernel
+    return None
 
 
 class _EpochMark(keras.callbacks.Callback):

@@ -71,3 +71,19 @@ def test_kernels_start_with_the_he_std_and_the_saved_model_takes_raw_pixels(buil
     x = np.random.default_rng(0).integers(0, 256, (2,) + model.input_shape[1:]).astype("uint8")
     np.testing.assert_allclose(keras.models.load_model(path).predict(x, verbose=0),
                                model.predict(x, verbose=0), rtol=1e-6)
+
+
+def test_paper_order_visits_each_kernel_then_its_batchnorm_from_the_output():
+    import keras_rso
+
+    trainer = keras_rso.RSOModel(models.paper_cifar10_net())
+    trainer.compile(optimizer=keras_rso.RSO.paper(), loss=models.paper_loss())
+    evaluator, visit, _ = trainer._plan()
+    names = [evaluator.variables[v].path for v in visit]
+    block = lambda i: [f"conv{i}/kernel", f"bn{i}/beta", f"bn{i}/gamma"]  # noqa: E731
+    # The authors' order: dense; then per convolution from the last, its
+    # kernel, beta, gamma; the projection shortcut after its convolution.
+    expected = (["classifier/kernel"] + sum((block(i) for i in (9, 8, 7, 6, 5)), [])
+                + ["conv5_shortcut/kernel", "bn5_shortcut/beta", "bn5_shortcut/gamma"]
+                + sum((block(i) for i in (4, 3, 2, 1)), []))
+    assert names == expected
