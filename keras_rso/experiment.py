@@ -495,12 +495,11 @@ def parse_rso_args(parser, argv=None):
         parser.set_defaults(batch_size=5000, weights_per_batch=1, schedule_cycles=50)
     args = parser.parse_args(argv)
     if args.preset == "paper":
+        # The preset's own defaults are set above, so this compares with them.
         changed = [f"--{k.replace('_', '-')}" for k in PRESET_FIXED
-                   if k != "weights_per_batch" and getattr(args, k) != parser.get_default(k)]
-        if args.weights_per_batch != 1:
-            changed.append("--weights-per-batch")
+                   if getattr(args, k) != parser.get_default(k)]
         if changed:
-            parser.error(f"--preset paper fixes {', '.join(sorted(set(changed)))}; "
+            parser.error(f"--preset paper fixes {', '.join(sorted(changed))}; "
                          "drop them, or leave out --preset to choose them yourself")
     return args
 

@@ -197,11 +197,8 @@ class RSOModel(keras.Model):
 
     def _batchnorm_flags(self) -> List[bool]:
         """For each trainable variable, whether a BatchNormalization owns it."""
-        owner = {}
-        for layer in self.model._flatten_layers(include_self=False):
-            for v in getattr(layer, "_trainable_variables", []):
-                owner.setdefault(id(v), isinstance(layer, keras.layers.BatchNormalization))
-        return [owner.get(id(v), False) for v in self.trainable_variables]
+        return [isinstance(layer, keras.layers.BatchNormalization)
+                for layer in self._owner_layers()]
 
     def _paper_order(self, index: List[int]) -> List[int]:
         """The authors' visiting order of an input-to-output `index`.
@@ -211,7 +208,8 @@ class RSOModel(keras.Model):
         in model order, beta before gamma: dense, then for each convolution
         from the last, its kernel, beta, gamma.
         """
-        bn = self._batchnorm_flags()
+        owners = self._owner_layers()
+        bn = [isinstance(layer, keras.layers.BatchNormalization) for layer in owners]
         variables = self.trainable_variables
         position = {id(variables[i]): i for i in index}
         groups: dict = {}
@@ -224,7 +222,7 @@ class RSOModel(keras.Model):
             # A BatchNormalization joins the kernel that feeds it in the
             # graph (through pooling or a merge's first input), else the
             # kernel before it in model order.
-            kernel = _feeding_kernel(self._owner_layer(variables[i]))
+            kernel = _feeding_kernel(owners[i])
             key = position.get(id(kernel)) if kernel is not None else None
             key = key if key is not None else last
             groups.setdefault(key if key is not None else i, []).append(i)
@@ -233,12 +231,6 @@ class RSOModel(keras.Model):
             group = groups[key]
             order += [i for i in group if not bn[i]] + [i for i in reversed(group) if bn[i]]
         return order
-
-    def _owner_layer(self, variable):
-        for layer in self.model._flatten_layers(include_self=False):
-            if any(v is variable for v in getattr(layer, "_trainable_variables", [])):
-                return layer
-        return None
 
     def _searched_index(self) -> List[int]:
         """Positions of the searched variables in `trainable_variables`."""
@@ -262,13 +254,19 @@ class RSOModel(keras.Model):
         variables = self.trainable_variables
         return int(sum(math.prod(variables[i].shape) for i in index))
 
-    def _layer_ids(self) -> List[int]:
-        """For each trainable variable, an id of the layer that owns it."""
+    def _owner_layers(self) -> List[Optional[keras.layers.Layer]]:
+        """For each trainable variable, the first layer in `_flatten_layers`
+        order that owns it, or None; computed once for the three uses below."""
         owner = {}
         for layer in self.model._flatten_layers(include_self=False):
-            for v in layer._trainable_variables if hasattr(layer, "_trainable_variables") else []:
-                owner.setdefault(id(v), id(layer))
-        return [owner.get(id(v), i) for i, v in enumerate(self.trainable_variables)]
+            for v in getattr(layer, "_trainable_variables", []):
+                owner.setdefault(id(v), layer)
+        return [owner.get(id(v)) for v in self.trainable_variables]
+
+    def _layer_ids(self) -> List[int]:
+        """For each trainable variable, an id of the layer that owns it."""
+        return [i if layer is None else id(layer)
+                for i, layer in enumerate(self._owner_layers())]
 
     def visit_schedule(self, cycle: int = 0) -> List[tuple]:
         """The `(variable path, flat index)` of every trial of a cycle, in order.
