@@ -493,11 +493,18 @@ class ChainEvaluator:
         ids = {id(v) for l in layers for v in l.trainable_variables}
         return all(id(v) in ids for v in variables)
 
-    def begin(self, x, y, sample_weight):
+    def begin(self, x, y, sample_weight, start: int = 0):
         """Runs the chain once, caching every layer's input.
 
         This is the one pass per batch whose BatchNormalization updates are
         kept (the caller applies them once the loss is known to be finite).
+
+        Args:
+            x, y, sample_weight: The batch.
+            start: Index of the layer whose input `x` is (a layer-input
+                pool's anchor, `keras_rso.pool`); the layers before it are
+                not run, and their cache entries are empty placeholders
+                that only trials of earlier layers would read.
 
         Returns:
             `(loss, y_pred, fixed, carried)`: `fixed` holds every layer's
@@ -506,7 +513,17 @@ class ChainEvaluator:
         """
         inputs, pre = [], []
         h = x
+        dtype = self.layers[start].compute_dtype if start < len(self.layers) else None
+        if dtype and h.dtype.is_floating and h.dtype != dtype:
+            # As a Keras layer autocasts its input: the mixers' cached
+            # pre-activations are computed from `h` directly.
+            h = tf.cast(h, dtype)
         for i, layer in enumerate(self.layers):
+            if i < start:
+                inputs.append(None)
+                if i in self.slot:
+                    pre.append(tf.zeros([0]))
+                continue
             inputs.append(h)
             if i in self.slot:
                 p = _pre_activation(layer, h)
@@ -514,7 +531,8 @@ class ChainEvaluator:
                 h = _activate(layer, p)
             else:
                 h = layer(h, training=True)
-        mix_in = tuple(inputs[m] for m in self.mixers)
+        mix_in = tuple(tf.zeros([0]) if inputs[m] is None else inputs[m]
+                       for m in self.mixers)
         return self.loss_fn(y, h, sample_weight), h, tuple(inputs), (mix_in, tuple(pre))
 
     def _run(self, start: int, h, batch, record: Optional[int]):

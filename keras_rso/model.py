@@ -7,6 +7,7 @@ import warnings
 from typing import Callable, List, Optional, Sequence, Union
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras.src.trainers.data_adapters import array_slicing  # validation_split
 from keras.src.trainers.data_adapters import get_data_adapter
@@ -21,6 +22,8 @@ from keras_rso.evaluators import (ChainEvaluator, FullForwardEvaluator, chain_la
                                   flat_biases)
 from keras_rso.metrics import AcceptRate
 from keras_rso.optimizer import RSO
+from keras_rso.pool import LayerInputPool
+from keras_rso.pool import segments as pool_segments
 from keras_rso.search import TrialLoop
 
 VariableSpec = Union[None, Sequence[Union[keras.Variable, str]],
@@ -108,6 +111,7 @@ class RSOModel(keras.Model):
         # Steps of an interrupted epoch still to replay without trials (set
         # by `_CycleKeeper.on_train_begin`); not saved either.
         self._replay_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self._pool = None  # a `LayerInputPool` under `RSO(pool_size=...)`
         if model.built:
             self._check_trainable()
 
@@ -178,7 +182,18 @@ class RSOModel(keras.Model):
         # The output passes start on a fresh batch: a break after the sweep,
         # at the same count `steps_per_cycle` uses.
         breaks = self._cycle_segments()[:-1]
-        return ev, index + self._output_passes(index), breaks
+        visit = index + self._output_passes(index)
+        if self.optimizer.pool_size is not None:
+            if not ev.fast:
+                raise ValueError(
+                    "RSO(pool_size=...) needs a model whose layers form a chain "
+                    "(Sequential, or functional with each layer feeding the next), "
+                    "without weight regularizers, and `RSOModel(fast_path=True)`: "
+                    f"the trials of '{self.model.name}' run the whole model, so "
+                    "there is no layer input to pool. Use pool_size=None.")
+            # No step spans two segments: each draws from one anchor's pool.
+            breaks = sorted(set(breaks) | {g.start for g in pool_segments(ev, visit)[1:]})
+        return ev, visit, breaks
 
     def _warn_flat_biases(self, chain, searched) -> None:
         """Warns, once per model, about searched biases the next BN removes."""
@@ -299,9 +314,47 @@ class RSOModel(keras.Model):
 
     def steps_per_cycle(self) -> int:
         """Train steps (mini-batches) per cycle: ceil(trials / K), per part
-        of the cycle that starts on a fresh batch."""
+        of the cycle that starts on a fresh batch, plus, under
+        `RSO(pool_size=...)`, the steps that fill each segment's pool."""
         k = self.optimizer.weights_per_batch
-        return sum(math.ceil(n / k) for n in self._cycle_segments())
+        if self.optimizer.pool_size is None:
+            return sum(math.ceil(n / k) for n in self._cycle_segments())
+        if self._pool is None:
+            raise ValueError(
+                "Under RSO(pool_size=...) the steps per cycle depend on the "
+                "batch size; they are known once `fit` has started.")
+        ev, visit, breaks = self._plan()
+        edges = [0] + breaks + [self.trials_per_cycle]
+        trial_steps = sum(math.ceil((b - a) / k) for a, b in zip(edges, edges[1:]))
+        return trial_steps + self._pool.fill_steps * len(pool_segments(ev, visit))
+
+    def _build_pool(self, batch) -> None:
+        """Creates the layer-input pool for `RSO(pool_size=...)` (eager)."""
+        opt = self.optimizer
+        if opt.pool_size is None:
+            return
+        if self.distribute_strategy.num_replicas_in_sync > 1:
+            raise ValueError(
+                "RSO(pool_size=...) runs on one device only: each replica "
+                "would need its own pool. Use pool_size=None under tf.distribute.")
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+        if sample_weight is not None:
+            raise ValueError(
+                "RSO(pool_size=...) does not support sample weights or "
+                "`class_weight`: the pool stores inputs and targets only.")
+        if not isinstance(x, (tf.Tensor, np.ndarray)) or not isinstance(
+                y, (tf.Tensor, np.ndarray)):
+            raise ValueError(
+                "RSO(pool_size=...) needs one input tensor and one target "
+                f"tensor per batch; received {type(x).__name__} and "
+                f"{type(y).__name__}.")
+        ev, visit, _ = self._plan()
+        anchors = [g.anchor for g in pool_segments(ev, visit)]
+        if self._pool is not None and self._pool.size == opt.pool_size and set(
+                self._pool.anchors) == set(anchors):
+            return
+        self._pool = LayerInputPool(ev.layers, anchors, opt.pool_size,
+                                    int(tf.shape(x)[0]), x, y)
 
     # ------------------------------------------------------------- compile
     def compile(self, optimizer: Union[RSO, str, dict, None] = None, **kwargs):
@@ -362,8 +415,12 @@ class RSOModel(keras.Model):
         evaluator, visit, breaks = self._plan()
         result = TrialLoop(self.optimizer, evaluator, visit,
                            replay_steps=self._replay_steps,
-                           breaks=breaks)(x, y, sample_weight)
-        batch = tf.shape(tf.nest.flatten(x)[0])[0]
+                           breaks=breaks, pool=self._pool)(x, y, sample_weight)
+        if result.targets is not None:
+            # Under a layer-input pool the predictions are for the batch
+            # drawn from the pool, whose targets the step returns.
+            y = result.targets
+        batch = tf.shape(tf.nest.flatten(result.y_pred)[0])[0]
         # A step that a resumed fit replays (see `_CycleKeeper`) evaluates
         # the restored weights on a batch the interrupted epoch had already
         # used; it must not count in the epoch's loss and metrics. Metrics
@@ -497,6 +554,11 @@ class RSOModel(keras.Model):
             first = next(iter(adapter.get_tf_dataset()))
             first = first if isinstance(first, tuple) else (first,)
         self._ensure_ready(first if not (self.built and self.model.built) else None)
+        if self.optimizer.pool_size is not None:
+            if first is None:
+                first = next(iter(adapter.get_tf_dataset()))
+                first = first if isinstance(first, tuple) else (first,)
+            self._build_pool(first)
         self._build_batch = first
         if steps_per_epoch is None:
             steps_per_epoch = self.steps_per_cycle()
@@ -627,6 +689,7 @@ class _CycleKeeper(keras.callbacks.Callback):
         opt = self.model.optimizer
         if int(opt.position.numpy()) >= self.model.trials_per_cycle:
             opt.position.assign(0)
+            opt.pool_fills.assign(0)
             opt.cycle.assign_add(1)
             if opt.remeasure_sigma:
                 opt.initialize_sigmas(self.model.trainable_variables,

@@ -138,6 +138,18 @@ class RSO(keras.optimizers.Optimizer):
             ignores those, which also makes a run under `tf.distribute`
             take the same decisions as on one device (the global loss is
             then summed in a different order).
+        pool_size: `None` (default): each step's trials see that step's
+            mini-batch from the data. An int `P`: the layer-input pool of
+            the authors' code (`keras_rso.pool`). When the search reaches
+            a layer, that layer's input is computed once for `P` training
+            samples taken from the data (the first `ceil(P / batch)` steps
+            of the layer's pass do only that), and every later step draws
+            a fresh batch of the fit's batch size from the pool and runs
+            the network from that layer on. It needs a model whose layers
+            form a chain (the fast path), an order that visits one layer
+            after another (`"paper"`, `"output_to_input"` or
+            `"input_to_output"`), one device and no sample weights. Memory:
+            `P` times the widest searched layer's input, in float32.
         name: Optimizer name.
 
     Example:
@@ -153,7 +165,7 @@ class RSO(keras.optimizers.Optimizer):
 
     # Variables that later versions appended to `build`, oldest first; see
     # `load_own_variables`.
-    _ADDED_LATER = ("nonfinite_inputs", "sigma_factors")
+    _ADDED_LATER = ("nonfinite_inputs", "sigma_factors", "pool_fills")
 
     def __init__(
         self,
@@ -171,6 +183,7 @@ class RSO(keras.optimizers.Optimizer):
         batchnorm_sigma: float = 0.167,
         weight_decay: float = 0.0,
         kernel_order: str = "keras",
+        pool_size: Optional[int] = None,
         name: str = "rso",
         **kwargs,
     ):
@@ -237,6 +250,19 @@ class RSO(keras.optimizers.Optimizer):
         if kernel_order not in KERNEL_ORDERS:
             raise ValueError(
                 f"`kernel_order` must be one of {KERNEL_ORDERS}. Received: {kernel_order!r}")
+        if pool_size is not None:
+            if isinstance(pool_size, bool) or not isinstance(pool_size, (int, np.integer)):
+                raise TypeError(
+                    "`pool_size` must be None or an int >= 1 (training samples "
+                    f"whose layer input is cached). Received: {pool_size!r}")
+            if pool_size < 1:
+                raise ValueError(f"`pool_size` must be >= 1. Received: {pool_size}")
+            if order == "random":
+                raise ValueError(
+                    "`pool_size` needs an order that finishes one layer before "
+                    "the next (\"paper\", \"output_to_input\" or "
+                    "\"input_to_output\"): the pool holds one layer's input, and "
+                    "order=\"random\" moves between layers at every trial.")
         self.weights_per_batch = int(weights_per_batch)
         self.seed = int(seed)
         self.order = order
@@ -253,6 +279,7 @@ class RSO(keras.optimizers.Optimizer):
         self.batchnorm_sigma = float(batchnorm_sigma)
         self.weight_decay = float(weight_decay)
         self.kernel_order = kernel_order
+        self.pool_size = None if pool_size is None else int(pool_size)
 
     @classmethod
     def paper(cls, **overrides) -> "RSO":
@@ -342,6 +369,10 @@ class RSO(keras.optimizers.Optimizer):
         self.sigma_factors = self.add_variable(
             (max(n, 1),), initializer="ones", dtype="float32",
             aggregation="only_first_replica", name="sigma_factors")
+        # Steps of the current segment that have filled the layer-input pool
+        # (`pool_size`). The pool's contents are not saved: a resumed fit
+        # refills it by replaying those steps.
+        self.pool_fills = self.add_variable((), name="pool_fills", **int_kw)
 
     def initialize_sigmas(self, variables: Sequence[keras.Variable],
                           layer_of: Sequence[int],
@@ -460,6 +491,7 @@ class RSO(keras.optimizers.Optimizer):
             "batchnorm_sigma": self.batchnorm_sigma,
             "weight_decay": self.weight_decay,
             "kernel_order": self.kernel_order,
+            "pool_size": self.pool_size,
         })
         return config
 

@@ -16,6 +16,7 @@ import tensorflow as tf
 from keras_rso import distribution
 from keras_rso.evaluators import replace_scalar
 from keras_rso.optimizer import RSO
+from keras_rso.pool import segments as pool_segments
 
 KEEP = 0  # `choose` index of the current weight; candidate i is i + 1
 
@@ -26,6 +27,7 @@ class StepResult(NamedTuple):
     trials: tf.Tensor       # trials made in this step
     accepted: tf.Tensor     # trials whose candidate was accepted
     replayed: tf.Tensor     # True for a step a resumed fit only replays
+    targets: object = None  # the targets `y_pred` is for, if not the batch's
 
 
 def choose(loss0, candidate_losses: Sequence, tolerance: float = 0.0):
@@ -86,6 +88,8 @@ class TrialLoop:
             are valid only while the trials of a batch move toward the
             input, so a visit that returns to the output layer (see
             `RSO(output_passes=...)`) starts a new batch.
+        pool: A `keras_rso.pool.LayerInputPool` for `RSO(pool_size=...)`,
+            or None. `breaks` must then include every segment's start.
 
     The trials of one step share a mini-batch, and `ChainEvaluator`'s caches
     stay valid only while those trials move toward the input. So for every
@@ -99,7 +103,7 @@ class TrialLoop:
 
     def __init__(self, optimizer: RSO, evaluator, visit: Sequence[int],
                  replay_steps: Optional[tf.Variable] = None,
-                 breaks: Sequence[int] = ()):
+                 breaks: Sequence[int] = (), pool=None):
         self.opt = optimizer
         self.replay_steps = replay_steps
         self.ev = evaluator
@@ -131,6 +135,19 @@ class TrialLoop:
                 tf.int64)
         self.breaks = sorted({int(b) for b in breaks if 0 < b < self.total})
         self.step_ends = tf.constant(self.breaks + [self.total], tf.int64)
+        self.pool = pool
+        if pool is not None:
+            segs = pool_segments(evaluator, self.visit)
+            self.seg_starts = tf.constant([g.start for g in segs], tf.int64)
+            self.seg_ends = tf.constant([g.end for g in segs], tf.int64)
+            self.seg_anchor = tf.constant([pool.anchors.index(g.anchor) for g in segs],
+                                          tf.int32)
+            # The visit slots each anchor's segments search.
+            ends = np.cumsum(sizes)
+            self.anchor_slots = {
+                a: sorted({s for s, e in enumerate(ends) for g in segs
+                           if g.anchor == a and g.start < e <= g.end})
+                for a in pool.anchors}
 
     def _locate(self, g):
         """Maps global indices in visiting order to (slot, flat index)."""
@@ -212,6 +229,8 @@ class TrialLoop:
         return tf.concat([shuffled, tf.range(swept, self.total, dtype=tf.int64)], 0)
 
     def __call__(self, x, y, sample_weight) -> StepResult:
+        if self.pool is not None:
+            return self._pool_step(x, y, sample_weight)
         if distribution.num_replicas() > 1:
             # Collective ops inside a while loop pair up across replicas by
             # the loop's frame name, and node names differ between the
@@ -224,11 +243,82 @@ class TrialLoop:
                 return step(x, y, sample_weight)
         return self._step(x, y, sample_weight)
 
-    def _step(self, x, y, sample_weight) -> StepResult:
+    def _pool_step(self, x, y, sample_weight) -> StepResult:
+        """A step under `RSO(pool_size=...)`: fills the live segment's pool
+        from this batch, or draws its batch from the pool; then searches
+        from the segment's anchor on (see `keras_rso.pool`)."""
+        if sample_weight is not None:
+            raise ValueError(
+                "RSO(pool_size=...) does not support sample weights or "
+                "`class_weight`: the pool stores inputs and targets only.")
+        opt, pool = self.opt, self.pool
+        position = tf.convert_to_tensor(opt.position)
+        seg = tf.clip_by_value(
+            tf.searchsorted(self.seg_starts, tf.reshape(position, [1]), side="right")[0] - 1,
+            0, len(pool_segments(self.ev, self.visit)) - 1)
+        seg_start = tf.gather(self.seg_starts, seg)
+        k = tf.constant(opt.weights_per_batch, tf.int64)
+        trial_steps = (position - seg_start + k - 1) // k  # taken in this segment
+        fills = tf.convert_to_tensor(opt.pool_fills)
+        in_cycle = position < self.total
+        if self.replay_steps is not None:
+            remaining = tf.convert_to_tensor(self.replay_steps)
+        else:
+            remaining = tf.constant(0, tf.int64)
+        replaying = remaining > 0
+        # A resumed fit replays the interrupted epoch's steps without
+        # trials; those that filled the live segment's pool fill it again,
+        # from the same batches: the step `remaining` steps before the
+        # interruption was the segment's step `trial_steps + fills - remaining`.
+        replayed_index = trial_steps + fills - remaining
+        fill_index = tf.where(replaying, replayed_index, fills)
+        fill = tf.logical_and(in_cycle, tf.where(
+            replaying, tf.logical_and(replayed_index >= 0, replayed_index < fills),
+            fills < pool.fill_steps))
+        seed = tf.stack([tf.constant(opt.seed, tf.int64) + 2,
+                         tf.cast(tf.convert_to_tensor(opt.cycle), tf.int64)
+                         * tf.size(self.seg_starts, out_type=tf.int64)
+                         + tf.cast(seg, tf.int64)])
+        count = tf.shape(tf.nest.flatten(x)[0])[0]
+
+        def anchor_step(a):
+            def run():
+                h, targets = tf.cond(
+                    fill, lambda: pool.fill(a, x, y, fill_index),
+                    lambda: pool.draw(a, count, seed, trial_steps * tf.cast(count, tf.int64)))
+                h = tf.ensure_shape(h, [None, *pool.shapes[a]])
+                result = self._step(h, targets, None, start=a, slots=self.anchor_slots[a],
+                                    fill=fill, forward_x=x)
+                return result._replace(targets=targets)
+            return run
+
+        result = tf.switch_case(tf.gather(self.seg_anchor, seg),
+                                [anchor_step(a) for a in pool.anchors])
+        with tf.control_dependencies([result.loss]):
+            # Counted once the step has run; a segment's last trial step
+            # clears the count for the next segment.
+            after = tf.convert_to_tensor(opt.position)
+            filled = tf.where(tf.logical_and(fill, tf.logical_not(replaying)),
+                              fills + 1, fills)
+            done = tf.logical_and(tf.logical_not(fill), after >= tf.gather(self.seg_ends, seg))
+            opt.pool_fills.assign(tf.where(done, tf.zeros_like(filled), filled))
+        return result
+
+    def _step(self, x, y, sample_weight, start: int = 0, slots=None, fill=None,
+              forward_x=None) -> StepResult:
+        """One step on the batch `(x, y)`.
+
+        Under a pool (see `_pool_step`), `x` is the input of layer `start`,
+        only the visit `slots` of that anchor are searched, a `fill` step
+        makes no trial, and `forward_x` is the step's batch from the data
+        (for the end-of-cycle BatchNorm refresh).
+        """
         opt = self.opt
         position = tf.convert_to_tensor(opt.position)
         stopped = tf.convert_to_tensor(opt.nonfinite_step) >= 0
         n = self.step_length(position)
+        if fill is not None:
+            n = tf.where(fill, tf.constant(0, tf.int64), n)
 
         # Every write below happens outside control flow or through
         # `distribution.assign`, and every loss is summed over replicas,
@@ -241,7 +331,11 @@ class TrialLoop:
         # regularizers (which read them through the scope) see them.
         current = [(v, tf.convert_to_tensor(v.value)) for v in self.variables]
         with keras.StatelessScope(state_mapping=current) as scope:
-            loss0, y_pred0, fixed, carried0 = self.ev.begin(x, y, sample_weight)
+            if start:
+                loss0, y_pred0, fixed, carried0 = self.ev.begin(x, y, sample_weight,
+                                                                start=start)
+            else:
+                loss0, y_pred0, fixed, carried0 = self.ev.begin(x, y, sample_weight)
         updated = [_current_or(scope, v) for v in self.ev.state_variables]
         loss0 = distribution.cross_replica_sum(loss0)
         # A NaN pixel does not always reach the loss: inside a tf.function,
@@ -339,9 +433,15 @@ class TrialLoop:
 
                 return branch
 
+            if slots is None:
+                branch_index, branches = slot, [make_branch(v) for v in self.visit]
+            else:
+                local = np.zeros(len(self.visit), np.int64)
+                local[list(slots)] = np.arange(len(slots))
+                branch_index = tf.gather(tf.constant(local), slot)
+                branches = [make_branch(self.visit[s]) for s in slots]
             new_loss, new_y_pred, new_carried, acc = tf.switch_case(
-                tf.cast(slot, tf.int32),
-                [make_branch(v) for v in self.visit])
+                tf.cast(branch_index, tf.int32), branches)
             v_index = tf.reshape(tf.gather(self.visit_t, slot), [1, 1])
             accepted_vec = tf.tensor_scatter_nd_add(accepted_vec, v_index, [acc])
             tried_vec = tf.tensor_scatter_nd_add(
@@ -363,7 +463,8 @@ class TrialLoop:
             ends_cycle = tf.logical_and(n > 0, position + n >= self.total)
             with tf.control_dependencies([loss]):
                 refreshed = tf.cond(
-                    ends_cycle, lambda: self._refreshed_statistics(x),
+                    ends_cycle, lambda: self._refreshed_statistics(
+                        x if forward_x is None else forward_x),
                     lambda: [tf.convert_to_tensor(v.value)
                              for v in self.ev.state_variables])
             self._write_state(ends_cycle, refreshed, skip=seeds)

@@ -22,6 +22,11 @@ tf.config.set_logical_device_configuration(
 @pytest.fixture
 def toy_data():
     """A small learnable 3-class image problem (class = brightest quadrant)."""
+    return make_toy_data()
+
+
+def make_toy_data():
+    """The arrays of the `toy_data` fixture (for module-scoped fixtures)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(192, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 3, size=192).astype("int32")

@@ -1,0 +1,165 @@
+"""The layer-input pool: a layer's input, cached for many training samples.
+
+The authors' code decides every weight on a fresh batch of 5,000 images,
+and does not pay a forward pass of the whole network for it: when the
+search reaches a layer, it computes that layer's input once for the whole
+training set, and each trial draws its batch from that cache and runs the
+network from the layer on. `RSO(pool_size=P)` does the same inside the
+Keras fit loop:
+
+* The cycle is cut into *segments*: runs of trials that start from the same
+  layer input (the segment's *anchor*: the input of the nearest `Dense` or
+  `Conv2D` at or before the searched layer, so a BatchNormalization's
+  trials reuse the pool of the convolution before it, as in the authors'
+  code). The layers before an anchor do not change during its segment,
+  because each segment only searches layers at or after it.
+* The first `ceil(P / batch)` steps of a segment *fill* the pool: each runs
+  the layers before the anchor on the step's mini-batch from the data
+  stream (training mode) and stores the result, with the batch's targets.
+  These steps make no trial.
+* Every later step of the segment takes the next batch of a shuffled walk
+  through the pool (the fit's batch size; a new shuffle per segment and
+  cycle) and runs the network from the anchor on, for the base loss and
+  for every candidate.
+
+Memory: `P` rows for each distinct anchor-input width, in the model's
+compute dtype (the paper's MNIST net at `P=50,000`: widths 784, 3,136,
+12,544 and 16, 3.3 GB in float32), plus the targets. The pool's contents are not saved: a fit resumed from a
+backup refills it by replaying the segment's fill steps on the same
+batches (see `TrialLoop`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, NamedTuple, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+class Segment(NamedTuple):
+    """A run of a cycle's trials that start from one anchor's input."""
+
+    start: int   # first trial (within the cycle)
+    end: int     # one past the last trial
+    anchor: int  # index, in the chain, of the layer whose input is pooled
+
+
+def anchor_of(evaluator, layer: int) -> int:
+    """The chain index whose input a trial in `layer` starts from: the
+    nearest mixer (`Dense`/`Conv2D`) at or before `layer`, else 0."""
+    return max((m for m in evaluator.mixers if m <= layer), default=0)
+
+
+def segments(evaluator, visit: Sequence[int]) -> List[Segment]:
+    """Splits a cycle's visits into segments of one anchor each."""
+    found: List[Segment] = []
+    position = 0
+    for v in visit:
+        size = int(np.prod(evaluator.variables[v].shape))
+        anchor = anchor_of(evaluator, evaluator.layer_of[v])
+        if found and found[-1].anchor == anchor and found[-1].end == position:
+            found[-1] = found[-1]._replace(end=position + size)
+        else:
+            found.append(Segment(position, position + size, anchor))
+        position += size
+    return found
+
+
+class LayerInputPool:
+    """Storage for one anchor's input over `size` samples, with their targets.
+
+    Args:
+        layers: The model's layer chain (`evaluators.chain_layers`).
+        anchors: Chain indices whose inputs may be pooled.
+        size: Number of samples `P` the pool holds.
+        batch_size: The data stream's batch size; a segment fills the pool
+            in `ceil(size / batch_size)` steps.
+        sample_x: A batch of model inputs (at least one sample), to find
+            every anchor's input shape.
+        sample_y: The matching targets, for the targets' shape and dtype.
+    """
+
+    def __init__(self, layers: Sequence[keras.layers.Layer], anchors: Sequence[int],
+                 size: int, batch_size: int, sample_x, sample_y):
+        self.layers = list(layers)
+        self.anchors = sorted(set(int(a) for a in anchors))
+        self.size = int(size)
+        self.fill_steps = math.ceil(self.size / int(batch_size))
+        self.shapes, self.dtypes = self._anchor_specs(sample_x[:1])
+        # One buffer per distinct width (and dtype): anchors of equal width
+        # (in the paper's MNIST net conv1, conv5 and conv6; conv3 and conv4)
+        # share it, since only one segment's pool is live at a time.
+        self.key = {a: (int(np.prod(self.shapes[a])), self.dtypes[a]) for a in self.anchors}
+        self.buffers = {}
+        for w, dtype in sorted(set(self.key.values())):
+            self.buffers[w, dtype] = tf.Variable(
+                tf.zeros([self.size, w], dtype), trainable=False, name=f"pool_{w}")
+        y = tf.convert_to_tensor(sample_y)
+        self.targets = tf.Variable(tf.zeros([self.size] + y.shape[1:].as_list(), y.dtype),
+                                   trainable=False, name="pool_targets")
+        # Rows filled so far in the live segment (not saved; see module doc).
+        self.rows = tf.Variable(0, dtype=tf.int64, trainable=False, name="pool_rows")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the pool's buffers hold."""
+        total = sum(tf.as_dtype(d).size * self.size * w for w, d in self.buffers)
+        return total + self.targets.dtype.size * int(np.prod(self.targets.shape))
+
+    def _anchor_specs(self, x):
+        """Each anchor's input shape (without the batch axis) and dtype."""
+        shapes, dtypes, h = {}, {}, tf.convert_to_tensor(x)
+        with keras.StatelessScope():
+            for i, layer in enumerate(self.layers):
+                if i in self.anchors:
+                    shapes[i], dtypes[i] = tuple(h.shape[1:]), h.dtype.name
+                h = layer(h, training=False)
+        return shapes, dtypes
+
+    def upstream(self, anchor: int, x):
+        """The input of layer `anchor` for the batch `x` (training mode,
+        state updates discarded)."""
+        h = x
+        with keras.StatelessScope():
+            for layer in self.layers[:anchor]:
+                h = layer(h, training=True)
+        return h
+
+    def fill(self, anchor: int, x, y, fill_index):
+        """Stores the anchor's input of batch `x` (and `y`) as the pool's
+        next rows (the first rows when `fill_index` is 0).
+
+        Returns:
+            `(h, y)`: the anchor input of the batch, and its targets, for
+            the step's base pass.
+        """
+        h = tf.cast(self.upstream(anchor, x), self.dtypes[anchor])
+        buffer = self.buffers[self.key[anchor]]
+        w = self.key[anchor][0]
+        b = tf.cast(tf.shape(h)[0], tf.int64)
+        start = tf.where(tf.equal(fill_index, 0), tf.constant(0, tf.int64), self.rows)
+        n = tf.minimum(b, self.size - start)
+        flat = tf.reshape(h, [-1, w])
+        buffer[start:start + n].assign(flat[:n])
+        self.targets[start:start + n].assign(tf.cast(y[:n], self.targets.dtype))
+        self.rows.assign(start + n)
+        return h, y
+
+    def draw(self, anchor: int, count, seed, offset):
+        """`count` samples of the pool: rows `offset ...` of a shuffled walk
+        through the filled rows (wrapping around), shuffled by `seed`.
+
+        Returns:
+            `(h, y)`: the anchor inputs and the targets of those rows.
+        """
+        rows = tf.maximum(self.rows, 1)
+        perm = tf.random.experimental.stateless_shuffle(
+            tf.range(rows, dtype=tf.int64), seed=seed)
+        at = (tf.cast(offset, tf.int64) + tf.range(tf.cast(count, tf.int64))) % rows
+        index = tf.gather(perm, at)
+        h = tf.reshape(self.buffers[self.key[anchor]].sparse_read(index),
+                       [-1, *self.shapes[anchor]])
+        return h, self.targets.sparse_read(index)

@@ -1,0 +1,135 @@
+"""The layer-input pool: `RSO(pool_size=...)` (keras_rso/pool.py)."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_rso
+from conftest import make_toy_data, small_convnet
+from test_resume import InterruptAtBatch
+
+
+def _trainer(pool_size=None, k=32, seed=4, tolerance=0.0, first_bias=True):
+    keras.utils.set_random_seed(0)
+    model = small_convnet(first_bias=first_bias)
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=seed,
+                                            pool_size=pool_size, tolerance=tolerance),
+                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model, trainer
+
+
+def _fit(x, y, callbacks=(), epochs=2, pool_size=96, batch=48, shuffle=True):
+    model, trainer = _trainer(pool_size)
+    try:
+        history = trainer.fit(x, y, batch_size=batch, epochs=epochs, shuffle=shuffle,
+                              verbose=0, callbacks=list(callbacks))
+    except KeyboardInterrupt:
+        history = None
+    return model, trainer, history
+
+
+def test_pool_fills_each_segment_then_trains(toy_data):
+    x, y = toy_data
+    model, trainer, history = _fit(x, y, epochs=3)
+    # Segments: the classifier; conv2; BatchNorm with conv1 (its anchor).
+    # Each fills 96 rows in 2 steps of 48; then ceil(trials / 32) steps.
+    assert len(trainer._pool.anchors) == 3
+    assert trainer.steps_per_cycle() == (2 + 1) + (2 + 5) + (2 + 2)
+    opt = trainer.optimizer
+    assert int(opt.iterations.numpy()) == 3 * trainer.steps_per_cycle()
+    assert int(opt.trials.numpy()) == 3 * trainer.trials_per_cycle
+    assert int(opt.pool_fills.numpy()) == 0
+    assert history.history["trials"] == [c * trainer.trials_per_cycle for c in (1, 2, 3)]
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert history.history["accuracy"][-1] > history.history["accuracy"][0]
+
+
+def test_pool_stores_the_anchor_input_of_the_filled_batches(toy_data):
+    x, y = toy_data
+    model, trainer, _ = _fit(x, y, epochs=1, shuffle=False, pool_size=96, batch=48)
+    pool = trainer._pool
+    # The last segment's anchor is the first convolution: its input is the
+    # image itself, so the pool holds the first 96 images (the cycle's
+    # last fills were steps 12 and 13 of an unshuffled stream of 192).
+    first = min(pool.anchors)
+    rows = int(pool.rows.numpy())
+    stored = pool.buffers[pool.key[first]].numpy()[:rows]
+    start = (trainer.steps_per_cycle() - 4) * 48 % len(x)
+    np.testing.assert_array_equal(stored, x[start:start + rows].reshape(rows, -1))
+    np.testing.assert_array_equal(pool.targets.numpy()[:rows], y[start:start + rows])
+
+
+def test_pool_of_the_whole_batch_takes_the_same_decisions(toy_data):
+    """With the pool as large as the data and the batch, every step sees the
+    same samples (in another order): the search must end where it ends
+    without a pool, in float64 (where reordering a sum cannot flip a
+    decision that a 1e-9 relative tolerance does not already reject)."""
+    x, y = toy_data
+    keras.config.set_dtype_policy("float64")
+    try:
+        results = []
+        for pool in (None, len(x)):
+            model, trainer = _trainer(pool, k=10_000, tolerance=1e-9, first_bias=False)
+            trainer.fit(x.astype("float64"), y, batch_size=len(x), epochs=2,
+                        shuffle=False, verbose=0)
+            results.append((model, trainer))
+    finally:
+        keras.config.set_dtype_policy("float32")
+    (plain, plain_trainer), (pooled, pooled_trainer) = results
+    assert pooled_trainer.steps_per_cycle() == 6 and plain_trainer.steps_per_cycle() == 1
+    assert int(pooled_trainer.optimizer.weight_updates.numpy()) == \
+        int(plain_trainer.optimizer.weight_updates.numpy()) > 0
+    for a, b in zip(pooled.trainable_weights, plain.trainable_weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, err_msg=a.path)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+    """The 2-cycle run that the interrupted ones must reproduce."""
+    return _fit(*make_toy_data())
+
+
+# 14 steps per cycle: fills 0-1, classifier 2, fills 3-4, conv2 5-9, fills
+# 10-11, conv1 and BatchNorm 12-13. Killed mid-fill, and mid-segment.
+@pytest.mark.parametrize("killed_after", [3, 6])
+def test_resume_from_a_mid_segment_backup_is_exact(toy_data, tmp_path, killed_after,
+                                                    uninterrupted):
+    x, y = toy_data
+    reference, ref_trainer, _ = uninterrupted
+    backup = str(tmp_path / "backup")
+    _, killed_trainer, _ = _fit(x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1),
+                                       InterruptAtBatch(epoch=1, batch=killed_after)])
+    assert 0 < int(killed_trainer.optimizer.pool_fills.numpy()) <= 2
+    resumed, trainer, _ = _fit(x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1)])
+    assert int(trainer.optimizer.iterations.numpy()) == int(ref_trainer.optimizer.iterations.numpy())
+    for a, b in zip(resumed.weights, reference.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_pool_rejects_what_it_cannot_serve(toy_data):
+    x, y = toy_data
+    with pytest.raises(ValueError, match="order"):
+        keras_rso.RSO(pool_size=10, order="random")
+    with pytest.raises(ValueError, match=">= 1"):
+        keras_rso.RSO(pool_size=0)
+    with pytest.raises(TypeError, match="pool_size"):
+        keras_rso.RSO(pool_size=True)
+    assert keras_rso.RSO.from_config(keras_rso.RSO(pool_size=7).get_config()).pool_size == 7
+
+    _, trainer = _trainer(pool_size=64)
+    with pytest.raises(ValueError, match="sample weights"):
+        trainer.fit(x, y, sample_weight=np.ones(len(y)), batch_size=32, epochs=1, verbose=0)
+
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(3, 3, padding="same")(inputs)
+    h = keras.layers.Add()([h, keras.layers.Conv2D(3, 1)(inputs)])
+    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h))
+    trainer = keras_rso.RSOModel(keras.Model(inputs, outputs))
+    trainer.compile(optimizer=keras_rso.RSO(pool_size=64),
+                    loss="sparse_categorical_crossentropy")
+    before = [w.numpy().copy() for w in trainer.model.weights]
+    with pytest.raises(ValueError, match="chain"):
+        trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    for w, b in zip(trainer.model.weights, before):
+        np.testing.assert_array_equal(w.numpy(), b)
