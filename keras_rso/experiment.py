@@ -305,8 +305,9 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
     model = build_model()
     trainer = RSOModel(model)
     paper = getattr(args, "preset", None) == "paper"
+    pool_size = _pool_size(args, splits[0], paper)
     if paper:
-        optimizer, loss = RSO.paper(seed=args.seed), paper_loss()
+        optimizer, loss = RSO.paper(seed=args.seed, pool_size=pool_size), paper_loss()
         annealing = SigmaAnnealing(0.1, rule="paper", total_cycles=args.schedule_cycles)
     else:
         optimizer = RSO(weights_per_batch=args.weights_per_batch, seed=args.seed,
@@ -315,7 +316,7 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
                         bn_refresh=not args.no_bn_refresh,
                         tolerance=args.tolerance,
                         output_passes=args.output_passes,
-                        step_rule=args.step_rule)
+                        step_rule=args.step_rule, pool_size=pool_size)
         loss = "sparse_categorical_crossentropy"
         annealing = SigmaAnnealing(final_fraction=args.final_fraction,
                                    total_cycles=args.schedule_cycles)
@@ -357,6 +358,21 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
     print(f"Test accuracy after {len(recorder.rows)} cycle(s): {results['test_accuracy']:.4f}  "
           f"({results['weight_updates']} weight updates, {results['seconds']:.0f} s)")
     return results
+
+
+def _pool_size(args, train, paper: bool) -> Optional[int]:
+    """`RSO(pool_size=...)` from `--pool-size`: 0 turns the pool off; left
+    out, `--preset paper` pools the whole training split (the authors'
+    code), anything else runs without a pool."""
+    size = getattr(args, "pool_size", None)
+    if size is None:
+        if not paper:
+            return None
+        if not isinstance(train, tuple):
+            raise ValueError("--preset paper on a streamed dataset needs --pool-size "
+                             "(its length is not known in advance), or 0 for none.")
+        size = len(train[0])
+    return size or None
 
 
 def gradient_optimizer(name: str, learning_rate: float, decay: str = "none",
@@ -469,6 +485,12 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int,
                              "pixels, batch 5000, one weight per batch, RSO.paper(), "
                              "float64 summed loss, their 50-cycle sigma schedule); the "
                              "other RSO flags must then stay at their defaults")
+    parser.add_argument("--pool-size", type=_non_negative_int, default=None,
+                        help="layer-input pool of N training images (RSO(pool_size=N)): "
+                             "each layer's input is cached once per cycle and every "
+                             "trial draws a fresh batch from it (the authors' code); "
+                             "0: none. Default: the whole training split under "
+                             "--preset paper, else none")
     parser.add_argument("--no-bn-refresh", action="store_true",
                         help="keep plain moving-average BN statistics (ablation)")
     parser.add_argument("--tolerance", type=float, default=0.0,

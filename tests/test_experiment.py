@@ -3,6 +3,7 @@ resume; the gradient baseline's optimizer and learning-rate schedule."""
 
 import os
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -58,3 +59,22 @@ def test_gradient_baseline_cosine_decay_reaches_zero_at_the_last_step():
 def test_gradient_baseline_rejects_unknown_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         gradient_optimizer(**kwargs)
+
+
+def test_pool_size_flag_defaults_to_the_training_split_under_the_paper_preset():
+    import argparse
+
+    from keras_rso.experiment import _pool_size, add_rso_flags, parse_rso_args
+
+    parser = argparse.ArgumentParser()
+    add_rso_flags(parser, cycles=5, batch_size=1024, weights_per_batch=64)
+    train = (np.zeros((700, 2)), np.zeros(700))
+    paper = parse_rso_args(parser, ["--preset", "paper"])
+    assert _pool_size(paper, train, paper=True) == 700
+    assert _pool_size(parse_rso_args(parser, ["--preset", "paper", "--pool-size", "0"]),
+                      train, paper=True) is None
+    plain = parse_rso_args(parser, [])
+    assert _pool_size(plain, train, paper=False) is None
+    assert _pool_size(parse_rso_args(parser, ["--pool-size", "300"]), train, paper=False) == 300
+    with pytest.raises(ValueError, match="--pool-size"):
+        _pool_size(paper, object(), paper=True)

@@ -31,31 +31,27 @@ def _fit(x, y, callbacks=(), epochs=2, pool_size=96, batch=48, shuffle=True):
 
 def test_pool_fills_each_segment_then_trains(toy_data):
     x, y = toy_data
-    model, trainer, history = _fit(x, y, epochs=3)
+    model, trainer, history = _fit(x, y, epochs=3, shuffle=False)
     # Segments: the classifier; conv2; BatchNorm with conv1 (its anchor).
     # Each fills 96 rows in 2 steps of 48; then ceil(trials / 32) steps.
+    steps = trainer.steps_per_cycle()
     assert len(trainer._pool.anchors) == 3
-    assert trainer.steps_per_cycle() == (2 + 1) + (2 + 5) + (2 + 2)
+    assert steps == (2 + 1) + (2 + 5) + (2 + 2)
     opt = trainer.optimizer
-    assert int(opt.iterations.numpy()) == 3 * trainer.steps_per_cycle()
+    assert int(opt.iterations.numpy()) == 3 * steps
     assert int(opt.trials.numpy()) == 3 * trainer.trials_per_cycle
     assert int(opt.pool_fills.numpy()) == 0
     assert history.history["trials"] == [c * trainer.trials_per_cycle for c in (1, 2, 3)]
     assert history.history["loss"][-1] < history.history["loss"][0]
     assert history.history["accuracy"][-1] > history.history["accuracy"][0]
-
-
-def test_pool_stores_the_anchor_input_of_the_filled_batches(toy_data):
-    x, y = toy_data
-    model, trainer, _ = _fit(x, y, epochs=1, shuffle=False, pool_size=96, batch=48)
+    # The last segment's anchor is the first convolution, whose input is
+    # the image itself: the pool holds the two batches of the unshuffled
+    # stream that the last cycle's fill steps (its steps 10 and 11) took.
     pool = trainer._pool
-    # The last segment's anchor is the first convolution: its input is the
-    # image itself, so the pool holds the first 96 images (the cycle's
-    # last fills were steps 12 and 13 of an unshuffled stream of 192).
-    first = min(pool.anchors)
     rows = int(pool.rows.numpy())
-    stored = pool.buffers[pool.key[first]].numpy()[:rows]
-    start = (trainer.steps_per_cycle() - 4) * 48 % len(x)
+    stored = pool.buffers[pool.key[min(pool.anchors)]].numpy()[:rows]
+    start = (3 * steps - 4) * 48 % len(x)
+    assert rows == 96
     np.testing.assert_array_equal(stored, x[start:start + rows].reshape(rows, -1))
     np.testing.assert_array_equal(pool.targets.numpy()[:rows], y[start:start + rows])
 

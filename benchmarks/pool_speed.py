@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Seconds per cycle of the paper's setting, with and without the layer-input pool.
+
+One run, one machine, three ways to run the authors' per-weight trial on
+`keras_rso.models.paper_mnist_net` (one weight per batch of `--batch-size`
+raw training images, `RSO.paper()`, the float64 summed loss):
+
+* `naive`: `naive_reference.NaiveRSO`, three full forward passes per trial
+  (the current weight and both candidates) in one `tf.function`;
+* `keras_rso`: `RSOModel` at K=1 without a pool (a base pass of the whole
+  net per trial, then the fast path from the weight's layer on);
+* `pool`: `RSOModel` with `RSO(pool_size=--pool-size)`: the base pass and
+  the candidates run from the weight's anchor layer on, on a batch drawn
+  from that layer's cached input.
+
+For every searched variable, `--steps` steps (trials) are timed, starting
+at its first scalar (train-step time only, after a traced first step); a
+cycle is estimated as the sum over variables of scalars x seconds per
+trial there, plus, for the pool, the steps that fill it (timed in the same
+run, once per segment). Training data: the first 50,000 MNIST training
+images (the examples' default validation split keeps the last 10,000 out).
+
+Example:
+    python benchmarks/pool_speed.py --steps 3 --results docs/results/pool_speed.json
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import keras_rso  # noqa: E402
+from keras_rso.experiment import provenance, write_json  # noqa: E402
+from keras_rso.pool import segments  # noqa: E402
+from naive_reference import NaiveRSO  # noqa: E402
+
+
+class _BatchTimes(keras.callbacks.Callback):
+    """Wall-clock seconds of every train step."""
+
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self._t0)
+
+
+def _trainer(pool_size):
+    keras.utils.set_random_seed(0)
+    model = keras_rso.models.paper_mnist_net()
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(optimizer=keras_rso.RSO.paper(seed=0, pool_size=pool_size),
+                    loss=keras_rso.models.paper_loss())
+    return trainer
+
+
+def time_keras_rso(ds, steps, pool_size):
+    """Seconds per trial at every searched variable, and per fill step."""
+    trainer = _trainer(pool_size)
+    trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # traces the step
+    opt = trainer.optimizer
+    evaluator, visit, _ = trainer._plan()
+    sizes = [int(np.prod(evaluator.variables[v].shape)) for v in visit]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+    fills = trainer._pool.fill_steps if pool_size else 0
+    per_trial, fill_times = {}, []
+    for v, start, size in zip(visit, starts, sizes):
+        opt.position.assign(int(start))
+        opt.pool_fills.assign(0)  # the pool is filled again for this variable
+        timer = _BatchTimes()
+        n = min(steps, size)
+        trainer.fit(ds, epochs=1, steps_per_epoch=fills + n, verbose=0, callbacks=[timer])
+        fill_times += timer.times[:fills]
+        per_trial[evaluator.variables[v].path] = float(np.mean(timer.times[fills:]))
+    n_segments = len(segments(evaluator, visit)) if pool_size else 0
+    return per_trial, (float(np.mean(fill_times)) if fill_times else 0.0), fills, n_segments
+
+
+def time_naive(ds, steps):
+    keras.utils.set_random_seed(0)
+    model = keras_rso.models.paper_mnist_net()
+    loss = keras_rso.models.paper_loss()
+    batches = iter(ds)
+    per_trial = {}
+    for var in model.trainable_variables:
+        trial = NaiveRSO(model, loss).make_trial(var, 0.05)
+        xb, yb = next(batches)
+        trial(xb, yb, tf.constant(0)).numpy()  # trace
+        n = min(steps, int(np.prod(var.shape)))
+        t0 = time.perf_counter()
+        for j in range(n):
+            xb, yb = next(batches)
+            trial(xb, yb, tf.constant(j)).numpy()
+        per_trial[var.path] = (time.perf_counter() - t0) / n
+    return per_trial
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--pool-size", type=int, default=50000)
+    parser.add_argument("--steps", type=int, default=3, help="timed trials per variable")
+    parser.add_argument("--results", default=None)
+    args = parser.parse_args(argv)
+    (x, y), _ = keras_rso.datasets.load_mnist(raw=True)
+    x, y = x[:50000], y[:50000]
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(50000, seed=0).batch(
+        args.batch_size).repeat().prefetch(2)
+    scalars = {v.path: int(np.prod(v.shape))
+               for v in keras_rso.models.paper_mnist_net().trainable_variables}
+    naive = time_naive(ds, args.steps)
+    plain, _, _, _ = time_keras_rso(ds, args.steps, None)
+    pooled, fill_step, fills, n_segments = time_keras_rso(ds, args.steps, args.pool_size)
+    rows, cycle = {}, {"naive": 0.0, "keras_rso": 0.0, "pool": fill_step * fills * n_segments}
+    for path, n in scalars.items():
+        rows[path] = {"scalars": n, "naive_s": round(naive[path], 4),
+                      "keras_rso_s": round(plain[path], 4), "pool_s": round(pooled[path], 4)}
+        cycle["naive"] += n * naive[path]
+        cycle["keras_rso"] += n * plain[path]
+        cycle["pool"] += n * pooled[path]
+    results = provenance(args)
+    results.update({
+        "seconds_per_trial": rows, "fill_step_seconds": round(fill_step, 3),
+        "fill_steps_per_cycle": fills * n_segments,
+        "seconds_per_cycle": {k: round(v, 1) for k, v in cycle.items()},
+        "speedup_vs_naive": {k: round(cycle["naive"] / v, 2) for k, v in cycle.items()},
+    })
+    print(f"{'variable':34s} {'scalars':>7s} {'naive':>8s} {'keras_rso':>9s} {'pool':>8s}  (s/trial)")
+    for path, r in rows.items():
+        print(f"{path:34s} {r['scalars']:7d} {r['naive_s']:8.3f} {r['keras_rso_s']:9.3f} "
+              f"{r['pool_s']:8.3f}")
+    for k, v in cycle.items():
+        print(f"cycle, {k:9s}: {v:8.0f} s ({v / 3600:.2f} h), "
+              f"{cycle['naive'] / v:.2f}x the naive reference")
+    write_json(results, args.results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
