@@ -133,6 +133,11 @@ class TrialLoop:
             self.flat_of_g = tf.constant(np.concatenate(
                 [_paper_kernel_order(tuple(self.variables[v].shape)) for v in self.visit]),
                 tf.int64)
+        # At one trial per batch, the weight decay of `RSO(weight_decay=...)`
+        # is applied to the base pass itself, which then gives the decayed
+        # weight's loss (the authors' three evaluations per trial), instead
+        # of an extra evaluation of the decayed weight (`_decay`).
+        self.decay_in_base = bool(optimizer.weight_decay) and optimizer.weights_per_batch == 1
         self.breaks = sorted({int(b) for b in breaks if 0 < b < self.total})
         self.step_ends = tf.constant(self.breaks + [self.total], tf.int64)
         self.pool = pool
@@ -330,6 +335,9 @@ class TrialLoop:
         # Trainable variables are mapped to their values so that weight
         # regularizers (which read them through the scope) see them.
         current = [(v, tf.convert_to_tensor(v.value)) for v in self.variables]
+        perm = self.permutation(tf.convert_to_tensor(opt.cycle))
+        if self.decay_in_base:
+            current = self._decayed_mapping(current, position, n, perm)
         with keras.StatelessScope(state_mapping=current) as scope:
             if start:
                 loss0, y_pred0, fixed, carried0 = self.ev.begin(x, y, sample_weight,
@@ -366,7 +374,6 @@ class TrialLoop:
         first_trial = tf.convert_to_tensor(opt.trials)
         sigmas = tf.convert_to_tensor(opt.sigmas)
         scale = tf.convert_to_tensor(opt.sigma_scale)
-        perm = self.permutation(tf.convert_to_tensor(opt.cycle))
         step_g = self.step_trials(position, n, perm)
         seed0 = tf.constant(opt.seed, tf.int64)
         n_vars = len(self.variables)
@@ -384,7 +391,11 @@ class TrialLoop:
                 def branch():
                     dw = noise * sigmas[v] * scale
                     loss_w, y_pred_w, carried_w = loss, y_pred, carried
-                    if opt.weight_decay:
+                    if self.decay_in_base:
+                        # The base pass already ran at the decayed weight
+                        # (`_decayed_mapping`); commit it.
+                        distribution.assign(var, _decayed(var.value, j, opt.weight_decay))
+                    elif opt.weight_decay:
                         loss_w, y_pred_w, carried_w = self._decay(
                             var, v, j, fixed, carried, x, y, sample_weight)
                     trial = self.ev.trial(v, j, dw, fixed, carried_w, x, y, sample_weight)
@@ -484,6 +495,18 @@ class TrialLoop:
                 replaying, -one, tf.constant(0, tf.int64)))
         return StepResult(loss, y_pred, n, accepted, replaying)
 
+    def _decayed_mapping(self, current, position, n, perm):
+        """`current` with the step's one trial weight decayed, if it has a
+        trial (`decay_in_base`)."""
+        slot, j = self._locate(self.step_trials(position, tf.maximum(n, 1), perm)[0])
+        chosen = tf.where(n > 0, tf.gather(self.visit_t, slot), tf.constant(-1, tf.int64))
+        mapped = []
+        for v, (var, value) in enumerate(current):
+            size = int(np.prod(var.shape))
+            decayed = _decayed(value, tf.minimum(j, size - 1), self.opt.weight_decay)
+            mapped.append((var, tf.where(tf.equal(chosen, v), decayed, value)))
+        return mapped
+
     def _decay(self, var, v, j, fixed, carried, x, y, sample_weight):
         """Shrinks weight `j` of `var` by `RSO(weight_decay=...)` and returns
         the loss, predictions and caches at the decayed weight.
@@ -497,7 +520,7 @@ class TrialLoop:
         shrink = -w * tf.cast(self.opt.weight_decay, value.dtype)
         decayed = self.ev.trial(v, j, shrink, fixed, carried, x, y, sample_weight)
         plus = tf.constant(False)
-        distribution.assign(var, replace_scalar(value, j, w + shrink))
+        distribution.assign(var, _decayed(value, j, self.opt.weight_decay))
         return (distribution.cross_replica_sum(decayed.loss_plus), decayed.y_pred(plus),
                 decayed.merge(decayed.entries(plus)))
 
@@ -516,6 +539,13 @@ class TrialLoop:
                 value = distribution.cross_replica_mean(value)
             old = tf.convert_to_tensor(v.value)
             distribution.assign(v, tf.where(condition, tf.cast(value, old.dtype), old))
+
+
+def _decayed(value, j, weight_decay: float) -> tf.Tensor:
+    """`value` with its flat element `j` shrunk by the fraction `weight_decay`."""
+    value = tf.convert_to_tensor(value)
+    w = tf.gather(tf.reshape(value, [-1]), j)
+    return replace_scalar(value, j, w - w * tf.cast(weight_decay, value.dtype))
 
 
 def _paper_kernel_order(shape) -> np.ndarray:

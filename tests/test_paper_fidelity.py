@@ -20,6 +20,7 @@ Both runs use the same network, batches and standard-normal draws z.
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import keras_rso
@@ -75,12 +76,12 @@ def _paper_visits(w):
     return visits
 
 
-def reference_cycle(w, batches, draws):
+def reference_cycle(w, batches, draws, decay=DECAY):
     w = {k: v.astype(np.float64).copy() for k, v in w.items()}
     accepted = {k: 0 for k in w}
     for t, (name, index, sigma) in enumerate(_paper_visits(w)):
         x, y = batches[t]
-        decayed = w[name][index] * (1 - DECAY)
+        decayed = w[name][index] * (1 - decay)
         dw = draws[t] * sigma
         losses = []
         for value in (decayed, decayed + dw, decayed - dw):
@@ -93,7 +94,10 @@ def reference_cycle(w, batches, draws):
 
 
 # -------------------------------------------------------------- the test
-def test_paper_preset_takes_the_reference_decisions_over_a_full_cycle():
+# The authors' decay, and one large enough that comparing the candidates
+# with the loss of the weight before its decay would change decisions.
+@pytest.mark.parametrize("decay", [DECAY, 0.05])
+def test_paper_preset_takes_the_reference_decisions_over_a_full_cycle(decay):
     model = tiny_paper_net()
     layer = model.get_layer
     start = {"conv1": layer("conv1").kernel.numpy(), "conv2": layer("conv2").kernel.numpy(),
@@ -108,10 +112,10 @@ def test_paper_preset_takes_the_reference_decisions_over_a_full_cycle():
                for t in range(trials)]
     # The draws keras_rso makes: a standard normal keyed on (seed, trial).
     draws = [float(tf.random.stateless_normal([], seed=[SEED, t])) for t in range(trials)]
-    expected, expected_accepted = reference_cycle(start, batches, draws)
+    expected, expected_accepted = reference_cycle(start, batches, draws, decay)
 
     trainer = keras_rso.RSOModel(model)
-    trainer.compile(optimizer=keras_rso.RSO.paper(seed=SEED),
+    trainer.compile(optimizer=keras_rso.RSO.paper(seed=SEED, weight_decay=decay),
                     loss=keras_rso.models.paper_loss())
     assert trainer.steps_per_cycle() == trials  # one weight per batch
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)
