@@ -452,7 +452,8 @@ class RSO(keras.optimizers.Optimizer):
         `nonfinite_inputs` is 0 (it is only set while a non-finite batch is
         being reported) and `sigma_factors` is 1 (older versions could not
         combine `SigmaBalancing` with `remeasure_sigma`, the only case that
-        reads it). Keras' default would skip every optimizer variable (with
+        reads it), and `pool_fills` is 0 (older versions had no layer-input
+        pool). Keras' default would skip every optimizer variable (with
         a warning), and a resumed fit would silently restart the search
         state: sigmas, cycle, position and counters.
         """

@@ -82,8 +82,8 @@ def test_pool_of_the_whole_batch_takes_the_same_decisions(toy_data):
 
 @pytest.fixture(scope="module")
 def uninterrupted():
-    """The 2-cycle run that the interrupted ones must reproduce."""
-    return _fit(*make_toy_data())
+    """The one-cycle run that the interrupted ones must reproduce."""
+    return _fit(*make_toy_data(), epochs=1)
 
 
 # 14 steps per cycle: fills 0-1, classifier 2, fills 3-4, conv2 5-9, fills
@@ -95,9 +95,11 @@ def test_resume_from_a_mid_segment_backup_is_exact(toy_data, tmp_path, killed_af
     reference, ref_trainer, _ = uninterrupted
     backup = str(tmp_path / "backup")
     _, killed_trainer, _ = _fit(x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1),
-                                       InterruptAtBatch(epoch=1, batch=killed_after)])
+                                       InterruptAtBatch(epoch=0, batch=killed_after)],
+                                epochs=1)
     assert 0 < int(killed_trainer.optimizer.pool_fills.numpy()) <= 2
-    resumed, trainer, _ = _fit(x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1)])
+    resumed, trainer, _ = _fit(x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1)],
+                               epochs=1)
     assert int(trainer.optimizer.iterations.numpy()) == int(ref_trainer.optimizer.iterations.numpy())
     for a, b in zip(resumed.weights, reference.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)

@@ -55,21 +55,27 @@ def test_trainer_round_trips_with_rso_state(toy_data, tmp_path):
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
-@pytest.mark.parametrize("missing", [1, 2])
+@pytest.mark.parametrize("missing", [1, 2, 3])
 def test_optimizer_state_loads_from_files_of_earlier_versions(toy_data, missing):
     _, trainer = _trained(toy_data)
     opt = trainer.optimizer
     # A store as earlier versions wrote it: without the variables added
-    # later (sigma_factors; before that also nonfinite_inputs).
-    assert [v.name for v in opt.variables[-2:]] == ["nonfinite_inputs", "sigma_factors"]
+    # later (pool_fills; before that also sigma_factors, then
+    # nonfinite_inputs).
+    assert [v.name for v in opt.variables[-3:]] == [
+        "nonfinite_inputs", "sigma_factors", "pool_fills"]
+    opt.pool_fills.assign(5)  # must not leak into the fresh optimizer
     old_store = {str(i): v.numpy() for i, v in enumerate(opt.variables[:-missing])}
     fresh = keras_rso.RSO(weights_per_batch=16, seed=1)
     fresh.build(trainer.trainable_variables)
     fresh.load_own_variables(old_store)
     assert int(fresh.trials.numpy()) == int(opt.trials.numpy()) > 0
     np.testing.assert_array_equal(fresh.sigmas.numpy(), opt.sigmas.numpy())
-    assert int(fresh.nonfinite_inputs.numpy()) == 0
-    np.testing.assert_array_equal(fresh.sigma_factors.numpy(), 1.0)
+    assert int(fresh.pool_fills.numpy()) == 0
+    if missing >= 2:
+        np.testing.assert_array_equal(fresh.sigma_factors.numpy(), 1.0)
+    if missing == 3:
+        assert int(fresh.nonfinite_inputs.numpy()) == 0
 
 
 def test_rso_config_round_trip():
