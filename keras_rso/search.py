@@ -16,6 +16,7 @@ import tensorflow as tf
 from keras_rso import distribution
 from keras_rso.evaluators import replace_scalar
 from keras_rso.optimizer import RSO
+from keras_rso.pool import anchor_of as pool_anchor_of
 from keras_rso.pool import segments as pool_segments
 
 KEEP = 0  # `choose` index of the current weight; candidate i is i + 1
@@ -148,11 +149,9 @@ class TrialLoop:
             self.seg_anchor = tf.constant([pool.anchors.index(g.anchor) for g in segs],
                                           tf.int32)
             # The visit slots each anchor's segments search.
-            ends = np.cumsum(sizes)
-            self.anchor_slots = {
-                a: sorted({s for s, e in enumerate(ends) for g in segs
-                           if g.anchor == a and g.start < e <= g.end})
-                for a in pool.anchors}
+            anchors = [pool_anchor_of(evaluator, evaluator.layer_of[v]) for v in self.visit]
+            self.anchor_slots = {a: [s for s, b in enumerate(anchors) if b == a]
+                                 for a in pool.anchors}
 
     def _locate(self, g):
         """Maps global indices in visiting order to (slot, flat index)."""
@@ -260,7 +259,7 @@ class TrialLoop:
         position = tf.convert_to_tensor(opt.position)
         seg = tf.clip_by_value(
             tf.searchsorted(self.seg_starts, tf.reshape(position, [1]), side="right")[0] - 1,
-            0, len(pool_segments(self.ev, self.visit)) - 1)
+            0, int(self.seg_starts.shape[0]) - 1)
         seg_start = tf.gather(self.seg_starts, seg)
         k = tf.constant(opt.weights_per_batch, tf.int64)
         trial_steps = (position - seg_start + k - 1) // k  # taken in this segment
