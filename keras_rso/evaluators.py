@@ -368,7 +368,7 @@ def _is_plain_batchnorm(layer) -> bool:
     return (type(layer) is keras.layers.BatchNormalization
             and layer.axis in (-1, len(layer.input.shape) - 1)
             and not layer.synchronized and not getattr(layer, "renorm", False)
-            and layer.compute_dtype == "float32")
+            and layer.compute_dtype in ("float32", "float64"))
 
 
 def _candidates_batchnorm(layer, h, batch, channel=None):
@@ -398,6 +398,20 @@ def _candidates_batchnorm(layer, h, batch, channel=None):
     mean, var = tf.nn.moments(two, axes=list(range(1, len(h.shape))), keepdims=True)
     out = tf.nn.batch_normalization(two, mean, var, beta, gamma, layer.epsilon)
     return tf.ensure_shape(tf.reshape(out, tf.shape(h)), h.shape)
+
+
+def channel_layer(layer, h, c, batch):
+    """Applies a channel-wise layer (`_is_channelwise`) to channel `c` only,
+    for two stacked candidates; `h` holds that channel of its input."""
+    if type(layer) in (keras.layers.AveragePooling2D, keras.layers.MaxPooling2D):
+        # TensorFlow's CPU pooling is slow on a single channel; with the
+        # samples moved to the channel axis it is one vectorised pass
+        # (about 3x faster at a batch of 512).
+        swap = [3, 1, 2, 0]
+        return tf.transpose(layer(tf.transpose(h, swap)), swap)
+    if type(layer) is not keras.layers.BatchNormalization:
+        return layer(h, training=True)
+    return _candidates_batchnorm(layer, h, batch, channel=c)
 
 
 def _half(stacked, minus, batch):
@@ -595,18 +609,6 @@ class ChainEvaluator:
             self._tails[start] = tf.function(piece, autograph=False)
         return self._tails[start](h, batch)
 
-    def _channel_layer(self, layer, h, c, batch):
-        """Applies a channel-wise layer to channel `c` only, per candidate."""
-        if type(layer) in (keras.layers.AveragePooling2D, keras.layers.MaxPooling2D):
-            # TensorFlow's CPU pooling is slow on a single channel; with the
-            # samples moved to the channel axis it is one vectorised pass
-            # (about 3x faster at a batch of 512).
-            swap = [3, 1, 2, 0]
-            return tf.transpose(layer(tf.transpose(h, swap)), swap)
-        if type(layer) is not keras.layers.BatchNormalization:
-            return layer(h, training=True)
-        return _candidates_batchnorm(layer, h, batch, channel=c)
-
     def trial(self, v: int, j, dw, fixed, carried, x, y, sample_weight):
         inputs = fixed
         mix_in, pre = carried
@@ -633,7 +635,7 @@ class ChainEvaluator:
                 if i in self.sparse_to:
                     hc = _activate(layer, tf.concat(p_c, 0))
                     for l in range(i + 1, m):
-                        hc = self._channel_layer(self.layers[l], hc, c, batch)
+                        hc = channel_layer(self.layers[l], hc, c, batch)
                     km = self.slot[m]
                     base_in = _channel(mix_in[km], c)
                     diff = hc - tf.concat([base_in, base_in], 0)

@@ -20,6 +20,7 @@ from keras_rso import distribution
 from keras_rso.errors import NonFiniteLossError
 from keras_rso.evaluators import (ChainEvaluator, FullForwardEvaluator, chain_layers,
                                   flat_biases)
+from keras_rso.graph_evaluator import GraphEvaluator, graph_nodes
 from keras_rso.metrics import AcceptRate
 from keras_rso.optimizer import RSO
 from keras_rso.pool import LayerInputPool
@@ -74,10 +75,12 @@ class RSOModel(keras.Model):
             gamma/beta). Otherwise a list of variables or variable paths
             (`variable.path`), or a predicate `fn(variable) -> bool`.
             Non-trainable variables are never searched.
-        fast_path: Use the layer-chain evaluator when the model is a chain
-            (re-runs only downstream layers), in every `RSO(order=...)`.
-            `False` forces a full forward pass per candidate; the weights
-            come out the same.
+        fast_path: Re-run only what a weight can change, in every
+            `RSO(order=...)`: the layer-chain evaluator when the model is a
+            chain, the graph evaluator (`keras_rso.graph_evaluator`) when it
+            is a functional graph that branches and merges (residual
+            networks), each layer called once. `False` forces a full
+            forward pass per candidate; the weights come out the same.
         **kwargs: Passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -167,12 +170,17 @@ class RSOModel(keras.Model):
         chain = chain_layers(self.model)
         self._warn_flat_biases(chain, [all_vars[i] for i in index])
         layers = chain if self.fast_path and not regularized else None
+        nodes = (graph_nodes(self.model) if self.fast_path and not regularized
+                 and chain is None else None)
         if layers is not None and ChainEvaluator.supports(all_vars, layers):
             ev = ChainEvaluator(layers, all_vars, self._loss_fn)
-            # Input to output by layer; within a layer, first variable first.
-            index.sort(key=lambda i: (ev.layer_of[i], i))
+        elif GraphEvaluator.supports(all_vars, nodes):
+            ev = GraphEvaluator(nodes, all_vars, self._loss_fn)
         else:
             ev = FullForwardEvaluator(self.model, all_vars, self._loss_fn)
+        if ev.fast:
+            # Input to output by layer; within a layer, first variable first.
+            index.sort(key=lambda i: (ev.layer_of[i], i))
         # Other orders keep this input-to-output list: `TrialLoop` runs each
         # step's trials from the output side (see there).
         if order == "output_to_input":
@@ -184,13 +192,14 @@ class RSOModel(keras.Model):
         breaks = self._cycle_segments()[:-1]
         visit = index + self._output_passes(index)
         if self.optimizer.pool_size is not None:
-            if not ev.fast:
+            if not isinstance(ev, ChainEvaluator):
                 raise ValueError(
                     "RSO(pool_size=...) needs a model whose layers form a chain "
                     "(Sequential, or functional with each layer feeding the next), "
                     "without weight regularizers, and `RSOModel(fast_path=True)`: "
-                    f"the trials of '{self.model.name}' run the whole model, so "
-                    "there is no layer input to pool. Use pool_size=None.")
+                    f"the trials of '{self.model.name}' do not start from one "
+                    "layer's input (the pool does not serve branching graphs such "
+                    "as residual networks yet). Use pool_size=None.")
             # No step spans two segments: each draws from one anchor's pool.
             breaks = sorted(set(breaks) | {g.start for g in pool_segments(ev, visit)[1:]})
         return ev, visit, breaks

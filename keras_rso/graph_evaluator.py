@@ -1,0 +1,475 @@
+"""The fast path for functional models that branch and merge (residual nets).
+
+`ChainEvaluator` needs every layer to feed only the next one. Residual and
+Inception-style models do not: a layer's output can feed several layers
+(the main path and a skip), and `Add`/`Concatenate` layers merge them
+again. `GraphEvaluator` serves those models the same way the chain does:
+
+* `begin` runs the graph once per batch and caches the output of every
+  node (and the pre-activation of every plain `Dense`/`Conv2D`).
+* A trial of a weight in node `i` recomputes node `i` for both candidates,
+  stacked along the batch axis (for a `Dense`/`Conv2D` weight, as a
+  rank-one update of one channel of the cached pre-activation), and then
+  only the nodes *downstream* of `i`, in topological order. A downstream
+  node whose other inputs are untouched reads them from the cache (the
+  unchanged skip of a residual block, say), doubled to match the stacked
+  candidates.
+* An accepted candidate writes its half of every recomputed node back to
+  the cache. The trials of a step run from the output side towards the
+  input (`TrialLoop`), in topological order reversed, so every cached value
+  a trial reads is current: it can only have been changed by an earlier
+  trial of the step upstream of it, which wrote it back.
+
+The part downstream of each searched node is traced once, as a
+`tf.function` shared by all of that node's variables (inline under several
+replicas, as the chain's tails).
+"""
+
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import keras
+import tensorflow as tf
+
+from keras_rso import distribution
+from keras_rso.evaluators import (PER_SAMPLE_LAYERS, LossFn, Trial, _activate,
+                                  _candidates_batchnorm, _channel, _channel_delta,
+                                  _elementwise_activation, _half, _is_channelwise,
+                                  _is_plain_batchnorm, channel_layer,
+                                  _output_channel, _pre_activation, _rank_one_kind,
+                                  _replace_channel, batchnorm_layers, candidate_values,
+                                  seed_states)
+
+MODEL_INPUT = -1  # the `inputs` index that names the model's input
+SPARSE, DELTA, FULL = "sparse", "delta", "full"  # see `GraphEvaluator._modes`
+
+# Merges that combine their inputs element by element (or along a
+# non-batch axis): both candidates can go through them stacked.
+_ELEMENTWISE_MERGES = tuple(
+    getattr(keras.layers, name)
+    for name in ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
+)
+
+
+class GraphNode(NamedTuple):
+    """One call of a layer in a functional model's graph.
+
+    Attributes:
+        layer: The layer (or Keras operation) called.
+        inputs: For each tensor argument, in call order, the index of the
+            node that produced it, or `MODEL_INPUT`.
+        call: The Keras node; `call.arguments.fill_in` rebuilds the call's
+            arguments from the input values.
+    """
+
+    layer: object
+    inputs: Tuple[int, ...]
+    call: object
+
+
+def graph_nodes(model: keras.Model) -> Optional[List[GraphNode]]:
+    """The nodes of a functional model in topological order, or None.
+
+    Returns None unless the model is functional with one input and one
+    output, and every operation in it is called exactly once and returns one
+    tensor (a layer shared between two calls would make one variable change
+    two places of the graph). The order is the model's own operation order
+    (deepest first), which is topological and the order of
+    `model.trainable_variables`.
+    """
+    operations = getattr(model, "_operations", None)
+    if (isinstance(model, keras.Sequential) or operations is None
+            or len(model.inputs) != 1 or len(model.outputs) != 1):
+        return None
+    # The nodes of this model: walk back from its output (an operation may
+    # also have nodes in other models).
+    found: Dict[int, object] = {}
+    stack = [model.outputs[0]]
+    while stack:
+        tensor = stack.pop()
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            return None
+        op, node_index, _ = history
+        if isinstance(op, keras.layers.InputLayer):
+            if tensor is not model.inputs[0]:
+                return None
+            continue
+        node = op._inbound_nodes[node_index]
+        if id(op) in found:
+            if found[id(op)] is not node:
+                return None  # the same operation called twice
+            continue
+        if len(node.outputs) != 1:
+            return None
+        found[id(op)] = node
+        stack.extend(node.input_tensors)
+    ops = [op for op in operations if id(op) in found]
+    if len(ops) != len(found):
+        return None
+    index_of_output = {id(found[id(op)].outputs[0]): k for k, op in enumerate(ops)}
+    index_of_output[id(model.inputs[0])] = MODEL_INPUT
+    nodes = []
+    for k, op in enumerate(ops):
+        node = found[id(op)]
+        inputs = tuple(index_of_output.get(id(t)) for t in node.input_tensors)
+        if any(i is None or i >= k for i in inputs):
+            return None  # not topological, or an input from outside the graph
+        nodes.append(GraphNode(op, inputs, node))
+    if index_of_output[id(model.outputs[0])] != len(nodes) - 1:
+        return None
+    return nodes
+
+
+def _stackable(layer) -> bool:
+    """True if both candidates can run through `layer` in one call."""
+    t = type(layer)
+    if t in PER_SAMPLE_LAYERS or t in _ELEMENTWISE_MERGES:
+        return True
+    if t is keras.layers.Concatenate:
+        return layer.axis != 0 and layer.axis != -len(layer.output.shape)
+    return False
+
+
+def _channelwise(node: GraphNode) -> bool:
+    """True if output channel c of the node depends only on input channel c
+    of its inputs (a channel-wise layer, or an element-wise merge of inputs
+    of the output's shape), so one changed channel stays one."""
+    layer = node.layer
+    if len(node.inputs) == 1:
+        return _is_channelwise(layer)
+    shape = tuple(node.call.outputs[0].shape)
+    return (type(layer) in _ELEMENTWISE_MERGES
+            and all(tuple(t.shape) == shape for t in node.call.input_tensors))
+
+
+def _is_rank_one_mixer(layer) -> bool:
+    return _rank_one_kind(layer, getattr(layer, "kernel", None)) is not None
+
+
+class GraphEvaluator:
+    """Evaluates candidates by re-running only the nodes downstream of a weight.
+
+    Args:
+        nodes: The model's graph, from `graph_nodes`.
+        variables: The model's trainable variables, each owned by one node.
+        loss_fn: `loss_fn(y, y_pred, sample_weight) -> scalar`.
+    """
+
+    fast = True
+
+    def __init__(self, nodes: Sequence[GraphNode],
+                 variables: Sequence[keras.Variable], loss_fn: LossFn):
+        self.nodes = list(nodes)
+        self.layers = [n.layer for n in self.nodes]
+        self.variables = list(variables)
+        self.loss_fn = loss_fn
+        owner = _owners(self.layers)
+        missing = [v.path for v in self.variables if id(v) not in owner]
+        if missing:
+            raise ValueError(f"Variables outside the graph's layers: {missing}")
+        self.layer_of = [owner[id(v)] for v in self.variables]
+        n = len(self.nodes)
+        # A mixer's output is its cached pre-activation, activated: a weight
+        # of it is a rank-one update of one channel (one input tensor only).
+        self.mixers = [i for i, node in enumerate(self.nodes)
+                       if len(node.inputs) == 1 and _is_rank_one_mixer(node.layer)]
+        self.slot = {m: k for k, m in enumerate(self.mixers)}
+        self.kind = [_rank_one_kind(self.layers[i], v) if i in self.slot else None
+                     for i, v in zip(self.layer_of, self.variables)]
+        consumers: List[List[int]] = [[] for _ in range(n)]
+        for k, node in enumerate(self.nodes):
+            for i in node.inputs:
+                if i != MODEL_INPUT and k not in consumers[i]:
+                    consumers[i].append(k)
+        # downstream[i]: every node whose value depends on node i's, in
+        # topological order.
+        self.downstream = []
+        for i in range(n):
+            reached = set(consumers[i])
+            for k in range(i + 1, n):
+                if k in reached:
+                    reached.update(consumers[k])
+            self.downstream.append(sorted(reached))
+        self.stackable = [_stackable(l) for l in self.layers]
+        self.plain_bn = [_is_plain_batchnorm(l) for l in self.layers]
+        self.channelwise = [_channelwise(node) for node in self.nodes]
+        self.batchnorms = [b for l in self.layers for b in batchnorm_layers(l)]
+        self.state_variables = [v for l in self.layers
+                                for v in getattr(l, "non_trainable_variables", [])]
+        self.seed_states = seed_states(self.state_variables)
+        self._tails = {}  # node -> shared function for its downstream part
+
+    @staticmethod
+    def supports(variables, nodes) -> bool:
+        """True if every variable belongs to exactly one node's layer."""
+        if nodes is None:
+            return False
+        owners = _owners([n.layer for n in nodes], unique=True)
+        return owners is not None and all(id(v) in owners for v in variables)
+
+    def _call(self, k: int, values, training: bool = True):
+        """Calls node `k` on `values` (one per entry of its `inputs`)."""
+        node = self.nodes[k]
+        args, kwargs = node.call.arguments.fill_in(
+            {id(t): v for t, v in zip(node.call.input_tensors, values)})
+        if training and isinstance(node.layer, keras.layers.Layer):
+            kwargs = {**kwargs, "training": True}
+        return node.layer(*args, **kwargs)
+
+    def forward(self, x):
+        """A training-mode pass that applies state updates (BN statistics)."""
+        outputs = []
+        for k, node in enumerate(self.nodes):
+            values = [x if i == MODEL_INPUT else outputs[i] for i in node.inputs]
+            outputs.append(self._call(k, values))
+        return outputs[-1]
+
+    def begin(self, x, y, sample_weight):
+        """Runs the graph once, caching every node's output.
+
+        This is the one pass per batch whose BatchNormalization updates are
+        kept (the caller applies them once the loss is known to be finite).
+
+        Returns:
+            `(loss, y_pred, fixed, carried)`: `fixed` holds the model input;
+            `carried` holds `(output of every node, pre-activation of every
+            mixer)`, which trials update.
+        """
+        first = self.layers[0]
+        dtype = getattr(first, "compute_dtype", None)
+        if dtype and x.dtype.is_floating and x.dtype != dtype:
+            # As a Keras layer autocasts its input (mixers read it directly).
+            x = tf.cast(x, dtype)
+        outputs, pre = [], []
+        for k, node in enumerate(self.nodes):
+            values = [x if i == MODEL_INPUT else outputs[i] for i in node.inputs]
+            if k in self.slot:
+                p = _pre_activation(node.layer, values[0])
+                pre.append(p)
+                outputs.append(_activate(node.layer, p))
+            else:
+                outputs.append(self._call(k, values))
+        return (self.loss_fn(y, outputs[-1], sample_weight), outputs[-1], (x,),
+                (tuple(outputs), tuple(pre)))
+
+    def _modes(self, i: int, sparse: bool) -> Dict[int, str]:
+        """How a trial in node `i` recomputes each node downstream of it.
+
+        `SPARSE`: only one channel `c` differs from the cache (a channel-wise
+        layer or an element-wise merge fed by such channels), and only that
+        channel is computed. `DELTA`: a `Dense`/`Conv2D` fed by one sparse
+        channel: its cached pre-activation plus that channel's change
+        through the kernel's slice `c`. `FULL`: recomputed whole.
+        """
+        mode = {i: SPARSE if sparse else FULL}
+        for k in self.downstream[i]:
+            changed = {mode[a] for a in self.nodes[k].inputs if a in mode}
+            mode[k] = FULL
+            if changed == {SPARSE}:
+                if self.channelwise[k]:
+                    mode[k] = SPARSE
+                elif k in self.slot and _elementwise_activation(self.layers[k].activation):
+                    mode[k] = DELTA
+        return mode
+
+    def _run_stacked(self, k: int, values, batch):
+        """Node `k` on two stacked candidates; `(output, pre-activation)`."""
+        layer = self.layers[k]
+        if k in self.slot:
+            p = _pre_activation(layer, values[0])
+            return _activate(layer, p), p
+        if self.stackable[k]:
+            return self._call(k, values), None
+        if self.plain_bn[k]:
+            return _candidates_batchnorm(layer, values[0], batch), None
+        # A scope per candidate: a random layer advances its seed state in
+        # the scope, and the second candidate must draw from the same state
+        # as the first (see `evaluators.seed_states`).
+        halves = []
+        for half in range(2):
+            with keras.StatelessScope():
+                halves.append(self._call(k, [v[half * batch:(half + 1) * batch]
+                                             for v in values]))
+        return tf.concat(halves, axis=0), None
+
+    def _downstream(self, i: int, sparse: bool, stacked, outputs, pre, x, batch, c):
+        """Recomputes the nodes downstream of node `i` on two stacked
+        candidates, whose values at node `i` are `stacked` (channel `c`
+        only, if `sparse`).
+
+        Returns `(values, pre-activations)`: tuples over `downstream[i]`
+        (channel `c` only where `_modes` says `SPARSE`) and over the
+        mixers among them.
+        """
+        mode = self._modes(i, sparse)
+        new = {i: stacked}
+
+        def cached(a):
+            return x if a == MODEL_INPUT else outputs[a]
+
+        def doubled(t):
+            return tf.concat([t, t], 0)
+
+        def full(a):
+            if a not in new:
+                return doubled(cached(a))
+            if mode[a] == SPARSE:
+                return _replace_channel(doubled(cached(a)), c, new[a])
+            return new[a]
+
+        def one_channel(a):
+            return new[a] if a in new else doubled(_channel(cached(a), c))
+
+        pres = []
+        for k in self.downstream[i]:
+            node, layer = self.nodes[k], self.layers[k]
+            if mode[k] == SPARSE and len(node.inputs) == 1:
+                new[k] = channel_layer(layer, new[node.inputs[0]], c, batch)
+            elif mode[k] == SPARSE:
+                new[k] = self._call(k, [one_channel(a) for a in node.inputs])
+            elif mode[k] == DELTA:
+                (a,) = node.inputs
+                diff = new[a] - doubled(_channel(cached(a), c))
+                if type(layer) is keras.layers.Dense:
+                    change = keras.ops.matmul(diff, tf.gather(layer.kernel, [c], axis=0))
+                else:
+                    change = layer.convolution_op(diff, tf.gather(layer.kernel, [c], axis=2))
+                p = doubled(pre[self.slot[k]]) + change
+                pres.append(p)
+                new[k] = _activate(layer, p)
+            else:
+                new[k], p = self._run_stacked(k, [full(a) for a in node.inputs], batch)
+                if p is not None:
+                    pres.append(p)
+        last = self.downstream[i][-1]
+        return tuple(new[k] for k in self.downstream[i]), tuple(pres), full(last)
+
+    def _tail(self, i: int, sparse: bool, stacked, outputs, pre, x, batch, c):
+        """`_downstream`, traced once per node (and start mode) and shared
+        by its variables.
+
+        Under several replicas it stays inline: collective ops
+        (synchronized BatchNormalization) must not be shared between call
+        sites.
+        """
+        if distribution.num_replicas() > 1:
+            return self._downstream(i, sparse, stacked, outputs, pre, x, batch, c)
+        if (i, sparse) not in self._tails:
+            self._tails[i, sparse] = tf.function(
+                lambda *args: self._downstream(i, sparse, *args), autograph=False)
+        return self._tails[i, sparse](stacked, outputs, pre, x, batch, c)
+
+    def _first(self, v: int, j, dw, values, pre):
+        """Node `i` of variable `v` for both candidates, stacked.
+
+        Returns `(stacked, stacked pre-activation or None, c)`, where `c`
+        is the one channel that differs from the cache, or None if the
+        whole output is given.
+        """
+        i = self.layer_of[v]
+        layer, var, kind = self.layers[i], self.variables[v], self.kind[v]
+        if kind is not None:
+            # A weight of a Dense/Conv2D changes one channel of its output.
+            k = self.slot[i]
+            shape = tuple(var.shape)
+            c = _output_channel(kind, j, shape)
+            base_c = _channel(pre[k], c)
+            step = tf.cast(dw, base_c.dtype) * _channel_delta(kind, layer, values[0], j,
+                                                              shape, pre[k])
+            p_c = tf.concat([base_c + step, base_c - step], 0)
+            if _elementwise_activation(layer.activation):
+                return _activate(layer, p_c), p_c, c
+            p = tf.concat([_replace_channel(pre[k], c, p_c[:tf.shape(base_c)[0]]),
+                           _replace_channel(pre[k], c, p_c[tf.shape(base_c)[0]:])], 0)
+            return _activate(layer, p), p, None
+        _, plus, minus = candidate_values(var, j, dw)
+        if self.plain_bn[i] and self.channelwise[i] and len(var.shape) == 1:
+            # gamma or beta of channel j: only that channel changes.
+            h_c = _channel(values[0], j)
+            outs = []
+            for value in (plus, minus):
+                with keras.StatelessScope(state_mapping=[(var, value)]):
+                    outs.append(_candidates_batchnorm(layer, tf.concat([h_c, h_c], 0),
+                                                      tf.shape(h_c)[0], channel=j))
+            batch = tf.shape(h_c)[0]
+            return tf.concat([outs[0][:batch], outs[1][batch:]], 0), None, j
+        outs, ps = [], []
+        for value in (plus, minus):
+            with keras.StatelessScope(state_mapping=[(var, value)]):
+                if i in self.slot:
+                    ps.append(_pre_activation(layer, values[0]))
+                    outs.append(_activate(layer, ps[-1]))
+                else:
+                    outs.append(self._call(i, values))
+        return tf.concat(outs, 0), (tf.concat(ps, 0) if ps else None), None
+
+    def trial(self, v: int, j, dw, fixed, carried, x, y, sample_weight):
+        (x,) = fixed
+        outputs, pre = carried
+        i = self.layer_of[v]
+        values = [x if a == MODEL_INPUT else outputs[a] for a in self.nodes[i].inputs]
+        batch = tf.shape(values[0])[0]
+        with keras.StatelessScope():
+            stacked, stacked_pre, c = self._first(v, j, dw, values, pre)
+            sparse = c is not None
+            if self.downstream[i]:
+                down, down_pre, y_pred = self._tail(
+                    i, sparse, stacked, outputs, pre, x, batch,
+                    c if sparse else tf.constant(0, tf.int64))
+            else:
+                down, down_pre = (), ()
+                y_pred = (_replace_channel(tf.concat([outputs[i]] * 2, 0), c, stacked)
+                          if sparse else stacked)
+            yp, ym = y_pred[:batch], y_pred[batch:]
+            lp = self.loss_fn(y, yp, sample_weight)
+            lm = self.loss_fn(y, ym, sample_weight)
+
+        # The cache entries a candidate changes: node i and everything
+        # downstream of it, and the pre-activations of the mixers among them.
+        mode = self._modes(i, sparse)
+        changed = [i] + self.downstream[i]
+        values_of = dict(zip(changed, (stacked,) + tuple(down)))
+        new = {}
+        for k in changed:
+            if mode[k] == SPARSE:
+                new["out", k] = (lambda k: lambda minus: _replace_channel(
+                    outputs[k], c, _half(values_of[k], minus, batch)))(k)
+            else:
+                new["out", k] = (lambda k: lambda minus: _half(values_of[k], minus, batch))(k)
+        pres = ((stacked_pre,) if i in self.slot else ()) + tuple(down_pre)
+        for k, p in zip([k for k in changed if k in self.slot], pres):
+            if k == i and sparse:
+                new["pre", self.slot[k]] = (lambda p: lambda minus: _replace_channel(
+                    pre[self.slot[i]], c, _half(p, minus, batch)))(p)
+            else:
+                new["pre", self.slot[k]] = (lambda p: lambda minus: _half(p, minus, batch))(p)
+        keys = sorted(new)
+        kept = tuple((outputs if part == "out" else pre)[s] for part, s in keys)
+
+        def entries(minus):
+            # ensure_shape keeps the loop variables' static shapes.
+            return tuple(tf.ensure_shape(new[key](minus), t.shape)
+                         for key, t in zip(keys, kept))
+
+        def merge(entries):
+            value = dict(zip(keys, entries))
+            return (tuple(value.get(("out", s), t) for s, t in enumerate(outputs)),
+                    tuple(value.get(("pre", s), t) for s, t in enumerate(pre)))
+
+        return Trial(lp, yp, lm, ym, kept, entries, merge)
+
+
+def _owners(layers, unique: bool = False) -> Optional[Dict[int, int]]:
+    """Maps each trainable variable's id to the index of the layer owning it.
+
+    With `unique`, returns None if a variable belongs to two layers.
+    """
+    owner: Dict[int, int] = {}
+    for k, layer in enumerate(layers):
+        for var in getattr(layer, "trainable_variables", []):
+            if id(var) in owner and owner[id(var)] != k:
+                if unique:
+                    return None
+                continue
+            owner[id(var)] = k
+    return owner

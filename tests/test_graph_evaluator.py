@@ -1,0 +1,166 @@
+"""The residual fast path (`GraphEvaluator`) against the full forward path."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_rso
+from keras_rso.evaluators import FullForwardEvaluator
+from keras_rso.graph_evaluator import GraphEvaluator, graph_nodes
+
+L = keras.layers
+
+
+def _conv(filters, **kw):
+    return L.Conv2D(filters, 3, padding="same", use_bias=False, **kw)
+
+
+def skip_over_one():
+    """x -> conv -> BN -> relu -> conv -> add(x') -> BN: a skip over one conv."""
+    inputs = keras.Input((8, 8, 1))
+    a = L.BatchNormalization()(_conv(4)(inputs))
+    b = _conv(4)(L.ReLU()(a))
+    h = L.BatchNormalization()(L.Add()([b, a]))
+    return inputs, h
+
+
+def skip_over_two():
+    inputs = keras.Input((8, 8, 1))
+    a = L.ReLU()(L.BatchNormalization()(_conv(4)(inputs)))
+    b = L.ReLU()(L.BatchNormalization()(_conv(4)(a)))
+    c = _conv(4, activation="relu")(b)
+    return inputs, L.Add()([c, a])
+
+
+def projection_shortcut():
+    inputs = keras.Input((8, 8, 1))
+    a = L.ReLU()(L.BatchNormalization()(_conv(3)(inputs)))
+    b = L.BatchNormalization()(_conv(5)(a))
+    skip = L.BatchNormalization()(L.Conv2D(5, 1, use_bias=False)(a))
+    return inputs, L.ReLU()(L.Add()([b, skip]))
+
+
+def concatenation():
+    inputs = keras.Input((8, 8, 1))
+    a = _conv(3, activation="relu")(inputs)
+    b = L.Conv2D(2, 1, activation="tanh")(a)
+    c = L.BatchNormalization()(_conv(2)(a))
+    return inputs, L.Concatenate()([a, b, c])
+
+
+def rejoin_after_pooling():
+    """A branch that pools, convolves and rejoins a pooled main path."""
+    inputs = keras.Input((8, 8, 1))
+    a = L.BatchNormalization()(_conv(4)(inputs))
+    main = L.AveragePooling2D(2)(_conv(4, activation="relu")(a))
+    side = _conv(4)(L.MaxPooling2D(2)(a))
+    return inputs, L.Multiply()([L.Add()([main, side]), L.Activation("sigmoid")(side)])
+
+
+SHAPES = [skip_over_one, skip_over_two, projection_shortcut, concatenation,
+          rejoin_after_pooling]
+
+
+def _model(shape, seed=1):
+    keras.utils.set_random_seed(seed)
+    inputs, h = shape()
+    h = L.GlobalAveragePooling2D()(h)
+    outputs = L.Dense(3, activation="softmax")(h)
+    return keras.Model(inputs, outputs, name=shape.__name__)
+
+
+def _fit(model, x, y, fast, k, order="output_to_input", epochs=1):
+    trainer = keras_rso.RSOModel(model, fast_path=fast)
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=3, order=order),
+                    loss="sparse_categorical_crossentropy")
+    trainer.fit(x, y, batch_size=48, epochs=epochs, shuffle=False, verbose=0)
+    return trainer
+
+
+@pytest.fixture
+def float64():
+    policy, floatx = keras.config.dtype_policy(), keras.config.floatx()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.__name__)
+def test_residual_fast_path_matches_full_forward_path(toy_data, float64, shape):
+    # In float64, rounding differences between the two paths cannot flip a
+    # decision, so one cycle must end with the same weights.
+    x, y = toy_data
+    x = x.astype("float64")
+    weights = {}
+    for fast in (True, False):
+        model = _model(shape)
+        initial = [v.numpy().copy() for v in model.trainable_variables]
+        trainer = _fit(model, x, y, fast, k=24)
+        assert isinstance(trainer._plan()[0], GraphEvaluator if fast else FullForwardEvaluator)
+        weights[fast] = [v.numpy() for v in model.weights]
+    changed = [np.any(w != w0) for w, w0 in zip(
+        [v.numpy() for v in model.trainable_variables], initial)]
+    assert all(changed), changed
+    for a, b in zip(weights[True], weights[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_paper_cifar10_net_takes_the_residual_fast_path():
+    model = keras_rso.models.paper_cifar10_net()
+    nodes = graph_nodes(model)
+    assert nodes is not None
+    assert [n.layer for n in nodes] == [l for l in model.layers
+                                        if not isinstance(l, L.InputLayer)]
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(optimizer=keras_rso.RSO.paper(weights_per_batch=64),
+                    loss=keras_rso.models.paper_loss())
+    evaluator, visit, _ = trainer._plan()
+    assert isinstance(evaluator, GraphEvaluator)
+    assert sum(int(np.prod(evaluator.variables[v].shape)) for v in visit) == 57104
+    # conv3 feeds its own BN path and, through add3/pool3/bn3, conv5's skip.
+    names = [n.layer.name for n in nodes]
+    downstream = {names[k] for k in evaluator.downstream[names.index("bn1")]}
+    assert {"relu2", "add3", "conv5_shortcut", "classifier"} <= downstream
+
+
+def test_a_shared_layer_falls_back_to_the_full_forward_path(toy_data):
+    x, y = toy_data
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    conv = L.Conv2D(1, 3, padding="same")
+    h = L.Add()([conv(inputs), conv(conv(inputs))])
+    model = keras.Model(inputs, L.Dense(3)(L.GlobalAveragePooling2D()(h)))
+    assert graph_nodes(model) is None
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    trainer = _fit(model, x, y, fast=True, k=8)
+    assert isinstance(trainer._plan()[0], FullForwardEvaluator)
+    assert any(np.any(v.numpy() != b) for v, b in zip(model.trainable_variables, before))
+
+
+def test_paper_cifar10_net_fast_path_matches_full_path_in_float64(float64):
+    # The authors' residual net on small images, a few variables of each kind
+    # (the projection shortcut and its BN, BNs whose output feeds a skip, the
+    # classifier): same weights both ways.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, size=(64, 4, 4, 3))
+    y = rng.integers(0, 10, size=64).astype("int32")
+    names = ["conv5_shortcut/kernel", "bn5_shortcut/gamma",
+             "bn3/beta", "bn1/gamma", "classifier/kernel"]
+    weights = {}
+    for fast in (True, False):
+        keras.utils.set_random_seed(2)
+        model = keras_rso.models.paper_cifar10_net(input_shape=(4, 4, 3))
+        searched = [v for v in model.trainable_variables
+                    if any(v.path.endswith(n) for n in names)]
+        assert len(searched) == len(names)
+        trainer = keras_rso.RSOModel(model, fast_path=fast, variables=searched)
+        trainer.compile(optimizer=keras_rso.RSO.paper(weights_per_batch=128, seed=1),
+                        loss=keras_rso.models.paper_loss())
+        trainer.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+        assert isinstance(trainer._plan()[0], GraphEvaluator if fast else FullForwardEvaluator)
+        weights[fast] = [v.numpy() for v in model.weights]
+        assert trainer.optimizer.weight_updates.numpy() > 0
+    for a, b in zip(weights[True], weights[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
