@@ -34,7 +34,7 @@ from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
-from keras_rso import distribution
+from keras_rso import constraints, distribution
 
 LossFn = Callable[[object, object, object], tf.Tensor]
 
@@ -98,13 +98,36 @@ def replace_scalar(value: tf.Tensor, j: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
     return tf.reshape(flat, tf.shape(value))
 
 
-def candidate_values(var: keras.Variable, j: tf.Tensor, dw: tf.Tensor
+def split_offsets(dw) -> Tuple[tf.Tensor, tf.Tensor]:
+    """`(d_plus, d_minus)` of a trial's offset: its candidates are
+    `w + d_plus` and `w - d_minus`. `dw` is one tensor (the symmetric
+    trial, `d_plus = d_minus = dw`) or a pair (a trial inside a weight
+    domain, `keras_rso.constraints`)."""
+    if isinstance(dw, (tuple, list)):
+        return dw[0], dw[1]
+    return dw, dw
+
+
+def is_local(var) -> bool:
+    """True if a candidate of `var` differs from `W` only at the perturbed
+    scalar: no constraint, or one that acts element by element (a fast
+    path's rank-one update stays valid)."""
+    constraint = constraints.of(var)
+    return constraint is None or constraints.is_elementwise(constraint)
+
+
+def candidate_values(var: keras.Variable, j: tf.Tensor, dw
                      ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Returns `(w_j, W + dw e_j, W - dw e_j)` for variable `var`."""
+    """Returns `(w_j, W + d_plus e_j, W - d_minus e_j)` for variable `var`
+    (`split_offsets`), each candidate projected by the variable's
+    constraint where that constraint acts on the whole variable."""
     value = tf.convert_to_tensor(var.value)
     w = tf.gather(tf.reshape(value, [-1]), j)
-    dw = tf.cast(dw, value.dtype)
-    return w, replace_scalar(value, j, w + dw), replace_scalar(value, j, w - dw)
+    d_plus, d_minus = (tf.cast(d, value.dtype) for d in split_offsets(dw))
+    plus, minus = replace_scalar(value, j, w + d_plus), replace_scalar(value, j, w - d_minus)
+    if not is_local(var):
+        plus, minus = var.constraint(plus), var.constraint(minus)
+    return w, plus, minus
 
 
 class FullForwardEvaluator:
@@ -473,7 +496,7 @@ class ChainEvaluator:
         if missing:
             raise ValueError(f"Variables outside the chain's layers: {missing}")
         self.layer_of = [owner[id(v)] for v in self.variables]
-        self.kind = [_rank_one_kind(self.layers[i], v)
+        self.kind = [_rank_one_kind(self.layers[i], v) if is_local(v) else None
                      for i, v in zip(self.layer_of, self.variables)]
         n = len(self.layers)
         self.mixers = [i for i, l in enumerate(self.layers) if _is_mixer(l)]
@@ -628,8 +651,9 @@ class ChainEvaluator:
                 shape = tuple(var.shape)
                 c = _output_channel(kind, j, shape)
                 base_c = _channel(pre[k], c)
-                step = tf.cast(dw, base_c.dtype) * _channel_delta(kind, layer, h_in, j, shape, pre[k])
-                p_c = (base_c + step, base_c - step)
+                delta = _channel_delta(kind, layer, h_in, j, shape, pre[k])
+                d_plus, d_minus = (tf.cast(d, base_c.dtype) for d in split_offsets(dw))
+                p_c = (base_c + d_plus * delta, base_c - d_minus * delta)
                 new[("pre", k)] = lambda minus: _replace_channel(
                     pre[k], c, tf.where(minus, p_c[1], p_c[0]))
                 if i in self.sparse_to:

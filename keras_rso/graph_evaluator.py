@@ -34,10 +34,10 @@ from keras_rso import distribution
 from keras_rso.evaluators import (PER_SAMPLE_LAYERS, LossFn, Trial, _activate,
                                   _candidates_batchnorm, _channel, _channel_delta,
                                   _elementwise_activation, _half, _is_channelwise,
-                                  _is_plain_batchnorm, channel_layer,
+                                  _is_plain_batchnorm, channel_layer, is_local,
                                   _output_channel, _pre_activation, _rank_one_kind,
                                   _replace_channel, batchnorm_layers, candidate_values,
-                                  seed_states)
+                                  seed_states, split_offsets)
 
 MODEL_INPUT = -1  # the `inputs` index that names the model's input
 SPARSE, DELTA, FULL = "sparse", "delta", "full"  # see `GraphEvaluator._modes`
@@ -174,7 +174,7 @@ class GraphEvaluator:
         self.mixers = [i for i, node in enumerate(self.nodes)
                        if len(node.inputs) == 1 and _is_rank_one_mixer(node.layer)]
         self.slot = {m: k for k, m in enumerate(self.mixers)}
-        self.kind = [_rank_one_kind(self.layers[i], v) if i in self.slot else None
+        self.kind = [_rank_one_kind(self.layers[i], v) if i in self.slot and is_local(v) else None
                      for i, v in zip(self.layer_of, self.variables)]
         consumers: List[List[int]] = [[] for _ in range(n)]
         for k, node in enumerate(self.nodes):
@@ -374,16 +374,17 @@ class GraphEvaluator:
             shape = tuple(var.shape)
             c = _output_channel(kind, j, shape)
             base_c = _channel(pre[k], c)
-            step = tf.cast(dw, base_c.dtype) * _channel_delta(kind, layer, values[0], j,
-                                                              shape, pre[k])
-            p_c = tf.concat([base_c + step, base_c - step], 0)
+            delta = _channel_delta(kind, layer, values[0], j, shape, pre[k])
+            d_plus, d_minus = (tf.cast(d, base_c.dtype) for d in split_offsets(dw))
+            p_c = tf.concat([base_c + d_plus * delta, base_c - d_minus * delta], 0)
             if _elementwise_activation(layer.activation):
                 return _activate(layer, p_c), p_c, c
             p = tf.concat([_replace_channel(pre[k], c, p_c[:tf.shape(base_c)[0]]),
                            _replace_channel(pre[k], c, p_c[tf.shape(base_c)[0]:])], 0)
             return _activate(layer, p), p, None
         _, plus, minus = candidate_values(var, j, dw)
-        if self.plain_bn[i] and self.channelwise[i] and len(var.shape) == 1:
+        if (self.plain_bn[i] and self.channelwise[i] and len(var.shape) == 1
+                and is_local(var)):
             # gamma or beta of channel j: only that channel changes.
             h_c = _channel(values[0], j)
             outs = []

@@ -16,7 +16,7 @@ from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 from keras.src.trainers.data_adapters.tf_dataset_adapter import TFDatasetAdapter
 from keras.src.utils import file_utils
 
-from keras_rso import distribution
+from keras_rso import constraints, distribution
 from keras_rso.errors import NonFiniteLossError
 from keras_rso.evaluators import (ChainEvaluator, FullForwardEvaluator, chain_layers,
                                   flat_biases)
@@ -691,6 +691,12 @@ class _CycleKeeper(keras.callbacks.Callback):
         model._replay_steps.assign(max(iterations - start, 0))
         model._data_offset.assign(start)
         if int(opt.sigmas_ready.numpy()) == 0:
+            # Training starts inside every searched variable's domain (as a
+            # gradient optimizer's first update would put it): the trials
+            # only ever propose values inside it.
+            for var in model.searched_variables():
+                if constraints.of(var) is not None:
+                    var.assign(var.constraint(var.value))
             opt.initialize_sigmas(model.trainable_variables, model._layer_ids(),
                                   model._batchnorm_flags())
 

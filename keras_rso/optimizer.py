@@ -138,6 +138,13 @@ class RSO(keras.optimizers.Optimizer):
             ignores those, which also makes a run under `tf.distribute`
             take the same decisions as on one device (the global loss is
             then summed in a different order).
+        ties: What a candidate whose loss equals the current weight's gets.
+            `"keep"` (default, the paper): `w` stays. `"move"` (not in the
+            paper): the candidate is taken, so the search walks across a
+            plateau instead of freezing on it: for a loss that is flat
+            almost everywhere (a step activation, binary weights, a
+            count-based objective). Ties between the two candidates go to
+            `w + dw` either way.
         pool_size: `None` (default): each step's trials see that step's
             mini-batch from the data. An int `P`: the layer-input pool of
             the authors' code (`keras_rso.pool`). When the search reaches
@@ -177,6 +184,7 @@ class RSO(keras.optimizers.Optimizer):
         remeasure_sigma: bool = False,
         bn_refresh: bool = True,
         tolerance: float = 0.0,
+        ties: str = "keep",
         output_passes: int = 0,
         step_rule: str = "argmin",
         sigma_rule: str = "std",
@@ -223,6 +231,10 @@ class RSO(keras.optimizers.Optimizer):
                 "`tolerance` must be a float in [0, 1) (a relative loss "
                 f"improvement, e.g. 1e-6). Received: {tolerance}"
             )
+        if ties not in ("keep", "move"):
+            raise ValueError(
+                "`ties` must be 'keep' (an equal-loss candidate leaves w) or "
+                f"'move' (it is taken). Received: ties={ties!r}")
         if isinstance(output_passes, bool) or not isinstance(
             output_passes, (int, np.integer)):
             raise TypeError(
@@ -273,6 +285,7 @@ class RSO(keras.optimizers.Optimizer):
         self.remeasure_sigma = bool(remeasure_sigma)
         self.bn_refresh = bool(bn_refresh)
         self.tolerance = float(tolerance)
+        self.ties = ties
         self.output_passes = int(output_passes)
         self.step_rule = step_rule
         self.sigma_rule = sigma_rule
@@ -486,6 +499,7 @@ class RSO(keras.optimizers.Optimizer):
             "remeasure_sigma": self.remeasure_sigma,
             "bn_refresh": self.bn_refresh,
             "tolerance": self.tolerance,
+            "ties": self.ties,
             "output_passes": self.output_passes,
             "step_rule": self.step_rule,
             "sigma_rule": self.sigma_rule,

@@ -13,8 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_rso import distribution
-from keras_rso.evaluators import replace_scalar
+from keras_rso import constraints, distribution
+from keras_rso.evaluators import replace_scalar, split_offsets
 from keras_rso.optimizer import RSO
 from keras_rso.pool import anchor_of as pool_anchor_of
 from keras_rso.pool import segments as pool_segments
@@ -31,12 +31,16 @@ class StepResult(NamedTuple):
     targets: object = None  # the targets `y_pred` is for, if not the batch's
 
 
-def choose(loss0, candidate_losses: Sequence, tolerance: float = 0.0):
+def choose(loss0, candidate_losses: Sequence, tolerance: float = 0.0,
+           ties: str = "keep"):
     """Index of the weight to keep: `0` for `w`, `i + 1` for candidate `i`.
 
     A candidate must be strictly better than the current weight, by the
-    relative `tolerance` (ties keep `w`), a candidate with a non-finite
-    loss is never taken, and an earlier candidate wins a tie.
+    relative `tolerance`, a candidate with a non-finite loss is never
+    taken, and an earlier candidate wins a tie between candidates. A
+    candidate that only ties with the current weight keeps `w` with
+    `ties="keep"`, and is taken with `ties="move"` (a random walk across a
+    plateau of the loss).
     """
     inf = tf.constant(np.inf, loss0.dtype)
     best_loss = (loss0 - tf.cast(tolerance, loss0.dtype) * tf.abs(loss0)
@@ -45,9 +49,47 @@ def choose(loss0, candidate_losses: Sequence, tolerance: float = 0.0):
     for i, loss in enumerate(candidate_losses):
         loss = tf.where(tf.math.is_finite(loss), loss, inf)
         better = loss < best_loss
+        if ties == "move":
+            better = tf.logical_or(better, tf.logical_and(
+                tf.equal(best, KEEP), tf.equal(loss, best_loss)))
         best = tf.where(better, i + 1, best)
         best_loss = tf.where(better, loss, best_loss)
     return best
+
+
+def domain_offsets(var, j, dw):
+    """The offsets `(d_plus, d_minus)` of a trial of scalar `j` of `var`
+    whose unconstrained step is `dw`, and whether each candidate differs
+    from `w`.
+
+    * No constraint, or one that acts on the whole variable (MaxNorm,
+      UnitNorm, ...: the evaluators project each whole candidate): `dw`
+      both ways.
+    * `constraints.Discrete`: the values `max(1, round(|dw| / level))`
+      levels above and below `w` (in the direction of `dw` first), clipped
+      to the ends of the set. A binary weight's trial is its flip.
+    * Another element-wise constraint (`NonNeg`): `w + dw` and `w - dw`,
+      each projected.
+    """
+    constraint = constraints.of(var)
+    dtype = var.dtype
+    dw = tf.cast(dw, dtype)
+    if constraint is None or not constraints.is_elementwise(constraint):
+        return (dw, dw), (tf.constant(True), tf.constant(True))
+    w = tf.gather(tf.reshape(tf.convert_to_tensor(var.value), [-1]), j)
+    if isinstance(constraint, constraints.Discrete):
+        values = tf.constant(constraint.values, dtype)
+        last = len(constraint.values) - 1
+        index = tf.cast(constraint.index(tf.reshape(w, [1]))[0], tf.int64)
+        levels = tf.maximum(tf.cast(tf.round(tf.abs(dw) / constraint.spacing), tf.int64), 1)
+        levels = tf.where(dw < 0, -levels, levels)
+        up = tf.clip_by_value(index + levels, 0, last)
+        down = tf.clip_by_value(index - levels, 0, last)
+        plus, minus = tf.gather(values, up), tf.gather(values, down)
+        return (plus - w, w - minus), (tf.not_equal(up, index), tf.not_equal(down, index))
+    plus = constraint(tf.reshape(w + dw, [1]))[0]
+    minus = constraint(tf.reshape(w - dw, [1]))[0]
+    return (plus - w, w - minus), (tf.not_equal(plus, w), tf.not_equal(minus, w))
 
 
 def parabolic_offset(loss0, loss_plus, loss_minus, dw, max_ratio: float = 2.0):
@@ -139,6 +181,11 @@ class TrialLoop:
         # weight's loss (the authors' three evaluations per trial), instead
         # of an extra evaluation of the decayed weight (`_decay`).
         self.decay_in_base = bool(optimizer.weight_decay) and optimizer.weights_per_batch == 1
+        # A constraint defines a variable's domain (`keras_rso.constraints`):
+        # its trials stay inside it, and weight decay, which would leave a
+        # discrete set or a unit sphere, does not apply to it.
+        self.constrained = [constraints.of(var) for var in self.variables]
+        self.decays = [c is None for c in self.constrained]
         self.breaks = sorted({int(b) for b in breaks if 0 < b < self.total})
         self.step_ends = tf.constant(self.breaks + [self.total], tf.int64)
         self.pool = pool
@@ -390,19 +437,24 @@ class TrialLoop:
                 def branch():
                     dw = noise * sigmas[v] * scale
                     loss_w, y_pred_w, carried_w = loss, y_pred, carried
-                    if self.decay_in_base:
+                    if self.decays[v] and self.decay_in_base:
                         # The base pass already ran at the decayed weight
                         # (`_decayed_mapping`); commit it.
                         distribution.assign(var, _decayed(var.value, j, opt.weight_decay))
-                    elif opt.weight_decay:
+                    elif self.decays[v] and opt.weight_decay:
                         loss_w, y_pred_w, carried_w = self._decay(
                             var, v, j, fixed, carried, x, y, sample_weight)
-                    trial = self.ev.trial(v, j, dw, fixed, carried_w, x, y, sample_weight)
-                    lp = distribution.cross_replica_sum(trial.loss_plus)
-                    lm = distribution.cross_replica_sum(trial.loss_minus)
-                    # (trial, offset from w, losses of w + offset and w - offset)
-                    pairs = [(trial, dw, lp, lm)]
-                    if opt.step_rule == "parabolic":
+                    offsets, differs = domain_offsets(var, j, dw)
+                    if self.constrained[v] is None:
+                        offsets = dw  # the symmetric trial
+                    trial = self.ev.trial(v, j, offsets, fixed, carried_w, x, y, sample_weight)
+                    inf = tf.constant(np.inf, loss.dtype)
+                    # A candidate equal to w (a domain's end) is not a move.
+                    lp = tf.where(differs[0], distribution.cross_replica_sum(trial.loss_plus), inf)
+                    lm = tf.where(differs[1], distribution.cross_replica_sum(trial.loss_minus), inf)
+                    # (trial, offsets from w, losses of w + d_plus and w - d_minus)
+                    pairs = [(trial, split_offsets(offsets), lp, lm)]
+                    if opt.step_rule == "parabolic" and self.constrained[v] is None:
                         t = parabolic_offset(loss_w, lp, lm, dw)
                         second = self.ev.trial(v, j, t, fixed, carried_w, x, y, sample_weight)
                         # At t == 0 both candidates are w itself, and rounding
@@ -411,8 +463,9 @@ class TrialLoop:
                         inf = tf.constant(np.inf, loss.dtype)
                         lq = tf.where(usable, distribution.cross_replica_sum(second.loss_plus), inf)
                         lqm = tf.where(usable, distribution.cross_replica_sum(second.loss_minus), inf)
-                        pairs.append((second, t, lq, lqm))
-                    choice = choose(loss_w, [l for p in pairs for l in p[2:]], opt.tolerance)
+                        pairs.append((second, (t, t), lq, lqm))
+                    choice = choose(loss_w, [l for p in pairs for l in p[2:]], opt.tolerance,
+                                    opt.ties)
 
                     def keep():
                         return tf.identity(loss_w), y_pred_w, trial.kept
@@ -427,8 +480,13 @@ class TrialLoop:
                             # next iteration runs on this switch's outputs.
                             value = tf.convert_to_tensor(var.value)
                             w = tf.gather(tf.reshape(value, [-1]), j)
-                            step = tf.cast(tf.where(minus, -offset, offset), value.dtype)
-                            distribution.assign(var, replace_scalar(value, j, w + step))
+                            step = tf.cast(tf.where(minus, -offset[1], offset[0]), value.dtype)
+                            new = replace_scalar(value, j, w + step)
+                            if self.constrained[v] is not None:
+                                # The value evaluated (projected as the
+                                # evaluator did; a discrete level exactly).
+                                new = self.constrained[v](new)
+                            distribution.assign(var, new)
                             return (tf.where(minus, loss_minus, loss_plus),
                                     trial.y_pred(minus), trial.entries(minus))
                         return apply
@@ -501,6 +559,9 @@ class TrialLoop:
         chosen = tf.where(n > 0, tf.gather(self.visit_t, slot), tf.constant(-1, tf.int64))
         mapped = []
         for v, (var, value) in enumerate(current):
+            if not self.decays[v]:
+                mapped.append((var, value))
+                continue
             size = int(np.prod(var.shape))
             decayed = _decayed(value, tf.minimum(j, size - 1), self.opt.weight_decay)
             mapped.append((var, tf.where(tf.equal(chosen, v), decayed, value)))

@@ -1,0 +1,159 @@
+"""Weight domains: `constraints.Discrete`, Keras constraints, `ties="move"`."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_rso
+from keras_rso.constraints import Discrete
+from keras_rso.evaluators import ChainEvaluator, FullForwardEvaluator
+
+L = keras.layers
+
+
+def test_discrete_projects_to_the_nearest_value_and_round_trips():
+    c = Discrete([0.5, -1.0, 2.0])
+    assert c.values == (-1.0, 0.5, 2.0)
+    # -0.25 is halfway between -1 and 0.5: it goes to the lower value.
+    w = np.array([[-3.0, -0.25, -0.24], [1.25, 1.3, 9.0]], "float32")
+    np.testing.assert_array_equal(c(keras.ops.convert_to_tensor(w)).numpy(),
+                                  [[-1.0, -1.0, 0.5], [0.5, 2.0, 2.0]])
+    again = keras.constraints.deserialize(keras.constraints.serialize(c))
+    assert isinstance(again, Discrete) and again.values == c.values
+    assert Discrete.binary(0.5).values == (-0.5, 0.5)
+    assert Discrete.ternary().values == (-1.0, 0.0, 1.0)
+    assert Discrete.integer(3, 0.25).values == tuple(np.arange(-4, 4) * 0.25)
+
+
+@pytest.mark.parametrize("values", [[1.0], [0.0, np.nan], [1.0, 1.0, 2.0]])
+def test_discrete_rejects_bad_values(values):
+    with pytest.raises(ValueError, match="Discrete"):
+        Discrete(values)
+
+
+def test_rso_rejects_an_unknown_tie_rule():
+    with pytest.raises(ValueError, match="ties"):
+        keras_rso.RSO(ties="random")
+
+
+def _net(kernel_constraint=None, dense_constraint=None, seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        L.Conv2D(6, 3, padding="same", use_bias=False, kernel_constraint=kernel_constraint),
+        L.BatchNormalization(), L.ReLU(), L.AveragePooling2D(2),
+        L.Conv2D(6, 3, padding="same", use_bias=False, kernel_constraint=kernel_constraint),
+        L.BatchNormalization(), L.GlobalAveragePooling2D(),
+        L.Dense(3, use_bias=False, kernel_constraint=dense_constraint),
+    ])
+
+
+def _train(model, x, y, fast=True, epochs=2, k=32, **rso):
+    trainer = keras_rso.RSOModel(model, fast_path=fast)
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=1, **rso),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    metrics=["accuracy"])
+    history = trainer.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
+    return trainer, history
+
+
+def _kernels(model):
+    return [v for v in model.trainable_variables if "kernel" in v.path]
+
+
+def test_binary_weights_stay_binary_and_learn(toy_data):
+    x, y = toy_data
+    model = _net(Discrete.binary(), Discrete.binary())
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                    metrics=["accuracy"], optimizer=keras_rso.RSO())
+    acc0 = trainer.evaluate(x, y, verbose=0)[1]
+    trainer, history = _train(model, x, y, epochs=3)
+    assert isinstance(trainer._plan()[0], ChainEvaluator)
+    for v in _kernels(model):
+        assert set(np.unique(v.numpy())) <= {-1.0, 1.0}, v.path
+    acc = history.history["accuracy"][-1]
+    assert acc > max(acc0 + 0.15, 0.6), (acc0, acc)
+
+
+@pytest.mark.parametrize("constraint", [Discrete.integer(3, 0.1), keras.constraints.NonNeg()],
+                         ids=["int3", "nonneg"])
+def test_elementwise_domains_fast_path_matches_full_path_and_holds(toy_data, constraint):
+    x, y = toy_data
+    weights = {}
+    for fast in (True, False):
+        model = _net(constraint)
+        trainer, _ = _train(model, x, y, fast=fast, epochs=1)
+        assert isinstance(trainer._plan()[0], ChainEvaluator if fast else FullForwardEvaluator)
+        weights[fast] = [v.numpy() for v in model.trainable_variables]
+        for v in _kernels(model)[:2]:
+            value = v.numpy()
+            np.testing.assert_array_equal(value, constraint(v.value).numpy())
+        assert trainer.optimizer.weight_updates.numpy() > 0
+    for a, b in zip(weights[True], weights[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_norm_constraint_holds_after_every_step(toy_data):
+    x, y = toy_data
+    constraint = keras.constraints.UnitNorm(axis=[0, 1, 2])
+    model = _net(constraint)
+    norms = []
+
+    class Norms(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            norms.append([np.sqrt((v.numpy() ** 2).sum(axis=(0, 1, 2)))
+                          for v in _kernels(model)[:2]])
+
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=32, seed=1),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    trainer.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[Norms()])
+    assert trainer.optimizer.weight_updates.numpy() > 0
+    for step in norms:
+        for n in step:
+            np.testing.assert_allclose(n, 1.0, rtol=1e-5)
+
+
+def test_ties_move_walks_a_plateau_that_ties_keep_freezes(toy_data):
+    # The error rate changes only when a prediction flips: in one weight it
+    # is flat almost everywhere, so most trials tie with w.
+    x, y = toy_data
+    updates = {}
+    for ties in ("keep", "move"):
+        model = _net(Discrete.binary(), Discrete.binary(), seed=3)
+        trainer = keras_rso.RSOModel(model)
+        trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=64, seed=1, ties=ties),
+                        loss=keras_rso.losses.ErrorRate())
+        trainer.fit(x, y, batch_size=64, epochs=1, verbose=0)
+        updates[ties] = int(trainer.optimizer.weight_updates.numpy())
+    assert updates["move"] > 2 * updates["keep"], updates
+
+
+def test_error_rate_and_its_balanced_form():
+    y = np.array([0, 0, 0, 1])
+    logits = np.array([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 0.0]], "float32")
+    plain = keras_rso.losses.ErrorRate()(y, logits)
+    balanced = keras_rso.losses.ErrorRate(balanced=True)(y, logits)
+    np.testing.assert_allclose(plain, 2 / 4)
+    np.testing.assert_allclose(balanced, (1 / 3 + 1 / 1) / 2, rtol=1e-6)
+    smooth = keras_rso.losses.ErrorRate(smoothing=0.1)(y, logits)
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logits)
+    np.testing.assert_allclose(smooth, 0.5 + 0.1 * ce, rtol=1e-6)
+    config = keras_rso.losses.ErrorRate(balanced=True, smoothing=0.1).get_config()
+    assert config["balanced"] and config["smoothing"] == 0.1
+
+
+def test_binary_model_saves_and_reloads(toy_data, tmp_path):
+    x, y = toy_data
+    model = _net(Discrete.binary(), Discrete.binary())
+    _train(model, x, y, epochs=1)
+    path = os.path.join(tmp_path, "binary.keras")
+    model.save(path)
+    again = keras.models.load_model(path)
+    for v in _kernels(again):
+        assert set(np.unique(v.numpy())) <= {-1.0, 1.0}
+    assert isinstance(again.layers[0].kernel.constraint, Discrete)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), again.predict(x, verbose=0))
