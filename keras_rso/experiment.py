@@ -12,7 +12,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import keras
 from keras.src.utils import file_utils
@@ -284,7 +284,8 @@ def _fit(model: keras.Model, splits, args, epochs: int, callbacks: list):
               verbose=args.verbose)
 
 
-def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
+def run_rso(build_model: Callable[[], keras.Model], data, args,
+            loss: Union[str, keras.losses.Loss] = "sparse_categorical_crossentropy") -> dict:
     """Trains `build_model()` with RSO as the example scripts' flags say.
 
     Args:
@@ -294,8 +295,9 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
             validation (`split_validation`).
         args: Parsed flags: validation_size, limit, cycles, batch_size, weights_per_batch, seed,
             sigma_scale, final_fraction, remeasure_sigma, balance_sigma, order, stop_after,
-            no_bn_refresh, tolerance, output_passes, step_rule,
+            no_bn_refresh, tolerance, ties, sigma_rule, output_passes, step_rule,
             backup_dir, backup_every, logdir, save, results, verbose.
+        loss: The loss without `--preset paper` (which uses `paper_loss()`).
 
     Returns:
         The results dictionary (also written to `args.results`).
@@ -314,10 +316,10 @@ def run_rso(build_model: Callable[[], keras.Model], data, args) -> dict:
                         order=args.order, sigma_scale=args.sigma_scale,
                         remeasure_sigma=args.remeasure_sigma,
                         bn_refresh=not args.no_bn_refresh,
-                        tolerance=args.tolerance,
+                        tolerance=args.tolerance, ties=args.ties,
+                        sigma_rule=args.sigma_rule,
                         output_passes=args.output_passes,
                         step_rule=args.step_rule, pool_size=pool_size)
-        loss = "sparse_categorical_crossentropy"
         annealing = SigmaAnnealing(final_fraction=args.final_fraction,
                                    total_cycles=args.schedule_cycles)
     trainer.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
@@ -401,7 +403,9 @@ def gradient_optimizer(name: str, learning_rate: float, decay: str = "none",
     raise ValueError(f"`name` must be 'sgd' or 'adam'; received {name!r}.")
 
 
-def run_gradient(build_model: Callable[[], keras.Model], data, args) -> dict:
+def run_gradient(build_model: Callable[[], keras.Model], data, args,
+                 loss: Union[str, keras.losses.Loss] = "sparse_categorical_crossentropy"
+                 ) -> dict:
     """Trains the same network with a gradient optimizer, for comparison.
 
     Records accuracy per epoch and the number of parameter updates
@@ -415,8 +419,7 @@ def run_gradient(build_model: Callable[[], keras.Model], data, args) -> dict:
              else int(train.reduce(0, lambda n, _: n + 1)))
     optimizer = gradient_optimizer(args.optimizer, args.learning_rate, args.decay,
                                    total_steps=steps * args.epochs)
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     params = _count(model)
 
     def count_updates(row):
@@ -495,6 +498,12 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int,
                         help="keep plain moving-average BN statistics (ablation)")
     parser.add_argument("--tolerance", type=float, default=0.0,
                         help="relative loss improvement a candidate needs (paper: 0)")
+    parser.add_argument("--ties", default="keep", choices=["keep", "move"],
+                        help="an equal-loss candidate: keep w (paper) or move to it "
+                             "(RSO(ties=...), for step-shaped losses)")
+    parser.add_argument("--sigma-rule", default="std", choices=["std", "he"],
+                        help="std: each variable's initial std; he: a kernel's He std and "
+                             "0.167 for BatchNorm gamma/beta (the authors' code)")
     parser.add_argument("--backup-dir", default=None,
                         help="keep a backup here; rerunning the same command after an "
                              "interruption resumes where it stopped (removed at the end)")
@@ -506,7 +515,7 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int,
 # Flags that --preset paper fixes itself; setting one of them is an error.
 PRESET_FIXED = ("weights_per_batch", "sigma_scale", "final_fraction", "remeasure_sigma",
                 "balance_sigma", "output_passes", "step_rule", "order", "no_bn_refresh",
-                "tolerance")
+                "tolerance", "ties", "sigma_rule")
 
 
 def parse_rso_args(parser, argv=None):

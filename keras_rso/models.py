@@ -123,10 +123,11 @@ def _pixels(mean, name: str = "pixels"):
                                 name=name)
 
 
-def _paper_conv(filters: int, fan_in_channels: int, name: str, kernel: int = 3):
+def _paper_conv(filters: int, fan_in_channels: int, name: str, kernel: int = 3,
+                constraint=None):
     return layers.Conv2D(filters, kernel, padding="same", use_bias=False,
                          kernel_initializer=_he(fan_in_channels * kernel * kernel),
-                         name=name)
+                         kernel_constraint=constraint, name=name)
 
 
 # Training-set pixel means / 255: MNIST's 60,000 training images, and the
@@ -138,6 +139,7 @@ CIFAR10_MEAN = (0.4913996, 0.4821584, 0.4465309)
 
 def paper_mnist_net(mean: float = MNIST_MEAN, num_classes: int = 10,
                     input_shape: Tuple[int, int, int] = (28, 28, 1),
+                    kernel_constraint=None,
                     name: str = "paper_mnist_net") -> keras.Sequential:
     """The authors' MNIST network, exactly (12,016 searched weights).
 
@@ -160,6 +162,10 @@ def paper_mnist_net(mean: float = MNIST_MEAN, num_classes: int = 10,
             training images).
         num_classes: Number of classes.
         input_shape: Image shape (H, W, C).
+        kernel_constraint: A constraint for every convolution and dense
+            kernel, e.g. `keras_rso.constraints.Discrete.binary()` for a
+            binary-weight network (BatchNormalization then gives each
+            channel its scale; its gamma and beta stay real).
         name: Model name.
 
     Returns:
@@ -179,14 +185,14 @@ def paper_mnist_net(mean: float = MNIST_MEAN, num_classes: int = 10,
     for i in range(6):
         if i:
             stack.append(layers.ReLU(name=f"relu{i + 1}"))
-        stack.append(_paper_conv(16, channels, f"conv{i + 1}"))
+        stack.append(_paper_conv(16, channels, f"conv{i + 1}", constraint=kernel_constraint))
         if i in (1, 3):
             stack.append(layers.AveragePooling2D(2, name=f"pool{i + 1}"))
         stack.append(layers.BatchNormalization(name=f"bn{i + 1}"))
         channels = 16
     stack += [layers.GlobalAveragePooling2D(name="gap"),
               layers.Dense(num_classes, use_bias=False, kernel_initializer=_he(16),
-                           name="classifier")]
+                           kernel_constraint=kernel_constraint, name="classifier")]
     return keras.Sequential(stack, name=name)
 
 

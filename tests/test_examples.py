@@ -31,6 +31,7 @@ def _run(script, *args, timeout=400, env=ENV):
 
 
 @pytest.mark.parametrize("script", ["examples/mnist_rso.py", "examples/cifar10_rso.py",
+                                    "examples/binary_mnist.py", "benchmarks/graph_speed.py",
                                     "examples/compare_sgd.py", "examples/multi_worker_rso.py",
                                     "benchmarks/bench_speed.py",
                                     "benchmarks/bench_startup.py",
@@ -180,6 +181,32 @@ def test_cifar_example_end_to_end(tmp_path):
     _, accuracy = model.evaluate(x_test, y_test, batch_size=1000, verbose=0)
     assert accuracy == pytest.approx(r["test_accuracy"], abs=1e-6)
     assert "validation_accuracy" in r and r["validation_size"] == 5000
+
+
+def test_binary_mnist_exports_a_binary_model_that_reloads(tmp_path):
+    # RSO on the paper's net with every kernel in {-1, +1}: the saved model
+    # holds only those values, reloads (keras_rso imported) and predicts
+    # identically; the straight-through baseline runs from the same script.
+    results, saved = tmp_path / "b.json", tmp_path / "b.keras"
+    _run("examples/binary_mnist.py", "--cycles", "1", "--limit", "320",
+         "--validation-size", "64", "--batch-size", "32", "--weights-per-batch", "1024",
+         "--verbose", "0", "--results", str(results), "--save", str(saved))
+    r = json.loads(results.read_text())
+    assert r["trials_per_cycle"] == 12016 and r["weight_updates"] > 0
+    model = keras.models.load_model(saved)
+    kernels = [v for v in model.trainable_variables if v.path.endswith("kernel")]
+    assert len(kernels) == 7
+    for v in kernels:
+        assert set(np.unique(v.numpy())) == {-1.0, 1.0}, v.path
+    from keras_rso import datasets
+    _, (x_test, _) = datasets.load_mnist(raw=True)
+    again = keras.models.load_model(saved)
+    np.testing.assert_array_equal(model.predict(x_test[:256], verbose=0),
+                                  again.predict(x_test[:256], verbose=0))
+    ste = tmp_path / "s.json"
+    _run("examples/binary_mnist.py", "--method", "ste", "--epochs", "1", "--limit", "1024",
+         "--validation-size", "256", "--verbose", "0", "--results", str(ste))
+    assert json.loads(ste.read_text())["per_cycle"][0]["epoch"] == 1
 
 
 def test_compare_sgd_and_plot(tmp_path):

@@ -1,0 +1,57 @@
+#!/usr/bin/env python
+"""Fixed-seed runs whose every weight is saved, to prove a refactor changed nothing.
+
+Runs five short fits (a chain at K=16, the parabolic rule, `RSO.paper()` at
+K=1, a residual graph with weight decay on the fast path, the same on the
+full path) with the `keras_rso` found in CHECKOUT, and writes every weight
+to OUTPUT (.npz). Run it on two checkouts and compare:
+
+    git worktree add /tmp/before <commit>
+    python benchmarks/same_weights.py /tmp/before before.npz
+    python benchmarks/same_weights.py . after.npz
+    python benchmarks/same_weights.py --compare before.npz after.npz
+"""
+import sys
+
+import numpy as np
+
+if sys.argv[1:2] == ["--compare"]:
+    a, b = np.load(sys.argv[2]), np.load(sys.argv[3])
+    differ = [k for k in a if k not in b or not np.array_equal(a[k], b[k])]
+    print(f"{len(a)} arrays; bit-identical: {not differ}; differ: {differ}")
+    sys.exit(1 if differ else 0)
+if len(sys.argv) != 3 or sys.argv[1] in ("-h", "--help"):
+    print(__doc__)
+    sys.exit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
+sys.path.insert(0, sys.argv[1])
+import keras  # noqa: E402
+import keras_rso  # noqa: E402
+
+print(keras_rso.__file__)
+rng = np.random.default_rng(0)
+x = rng.normal(size=(256, 8, 8, 1)).astype("float32"); y = rng.integers(0, 3, 256).astype("int32")
+L = keras.layers
+def chain():
+    keras.utils.set_random_seed(1)
+    return keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(4, 3, padding="same", use_bias=False),
+        L.BatchNormalization(), L.ReLU(), L.AveragePooling2D(2), L.Conv2D(5, 3, activation="relu"),
+        L.GlobalAveragePooling2D(), L.Dense(3)])
+def residual():
+    keras.utils.set_random_seed(1)
+    i = keras.Input((8, 8, 1)); a = L.BatchNormalization()(L.Conv2D(4, 3, padding="same", use_bias=False)(i))
+    b = L.Conv2D(4, 3, padding="same", use_bias=False)(L.ReLU()(a)); h = L.BatchNormalization()(L.Add()([a, b]))
+    return keras.Model(i, L.Dense(3)(L.GlobalAveragePooling2D()(h)))
+out = {}
+for name, build, opt in [("chain_k16", chain, dict(weights_per_batch=16, seed=2)),
+                         ("chain_parabolic", chain, dict(weights_per_batch=16, seed=2, step_rule="parabolic")),
+                         ("chain_paper_k1", chain, dict()),
+                         ("res_k16_decay", residual, dict(weights_per_batch=16, seed=2, weight_decay=1e-3)),
+                         ("res_full", residual, dict(weights_per_batch=16, seed=2))]:
+    m = build()
+    t = keras_rso.RSOModel(m, fast_path=(name != "res_full"))
+    o = keras_rso.RSO.paper(seed=3) if name == "chain_paper_k1" else keras_rso.RSO(**opt)
+    t.compile(optimizer=o, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    t.fit(x, y, batch_size=64, epochs=1, steps_per_epoch=(40 if name == "chain_paper_k1" else None), verbose=0)
+    for k, v in enumerate(m.weights):
+        out[f"{name}/{k}"] = v.numpy()
+np.savez(sys.argv[2], **out)
