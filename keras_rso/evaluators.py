@@ -284,9 +284,16 @@ def _rank_one_kind(layer, var) -> Optional[str]:
     return None
 
 
+# Activations that act on each element alone (by function name: Keras'
+# activations and the `keras.ops` of the same name). The step-shaped ones
+# (sign, round, floor, ceil, threshold) have no useful gradient; RSO trains
+# through them on the fast path all the same.
 _ELEMENTWISE = ("relu", "linear", "sigmoid", "tanh", "elu", "selu", "gelu",
                 "silu", "swish", "softplus", "softsign", "leaky_relu",
-                "relu6", "hard_sigmoid", "hard_silu", "mish", "exponential")
+                "relu6", "hard_sigmoid", "hard_silu", "mish", "exponential",
+                "hard_tanh", "hard_shrink", "soft_shrink", "tanh_shrink", "squareplus",
+                "sparse_plus", "log_sigmoid", "celu", "threshold",
+                "sign", "round", "floor", "ceil")
 
 
 def _elementwise_activation(fn) -> bool:

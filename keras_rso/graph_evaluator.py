@@ -193,7 +193,8 @@ class GraphEvaluator:
         self.stackable = [_stackable(l) for l in self.layers]
         self.plain_bn = [_is_plain_batchnorm(l) for l in self.layers]
         self.channelwise = [_channelwise(node) for node in self.nodes]
-        self.batchnorms = [b for l in self.layers for b in batchnorm_layers(l)]
+        self.batchnorms = [b for l in self.layers if isinstance(l, keras.layers.Layer)
+                           for b in batchnorm_layers(l)]
         self.state_variables = [v for l in self.layers
                                 for v in getattr(l, "non_trainable_variables", [])]
         self.seed_states = seed_states(self.state_variables)

@@ -164,3 +164,32 @@ def test_paper_cifar10_net_fast_path_matches_full_path_in_float64(float64):
         assert trainer.optimizer.weight_updates.numpy() > 0
     for a, b in zip(weights[True], weights[False]):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def sign_and_round():
+    """Step-shaped activations and a `keras.ops` call inside the graph."""
+    inputs = keras.Input((8, 8, 1))
+    a = L.BatchNormalization()(_conv(4)(inputs))
+    b = L.Activation(keras.ops.sign)(a)
+    c = _conv(4, activation=keras.ops.round)(b)
+    d = keras.ops.floor(L.Add()([c, a]) * 2.0)
+    return inputs, L.Activation("hard_tanh")(d)
+
+
+def test_step_activations_take_the_fast_path_and_match_the_full_path(toy_data, float64):
+    # Their gradient is zero almost everywhere; RSO trains through them,
+    # and the fast path treats them as the element-wise functions they are.
+    x, y = toy_data
+    x = x.astype("float64")
+    weights = {}
+    for fast in (True, False):
+        model = _model(sign_and_round)
+        initial = [v.numpy().copy() for v in model.trainable_variables]
+        trainer = _fit(model, x, y, fast, k=24)
+        evaluator = trainer._plan()[0]
+        assert isinstance(evaluator, GraphEvaluator if fast else FullForwardEvaluator)
+        weights[fast] = [v.numpy() for v in model.weights]
+    assert any(np.any(w != w0) for w, w0 in zip(
+        [v.numpy() for v in model.trainable_variables], initial))
+    for a, b in zip(weights[True], weights[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
