@@ -132,3 +132,33 @@ def test_multi_worker_example_runs_two_workers_in_lockstep(tmp_path):
     init = models.mnist_paper_net(filters=4)
     assert not np.array_equal(init.get_layer("classifier").kernel.numpy(),
                               w0["rso_mnist_net/classifier/kernel"])
+
+
+def _residual_net():
+    keras.utils.set_random_seed(1)
+    L = keras.layers
+    inputs = keras.Input((8, 8, 1))
+    a = L.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    b = L.Conv2D(4, 3, padding="same")(a)
+    h = L.ReLU()(L.Add()([a, b]))
+    return keras.Model(inputs, L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(h)))
+
+
+def test_residual_fast_path_two_replicas_match_one_device(toy_data):
+    from keras_rso.graph_evaluator import GraphEvaluator
+
+    x, y = toy_data
+    weights = []
+    for strategy in (tf.distribute.get_strategy(), _mirrored()):
+        with strategy.scope():
+            model = _residual_net()
+            trainer = keras_rso.RSOModel(model)
+            trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=16, seed=3,
+                                                    tolerance=1e-6),
+                            loss="sparse_categorical_crossentropy")
+        trainer.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+        assert isinstance(trainer._plan()[0], GraphEvaluator)
+        assert int(trainer.optimizer.weight_updates.numpy()) > 0
+        weights.append([v.numpy() for v in model.weights])
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -32,6 +32,8 @@ def _run(script, *args, timeout=400, env=ENV):
 
 @pytest.mark.parametrize("script", ["examples/mnist_rso.py", "examples/cifar10_rso.py",
                                     "examples/binary_mnist.py", "benchmarks/graph_speed.py",
+                                    "examples/sign_activations.py",
+                                    "examples/imbalanced_objective.py",
                                     "examples/compare_sgd.py", "examples/multi_worker_rso.py",
                                     "benchmarks/bench_speed.py",
                                     "benchmarks/bench_startup.py",
@@ -207,6 +209,34 @@ def test_binary_mnist_exports_a_binary_model_that_reloads(tmp_path):
     _run("examples/binary_mnist.py", "--method", "ste", "--epochs", "1", "--limit", "1024",
          "--validation-size", "256", "--verbose", "0", "--results", str(ste))
     assert json.loads(ste.read_text())["per_cycle"][0]["epoch"] == 1
+
+
+def test_sign_activations_train_under_rso_and_not_under_sgd(tmp_path):
+    # The sign's gradient is zero: SGD leaves the hidden kernel exactly where
+    # it was; RSO moves it.
+    changes = {}
+    for method, extra in (("rso", ["--cycles", "1", "--weights-per-batch", "512",
+                                   "--batch-size", "512"]),
+                          ("sgd", ["--epochs", "1", "--batch-size", "128"])):
+        results = tmp_path / f"{method}.json"
+        _run("examples/sign_activations.py", "--method", method, "--units", "4",
+             "--limit", "2048", "--validation-size", "512", "--verbose", "0",
+             "--results", str(results), *extra)
+        changes[method] = json.loads(results.read_text())["hidden_kernel_max_change"]
+    assert changes["sgd"] == 0.0 and changes["rso"] > 0.0, changes
+
+
+def test_imbalanced_objective_reports_balanced_error_and_f1(tmp_path):
+    results = tmp_path / "r.json"
+    _run("examples/imbalanced_objective.py", "--units", "8", "--cycles", "1",
+         "--weights-per-batch", "64", "--batch-size", "1024", "--limit", "8192",
+         "--smoothing", "0.01", "--validation-size", "2048", "--verbose", "0",
+         "--results", str(results))
+    objective = json.loads(results.read_text())["objective"]
+    # Always answering "rest" scores a balanced error of 0.5.
+    assert objective["validation"]["balanced_error"] < 0.45, objective
+    # It finds some of the positives (F1 of "always rest" is 0), at the arg-max.
+    assert objective["test"]["f1"] > 0.0 and objective["threshold"] == 0.5
 
 
 def test_compare_sgd_and_plot(tmp_path):
