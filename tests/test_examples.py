@@ -188,10 +188,11 @@ def test_cifar_example_end_to_end(tmp_path):
 def test_binary_mnist_exports_a_binary_model_that_reloads(tmp_path):
     # RSO on the paper's net with every kernel in {-1, +1}: the saved model
     # holds only those values, reloads (keras_rso imported) and predicts
-    # identically; the straight-through baseline runs from the same script.
+    # identically. (The script's straight-through baseline is plain Keras
+    # through the same `run_gradient` as the sign-activation test's SGD.)
     results, saved = tmp_path / "b.json", tmp_path / "b.keras"
-    _run("examples/binary_mnist.py", "--cycles", "1", "--limit", "320",
-         "--validation-size", "64", "--batch-size", "32", "--weights-per-batch", "1024",
+    _run("examples/binary_mnist.py", "--cycles", "1", "--limit", "128",
+         "--validation-size", "32", "--batch-size", "16", "--weights-per-batch", "1024",
          "--verbose", "0", "--results", str(results), "--save", str(saved))
     r = json.loads(results.read_text())
     assert r["trials_per_cycle"] == 12016 and r["weight_updates"] > 0
@@ -205,10 +206,6 @@ def test_binary_mnist_exports_a_binary_model_that_reloads(tmp_path):
     again = keras.models.load_model(saved)
     np.testing.assert_array_equal(model.predict(x_test[:256], verbose=0),
                                   again.predict(x_test[:256], verbose=0))
-    ste = tmp_path / "s.json"
-    _run("examples/binary_mnist.py", "--method", "ste", "--epochs", "1", "--limit", "1024",
-         "--validation-size", "256", "--verbose", "0", "--results", str(ste))
-    assert json.loads(ste.read_text())["per_cycle"][0]["epoch"] == 1
 
 
 def test_sign_activations_train_under_rso_and_not_under_sgd(tmp_path):
