@@ -18,9 +18,8 @@ from keras.src.utils import file_utils
 
 from keras_rso import constraints, distribution
 from keras_rso.errors import NonFiniteLossError
-from keras_rso.evaluators import (ChainEvaluator, FullForwardEvaluator, chain_layers,
-                                  flat_biases)
-from keras_rso.graph_evaluator import GraphEvaluator, graph_nodes
+from keras_rso.evaluators import (ChainEvaluator, FullForwardEvaluator, GraphEvaluator,
+                                  chain_layers, flat_biases, graph_nodes)
 from keras_rso.metrics import AcceptRate
 from keras_rso.optimizer import RSO
 from keras_rso.pool import LayerInputPool
@@ -77,7 +76,7 @@ class RSOModel(keras.Model):
             Non-trainable variables are never searched.
         fast_path: Re-run only what a weight can change, in every
             `RSO(order=...)`: the layer-chain evaluator when the model is a
-            chain, the graph evaluator (`keras_rso.graph_evaluator`) when it
+            chain, the graph evaluator (`keras_rso.evaluators.graph`) when it
             is a functional graph that branches and merges (residual
             networks), each layer called once. `False` forces a full
             forward pass per candidate; the weights come out the same.

@@ -145,7 +145,7 @@ def _residual_net():
 
 
 def test_residual_fast_path_two_replicas_match_one_device(toy_data):
-    from keras_rso.graph_evaluator import GraphEvaluator
+    from keras_rso.evaluators import GraphEvaluator
 
     x, y = toy_data
     weights = []

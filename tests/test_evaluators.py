@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_rso.evaluators import _half, _replace_channel, _tap_shift
+from keras_rso.evaluators.rank_one import _half, _replace_channel, _tap_shift
 
 
 @pytest.mark.parametrize("kernel,strides,padding,dilation,size", [

@@ -6,7 +6,7 @@ import pytest
 
 import keras_rso
 from keras_rso.evaluators import FullForwardEvaluator
-from keras_rso.graph_evaluator import GraphEvaluator, graph_nodes
+from keras_rso.evaluators import GraphEvaluator, graph_nodes
 
 L = keras.layers
 

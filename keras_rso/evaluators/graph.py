@@ -31,13 +31,14 @@ import keras
 import tensorflow as tf
 
 from keras_rso import distribution
-from keras_rso.evaluators import (PER_SAMPLE_LAYERS, LossFn, Trial, _activate,
-                                  _candidates_batchnorm, _channel, _channel_delta,
-                                  _elementwise_activation, _half, _is_channelwise,
-                                  _is_plain_batchnorm, channel_layer, is_local,
-                                  _output_channel, _pre_activation, _rank_one_kind,
-                                  _replace_channel, batchnorm_layers, candidate_values,
-                                  seed_states, split_offsets)
+from keras_rso.evaluators.base import (LossFn, Trial, batchnorm_layers, candidate_values,
+                                       is_local, seed_states, split_offsets)
+from keras_rso.evaluators.rank_one import (_activate, _candidates_batchnorm, _channel,
+                                           _channel_delta, _half, _output_channel,
+                                           _pre_activation, _replace_channel, channel_layer)
+from keras_rso.evaluators.topology import (PER_SAMPLE_LAYERS, _elementwise_activation,
+                                           _is_channelwise, _is_plain_batchnorm,
+                                           _rank_one_kind)
 
 MODEL_INPUT = -1  # the `inputs` index that names the model's input
 SPARSE, DELTA, FULL = "sparse", "delta", "full"  # see `GraphEvaluator._modes`

@@ -1,0 +1,107 @@
+"""The evaluator protocol: what a trial returns, and the candidates it evaluates.
+
+An evaluator has `variables`, `layer_of` (fast paths), `batchnorms`,
+`state_variables`, `seed_states`, `fast`, and three methods:
+`forward(x)` (a training-mode pass), `begin(x, y, sample_weight)` (the
+base loss and the caches a batch starts from: `(loss, y_pred, fixed,
+carried)`) and `trial(v, j, dw, fixed, carried, x, y, sample_weight)`
+(a `Trial`).
+"""
+
+from typing import Callable, List, NamedTuple, Sequence, Tuple
+
+import keras
+import tensorflow as tf
+
+from keras_rso import constraints
+
+LossFn = Callable[[object, object, object], tf.Tensor]
+
+class Trial(NamedTuple):
+    """What an evaluator returns for one trial.
+
+    The caches an evaluator carries between trials (`carried`) can be large,
+    so a trial names only the entries a candidate would change: `kept`
+    holds their current values, `entries(minus)` builds them for the
+    candidate `w - dw` where the boolean tensor `minus` holds, else for
+    `w + dw` (only the accepted candidate's are ever built, inside the
+    caller's switch), and `merge(entries)` returns the whole carried state
+    with those entries replaced. Passing only the changed entries through
+    the accept/reject switch keeps the traced step small, and one builder
+    for both candidates puts one copy of that code in it, not two.
+    """
+
+    loss_plus: tf.Tensor
+    y_plus: object
+    loss_minus: tf.Tensor
+    y_minus: object
+    kept: tuple
+    entries: Callable[[tf.Tensor], tuple]
+    merge: Callable[[tuple], object]
+
+    def y_pred(self, minus: tf.Tensor):
+        """The predictions of `w - dw` where `minus` holds, else of `w + dw`."""
+        return tf.nest.map_structure(lambda p, m: tf.where(minus, m, p),
+                                     self.y_plus, self.y_minus)
+
+
+def replace_scalar(value: tf.Tensor, j: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
+    """`value` with its flat element `j` set to `new`."""
+    flat = tf.reshape(value, [-1])
+    flat = tf.tensor_scatter_nd_update(flat, tf.reshape(j, [1, 1]),
+                                       tf.reshape(new, [1]))
+    return tf.reshape(flat, tf.shape(value))
+
+
+def split_offsets(dw) -> Tuple[tf.Tensor, tf.Tensor]:
+    """`(d_plus, d_minus)` of a trial's offset: its candidates are
+    `w + d_plus` and `w - d_minus`. `dw` is one tensor (the symmetric
+    trial, `d_plus = d_minus = dw`) or a pair (a trial inside a weight
+    domain, `keras_rso.constraints`)."""
+    if isinstance(dw, (tuple, list)):
+        return dw[0], dw[1]
+    return dw, dw
+
+
+def is_local(var) -> bool:
+    """True if a candidate of `var` differs from `W` only at the perturbed
+    scalar: no constraint, or one that acts element by element (a fast
+    path's rank-one update stays valid)."""
+    constraint = constraints.of(var)
+    return constraint is None or constraints.is_elementwise(constraint)
+
+
+def candidate_values(var: keras.Variable, j: tf.Tensor, dw
+                     ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Returns `(w_j, W + d_plus e_j, W - d_minus e_j)` for variable `var`
+    (`split_offsets`), each candidate projected by the variable's
+    constraint where that constraint acts on the whole variable."""
+    value = tf.convert_to_tensor(var.value)
+    w = tf.gather(tf.reshape(value, [-1]), j)
+    d_plus, d_minus = (tf.cast(d, value.dtype) for d in split_offsets(dw))
+    plus, minus = replace_scalar(value, j, w + d_plus), replace_scalar(value, j, w - d_minus)
+    if not is_local(var):
+        plus, minus = var.constraint(plus), var.constraint(minus)
+    return w, plus, minus
+
+
+def seed_states(variables: Sequence[keras.Variable]) -> List[keras.Variable]:
+    """The `keras.random.SeedGenerator` states among `variables`.
+
+    A random layer draws from its seed generator, which advances its state
+    on every call. `TrialLoop` advances these states once per batch, after
+    the trials, so that the base pass and every candidate of the batch read
+    the same state and draw the same mask (common random numbers): a trial
+    then compares weights, not noise. Each candidate evaluation runs in a
+    `keras.StatelessScope` of its own, which keeps an earlier call's advance
+    from reaching the next candidate.
+    """
+    # SeedGenerator names its state variable so (Keras 3); a layer's
+    # generators are otherwise reachable only through private attributes.
+    return [v for v in variables if v.name == "seed_generator_state"]
+
+
+def batchnorm_layers(model) -> List[keras.layers.Layer]:
+    """Every BatchNormalization layer inside `model`."""
+    return [l for l in model._flatten_layers(include_self=True)
+            if isinstance(l, keras.layers.BatchNormalization)]
