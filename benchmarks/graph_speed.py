@@ -34,20 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras_rso  # noqa: E402
 from keras_rso import datasets  # noqa: E402
 from keras_rso.experiment import provenance, write_json  # noqa: E402
-
-
-class _BatchTimes(keras.callbacks.Callback):
-    """Wall-clock seconds of every train step."""
-
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._t0 = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self._t0)
+from pool_speed import _BatchTimes  # noqa: E402
 
 
 def time_path(x, y, fast: bool, k: int, batch: int, steps: int):

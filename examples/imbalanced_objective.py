@@ -39,7 +39,7 @@ from keras import layers  # noqa: E402
 
 from keras_rso import datasets, losses  # noqa: E402
 from keras_rso.experiment import (add_rso_flags, parse_rso_args, run_gradient,  # noqa: E402
-                                  run_rso, split_validation)
+                                  run_rso, split_validation, write_json)
 
 
 def net(units: int, built: list) -> keras.Model:
@@ -118,9 +118,7 @@ def main(argv=None):
                                                      positive_probability(split) >= 0.5)
     results["objective"] = objective
     print(json.dumps(objective, indent=1))
-    if args.results:
-        with open(args.results, "w") as f:
-            json.dump(results, f, indent=1)
+    write_json(results, args.results, announce=False)  # with the field above
     return results
 
 

@@ -25,7 +25,6 @@ Example:
 
 import argparse
 import functools
-import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TF start-up logs
@@ -36,7 +35,7 @@ from keras import layers, ops  # noqa: E402
 
 from keras_rso import datasets  # noqa: E402
 from keras_rso.experiment import (add_rso_flags, parse_rso_args, run_gradient,  # noqa: E402
-                                  run_rso)
+                                  run_rso, write_json)
 
 
 @keras.saving.register_keras_serializable(package="sign_activations")
@@ -86,9 +85,7 @@ def main(argv=None):
     change = float(np.max(np.abs(model.get_layer("hidden").kernel.numpy() - initial)))
     results["hidden_kernel_max_change"] = change
     print(f"Largest change of a hidden weight: {change:.6g}")
-    if args.results:
-        with open(args.results, "w") as f:
-            json.dump(results, f, indent=1)
+    write_json(results, args.results, announce=False)  # with the field above
     return results
 
 

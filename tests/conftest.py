@@ -20,6 +20,18 @@ tf.config.set_logical_device_configuration(
 
 
 @pytest.fixture
+def float64():
+    """Runs a test with float64 as Keras' float type and dtype policy:
+    comparisons of two evaluation paths whose float32 rounding differs."""
+    policy, floatx = keras.config.dtype_policy(), keras.config.floatx()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)
+
+
+@pytest.fixture
 def toy_data():
     """A small learnable 3-class image problem (class = brightest quadrant)."""
     return make_toy_data()

@@ -69,17 +69,6 @@ def test_parabolic_step_lowers_the_loss_more_than_the_argmin_in_one_cycle(toy_da
     assert losses["parabolic"] < losses["argmin"]
 
 
-@pytest.fixture
-def float64():
-    # The global policy outlives set_floatx once a layer has read it.
-    policy, floatx = keras.config.dtype_policy(), keras.config.floatx()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(floatx)
-    keras.config.set_dtype_policy(policy)
-
-
 def test_parabolic_fast_path_matches_full_forward_path_in_float64(toy_data, float64):
     # The vertex divides by a second difference of losses, so float32
     # rounding differences between the two paths (1e-7) grow into different
