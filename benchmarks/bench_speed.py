@@ -15,23 +15,20 @@ on `--trials` of its scalars (at least one step of K; all of them when the
 variable is smaller).
 
 Example:
-    python benchmarks/bench_speed.py --output docs/results/bench_speed.json
+    python -m benchmarks.bench_speed --output docs/results/bench_speed.json
 """
 
 import argparse
 import json
-import os
-import sys
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import keras_rso  # noqa: E402
-from keras_rso.experiment import provenance, write_json  # noqa: E402
-from naive_reference import NaiveRSO  # noqa: E402
+import keras_rso
+from examples.experiment import provenance, write_json
+from benchmarks.naive_reference import NaiveRSO
 
 
 class _StepTimer(keras.callbacks.Callback):
@@ -54,7 +51,7 @@ def traced_search(k, x, y, batch, step_rule="argmin"):
     Returns `(model, trainer, ds, start)`: `ds` repeats `(x, y)` in batches,
     and `start[path]` is the position in the cycle of the variable's first
     scalar, where a timed step can be made to begin
-    (`trainer.optimizer.position.assign(start[path])`).
+    (`trainer.optimizer.seek(start[path])`).
     """
     keras.utils.set_random_seed(0)
     model = keras_rso.models.mnist_paper_net()
@@ -73,7 +70,7 @@ def start_at(model, trainer, start, name):
     """Moves the search to the first scalar of the first trainable variable
     whose path ends with `name` (`start` from `traced_search`); returns its path."""
     path = next(v.path for v in model.trainable_variables if v.path.endswith(name))
-    trainer.optimizer.position.assign(start[path])
+    trainer.optimizer.seek(start[path])
     return path
 
 
@@ -85,7 +82,7 @@ def time_keras_rso(k, trials, x, y, batch, step_rule="argmin"):
         size = int(np.prod(v.shape))
         steps = max(1, min(size, max(trials, k)) // k)
         # Start the step at this variable's first scalar; stay inside it.
-        trainer.optimizer.position.assign(start[v.path])
+        trainer.optimizer.seek(start[v.path])
         timer = _StepTimer()
         trainer.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
         # Every step makes K trials. For a variable smaller than K the step

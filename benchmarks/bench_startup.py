@@ -13,7 +13,7 @@ CPU seconds, which a loaded machine changes much less than its wall-clock
 seconds.
 
 Example:
-    python benchmarks/bench_startup.py --net cifar10 --filters 4 --output docs/results/bench_startup_cifar10_f4.json
+    python -m benchmarks.bench_startup --net cifar10 --filters 4 --output docs/results/bench_startup_cifar10_f4.json
 """
 
 import argparse
@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_rso
-from keras_rso.experiment import provenance, write_json
+from examples.experiment import provenance, write_json
 
 
 def _cpu_seconds() -> float:

@@ -6,7 +6,7 @@ fixed set) and a chosen Hypothesis seed, and records how many examples ran,
 whether every one kept the invariants, and the first falsifying example.
 
 Example:
-    python benchmarks/fuzz.py --examples 300 --seed 1 --results docs/results/fuzz.json
+    python -m benchmarks.fuzz --examples 300 --seed 1 --results docs/results/fuzz.json
 """
 
 import argparse
@@ -18,9 +18,8 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from keras_rso.experiment import provenance, write_json  # noqa: E402
+from examples.experiment import provenance, write_json
 
 
 def main(argv=None):

@@ -17,24 +17,21 @@ variables of its steps (ceil(scalars / K)) times the seconds per step
 measured there.
 
 Example:
-    python benchmarks/graph_speed.py --batch-size 512 --steps 1 \\
+    python -m benchmarks.graph_speed --batch-size 512 --steps 1 \\
         --results docs/results/graph_speed_cifar10_k64_b512.json
 """
 
 import argparse
 import math
-import os
-import sys
 import time
 
 import keras
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import keras_rso  # noqa: E402
-from keras_rso import datasets  # noqa: E402
-from keras_rso.experiment import provenance, write_json  # noqa: E402
-from pool_speed import _BatchTimes  # noqa: E402
+import keras_rso
+from keras_rso import datasets
+from examples.experiment import provenance, write_json
+from benchmarks.pool_speed import _BatchTimes
 
 
 def time_path(x, y, fast: bool, k: int, batch: int, steps: int):
@@ -49,12 +46,13 @@ def time_path(x, y, fast: bool, k: int, batch: int, steps: int):
     trainer.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=1, verbose=0)
     first = time.perf_counter() - t0
     opt = trainer.optimizer
-    evaluator, visit, _ = trainer._plan()
+    evaluator, plan = trainer._plan()
+    visit = plan.visit
     sizes = [int(np.prod(evaluator.variables[v].shape)) for v in visit]
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
     per_step = {}
     for v, start, size in zip(visit, starts, sizes):
-        opt.position.assign(int(start))
+        opt.seek(int(start))
         timer = _BatchTimes()
         n = min(steps, math.ceil(size / k))
         trainer.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=n, verbose=0,

@@ -9,21 +9,18 @@ variable (only train-step time counts); a cycle is estimated as the sum over
 variables of scalars x seconds per step there (one trial per step).
 
 Example:
-    python benchmarks/paper_cycle_cost.py --steps 5 --results docs/results/paper_cycle_cost.json
+    python -m benchmarks.paper_cycle_cost --steps 5 --results docs/results/paper_cycle_cost.json
 """
 
 import argparse
-import os
-import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import keras_rso  # noqa: E402
-from bench_speed import _StepTimer  # noqa: E402
-from keras_rso.experiment import provenance, write_json  # noqa: E402
+import keras_rso
+from benchmarks.bench_speed import _StepTimer
+from examples.experiment import provenance, write_json
 
 
 def main(argv=None):
@@ -42,12 +39,13 @@ def main(argv=None):
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch_size).repeat().prefetch(2)
     trace = _StepTimer()
     trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0, callbacks=[trace])
-    evaluator, visit, _ = trainer._plan()
+    evaluator, plan = trainer._plan()
+    visit = plan.visit
     sizes = [int(np.prod(evaluator.variables[v].shape)) for v in visit]
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     per_variable = {}
     for v, start, size in zip(visit, starts, sizes):
-        trainer.optimizer.position.assign(int(start))
+        trainer.optimizer.seek(int(start))
         timer = _StepTimer()
         trainer.fit(ds, epochs=1, steps_per_epoch=min(args.steps, size), verbose=0,
                     callbacks=[timer])

@@ -5,7 +5,7 @@ Draws test accuracy against cycle/epoch and against the number of weight
 updates, one line per results file.
 
 Example:
-    python benchmarks/plot_results.py docs/results/mnist_rso_b256_k16_c5.json \
+    python -m benchmarks.plot_results docs/results/mnist_rso_b256_k16_c5.json \
         docs/results/mnist_sgd.json --output docs/results/mnist.png
 """
 
@@ -17,7 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from run_labels import rso_settings  # noqa: E402
+from benchmarks.run_labels import rso_settings  # noqa: E402
 
 
 def label(r):

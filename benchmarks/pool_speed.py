@@ -21,23 +21,20 @@ run, once per segment). Training data: the first 50,000 MNIST training
 images (the examples' default validation split keeps the last 10,000 out).
 
 Example:
-    python benchmarks/pool_speed.py --steps 3 --results docs/results/pool_speed.json
+    python -m benchmarks.pool_speed --steps 3 --results docs/results/pool_speed.json
 """
 
 import argparse
-import os
-import sys
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import keras_rso  # noqa: E402
-from keras_rso.experiment import provenance, write_json  # noqa: E402
-from keras_rso.pool import segments  # noqa: E402
-from naive_reference import NaiveRSO  # noqa: E402
+import keras_rso
+from examples.experiment import provenance, write_json
+from keras_rso.pool import segments
+from benchmarks.naive_reference import NaiveRSO
 
 
 class _BatchTimes(keras.callbacks.Callback):
@@ -68,13 +65,14 @@ def time_keras_rso(ds, steps, pool_size):
     trainer = _trainer(pool_size)
     trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # traces the step
     opt = trainer.optimizer
-    evaluator, visit, _ = trainer._plan()
+    evaluator, plan = trainer._plan()
+    visit = plan.visit
     sizes = [int(np.prod(evaluator.variables[v].shape)) for v in visit]
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
     fills = trainer._pool.fill_steps if pool_size else 0
     per_trial, fill_times = {}, []
     for v, start, size in zip(visit, starts, sizes):
-        opt.position.assign(int(start))
+        opt.seek(int(start))
         opt.pool_fills.assign(0)  # the pool is filled again for this variable
         timer = _BatchTimes()
         n = min(steps, size)

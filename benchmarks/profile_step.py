@@ -9,7 +9,7 @@ were found (docs/results.md, "Faster one-channel work in the fast path").
 The raw profile stays in `--logdir` for TensorBoard's profile plugin.
 
 Example:
-    python benchmarks/profile_step.py --batch-size 512 --variable block2_conv/kernel
+    python -m benchmarks.profile_step --batch-size 512 --variable block2_conv/kernel
 """
 
 import argparse
@@ -24,7 +24,7 @@ import tensorflow as tf
 # it, and the plugin is not among this project's packages.
 from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
 
-from bench_speed import start_at, traced_search
+from benchmarks.bench_speed import start_at, traced_search
 from keras_rso import datasets
 
 

@@ -2,13 +2,13 @@
 """Print markdown tables from results JSON files (for docs/results.md).
 
 Example:
-    python benchmarks/results_table.py docs/results/*.json docs/results/sweep/*.json
+    python -m benchmarks.results_table docs/results/*.json docs/results/sweep/*.json
 """
 
 import argparse
 import json
 
-from run_labels import is_paper_settings, rso_settings
+from benchmarks.run_labels import is_paper_settings, rso_settings
 
 
 def main(argv=None):

@@ -1,15 +1,22 @@
 #!/usr/bin/env python
 """Fixed-seed runs whose every weight is saved, to prove a refactor changed nothing.
 
-Runs five short fits (a chain at K=16, the parabolic rule, `RSO.paper()` at
-K=1, a residual graph with weight decay on the fast path, the same on the
-full path) with the `keras_rso` found in CHECKOUT, and writes every weight
-to OUTPUT (.npz). Run it on two checkouts and compare:
+Runs short fits with the `keras_rso` it imports and writes every
+weight to OUTPUT (.npz): a chain at K=16, the parabolic rule, `RSO.paper()`
+at K=1, a residual graph with weight decay on the fast path and the same on
+the full path; then the paper's MNIST net (`paper_mnist_net`, 200 steps on
+MNIST-shaped noise) in each order (`output_to_input`, `random`, `paper`),
+on the fast path and the full path, with binary kernels, and under
+`RSO(pool_size=...)`. Run it on two checkouts and compare:
 
     git worktree add /tmp/before <commit>
-    python benchmarks/same_weights.py /tmp/before before.npz
-    python benchmarks/same_weights.py . after.npz
+    PYTHONPATH=/tmp/before python benchmarks/same_weights.py before.npz
+    python benchmarks/same_weights.py after.npz
     python benchmarks/same_weights.py --compare before.npz after.npz
+
+(Run as a script, not with `-m`: PYTHONPATH then comes before the current
+directory and the installed package, and the first line printed is the
+`keras_rso` that ran.)
 """
 import sys
 
@@ -20,10 +27,9 @@ if sys.argv[1:2] == ["--compare"]:
     differ = [k for k in a if k not in b or not np.array_equal(a[k], b[k])]
     print(f"{len(a)} arrays; bit-identical: {not differ}; differ: {differ}")
     sys.exit(1 if differ else 0)
-if len(sys.argv) != 3 or sys.argv[1] in ("-h", "--help"):
+if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
     print(__doc__)
     sys.exit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
-sys.path.insert(0, sys.argv[1])
 import keras  # noqa: E402
 import keras_rso  # noqa: E402
 
@@ -54,4 +60,23 @@ for name, build, opt in [("chain_k16", chain, dict(weights_per_batch=16, seed=2)
     t.fit(x, y, batch_size=64, epochs=1, steps_per_epoch=(40 if name == "chain_paper_k1" else None), verbose=0)
     for k, v in enumerate(m.weights):
         out[f"{name}/{k}"] = v.numpy()
-np.savez(sys.argv[2], **out)
+
+xm = rng.normal(size=(512, 28, 28, 1)).astype("float32"); ym = rng.integers(0, 10, 512).astype("int32")
+for order in ("output_to_input", "random", "paper"):
+    for fast in (True, False):
+        runs = [(f"mnist_{order}_{'fast' if fast else 'full'}", None, {})]
+        if fast and order == "random":
+            runs.append(("mnist_random_binary", keras_rso.constraints.Discrete.binary(), {}))
+        if fast and order == "paper":
+            runs.append(("mnist_paper_pool", None, dict(pool_size=256)))
+        for name, constraint, extra in runs:
+            keras.utils.set_random_seed(4)
+            m = keras_rso.models.paper_mnist_net(mean=0.0, kernel_constraint=constraint)
+            t = keras_rso.RSOModel(m, fast_path=fast)
+            t.compile(optimizer=keras_rso.RSO(weights_per_batch=16, order=order, seed=5,
+                                               weight_decay=1e-4, **extra),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            t.fit(xm, ym, batch_size=64, epochs=1, steps_per_epoch=200, verbose=0)
+            for k, v in enumerate(m.weights):
+                out[f"{name}/{k}"] = v.numpy()
+np.savez(sys.argv[1], **out)

@@ -10,14 +10,14 @@ environment before TensorFlow starts, for example
 or `TF_ENABLE_ONEDNN_OPTS=0` (Eigen kernels instead of oneDNN).
 
 Example:
-    TF_CPU_ALLOCATOR_USE_BFC=true python benchmarks/step_time.py --batch-size 2048
+    TF_CPU_ALLOCATOR_USE_BFC=true python -m benchmarks.step_time --batch-size 2048
 """
 
 import argparse
 import resource
 import time
 
-from bench_speed import start_at, traced_search
+from benchmarks.bench_speed import start_at, traced_search
 from keras_rso import datasets
 
 

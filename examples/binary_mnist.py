@@ -37,7 +37,7 @@ import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
 from keras_rso import constraints, datasets, models  # noqa: E402
-from keras_rso.experiment import (add_rso_flags, parse_rso_args, run_gradient,  # noqa: E402
+from experiment import (add_rso_flags, parse_rso_args, run_gradient,  # noqa: E402
                                   run_rso, train_mean)
 
 

@@ -25,7 +25,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TF start-up logs
 
 from keras_rso import datasets, models
-from keras_rso.experiment import add_rso_flags, load_data, parse_rso_args, run_rso, train_mean
+from experiment import add_rso_flags, load_data, parse_rso_args, run_rso, train_mean
 
 
 def main(argv=None):

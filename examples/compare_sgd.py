@@ -17,7 +17,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TF start-up logs
 
 from keras_rso import datasets, models
-from keras_rso.experiment import add_common_flags, run_gradient
+from experiment import add_common_flags, run_gradient
 
 
 def main(argv=None):

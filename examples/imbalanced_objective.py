@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
 from keras_rso import datasets, losses  # noqa: E402
-from keras_rso.experiment import (add_rso_flags, parse_rso_args, run_gradient,  # noqa: E402
+from experiment import (add_rso_flags, parse_rso_args, run_gradient,  # noqa: E402
                                   run_rso, split_validation, write_json)
 
 

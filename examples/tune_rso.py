@@ -26,7 +26,7 @@ import keras
 import keras_tuner
 
 from keras_rso import datasets, models
-from keras_rso.experiment import provenance, split_validation, write_json
+from experiment import provenance, split_validation, write_json
 from keras_rso.tuning import DEFAULT_SPACE, RSOHyperModel
 
 

@@ -110,7 +110,7 @@ class SigmaAnnealing(keras.callbacks.Callback):
             raise ValueError(
                 f"The sigma schedule returned {scale} at epoch {epoch}; it "
                 "must return a positive finite scale.")
-        opt.sigma_scale.assign(scale)
+        opt.set_sigma_scale(scale)
         if self.verbose:
             print(f"\nEpoch {epoch + 1}: SigmaAnnealing sets sigma scale to {scale:.4g}.")
 

@@ -10,8 +10,8 @@ with the standardization as layers for the model.
 
 
 import os
+import pickle
 from typing import NamedTuple, Optional, Tuple
-from unittest import mock
 
 import keras
 import numpy as np
@@ -60,16 +60,28 @@ def _cifar10_raw():
     try:
         return keras.datasets.cifar10.load_data()
     except Exception:
-        # Offline fallback: a Keras cache that holds the extracted batches
-        # but not the original archive (see the shared data README). Only
-        # used when the normal download path failed.
+        # A Keras cache that holds the extracted batches but not the
+        # original archive (see the shared data README): read the batches
+        # (CIFAR-10's documented pickle format) where Keras extracts them.
+        # Only used when the normal download path failed.
         home = os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras"))
-        folder = os.path.join(home, "datasets", "cifar-10-batches-py-target")
-        if not os.path.isdir(os.path.join(folder, "cifar-10-batches-py")):
+        folder = os.path.join(home, "datasets", "cifar-10-batches-py-target",
+                              "cifar-10-batches-py")
+        if not os.path.isdir(folder):
             raise
-        with mock.patch("keras.src.datasets.cifar10.get_file",
-                        lambda *a, **k: folder):
-            return keras.datasets.cifar10.load_data()
+        train = [_cifar10_batch(os.path.join(folder, f"data_batch_{i}")) for i in range(1, 6)]
+        x_train = np.concatenate([x for x, _ in train])
+        y_train = np.concatenate([y for _, y in train])
+        return (x_train, y_train), _cifar10_batch(os.path.join(folder, "test_batch"))
+
+
+def _cifar10_batch(path: str) -> Split:
+    """One CIFAR-10 batch file: uint8 images `(N, 32, 32, 3)`, labels `(N, 1)`."""
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    x = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    y = np.asarray(batch[b"labels"], np.uint8).reshape(-1, 1)
+    return x, y
 
 
 def load_cifar10(limit: Optional[int] = None, raw: bool = False) -> Tuple[Split, Split]:

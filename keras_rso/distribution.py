@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import itertools
 
-import keras
 import tensorflow as tf
+
+from keras_rso import _compat
 
 # Collective keys live in their own range so that they never meet the keys
 # the strategies allocate for themselves (those count up from 1).
@@ -55,7 +55,7 @@ def _replica_id() -> int:
 def is_multi_worker() -> bool:
     """True under a strategy whose replicas span several worker processes."""
     strategy = tf.distribute.get_strategy()
-    return bool(getattr(strategy.extended, "_num_workers", 1) > 1)
+    return _compat.num_workers(strategy) > 1
 
 
 def cross_replica_sum(value: tf.Tensor) -> tf.Tensor:
@@ -92,18 +92,9 @@ def cross_replica_mean(value: tf.Tensor) -> tf.Tensor:
     return cross_replica_sum(value) / tf.cast(n, value.dtype)
 
 
-def _local_component(var):
-    """The tf.Variable this replica writes: its own copy of a mirrored one."""
-    tf_var = var._value if isinstance(var, keras.Variable) else var
-    if isinstance(tf_var, tf.distribute.DistributedValues) and \
-            not tf.distribute.in_cross_replica_context():
-        return tf_var._get_on_device_or_primary()
-    return None
-
-
 def assign(var, value):
     """`var.assign(value)` that is legal inside control flow on any replica."""
-    local = _local_component(var)
+    local = _compat.local_variable(var)
     if local is None:
         return var.assign(value)
     return local.assign(tf.cast(value, local.dtype))
@@ -111,7 +102,7 @@ def assign(var, value):
 
 def assign_add(var, delta):
     """`var.assign_add(delta)`, replica-locally (see `assign`)."""
-    local = _local_component(var)
+    local = _compat.local_variable(var)
     if local is None:
         return var.assign_add(delta)
     return local.assign_add(tf.cast(delta, local.dtype))
@@ -120,9 +111,9 @@ def assign_add(var, delta):
 def _synchronized_moments(layer, inputs, mask):
     """BatchNormalization moments over the global batch, via `cross_replica_sum`."""
     if mask is not None:
-        return type(layer)._moments(layer, inputs, mask)
+        return _compat.batchnorm_moments(layer, inputs, mask)
     x = tf.cast(inputs, tf.float32)
-    axes = layer._reduction_axes
+    axes = _compat.batchnorm_reduction_axes(layer)
     count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), tf.float32)
     total = cross_replica_sum(tf.stack([
         tf.reduce_sum(x, axis=axes),
@@ -146,11 +137,5 @@ def collective_batchnorm(layers):
     if num_replicas() == 1 or not synced:
         yield
         return
-    for layer in synced:
-        object.__setattr__(layer, "_moments",
-                           functools.partial(_synchronized_moments, layer))
-    try:
+    with _compat.batchnorm_moments_replaced(synced, _synchronized_moments):
         yield
-    finally:
-        for layer in synced:
-            object.__delattr__(layer, "_moments")

@@ -1,29 +1,34 @@
-"""`RSOModel`: trains any Keras model with RSO through `compile`/`fit`."""
+"""`RSOModel`: trains any Keras model with RSO through `compile`/`fit`.
+
+Why this module is long: `RSOModel` is the one place where keras_rso meets
+the Keras trainer, and every hook it overrides (`compile`, `fit`,
+`train_step`, `test_step`, `make_train_function`, the config methods)
+must live on the `keras.Model` subclass itself. What the hooks need is
+kept elsewhere: the cycle plan in `schedule`, the trial loop in `search`,
+the loss evaluation in `evaluators`, the resume callbacks in `fit_hooks`,
+private Keras access in `_compat`.
+"""
 
 from __future__ import annotations
 
-import math
 import warnings
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src.trainers.data_adapters import array_slicing  # validation_split
-from keras.src.trainers.data_adapters import get_data_adapter
-from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
-from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
-from keras.src.trainers.data_adapters.tf_dataset_adapter import TFDatasetAdapter
-from keras.src.utils import file_utils
 
-from keras_rso import constraints, distribution
+from keras_rso import _compat, distribution, schedule
 from keras_rso.errors import NonFiniteLossError
 from keras_rso.evaluators import (ChainEvaluator, FullForwardEvaluator, GraphEvaluator,
                                   chain_layers, flat_biases, graph_nodes)
+from keras_rso.evaluators.topology import owner_layers
+from keras_rso.fit_hooks import CycleKeeper, EpochMark
 from keras_rso.metrics import AcceptRate
 from keras_rso.optimizer import RSO
 from keras_rso.pool import LayerInputPool
 from keras_rso.pool import segments as pool_segments
+from keras_rso.schedule import CycleSchedule
 from keras_rso.search import TrialLoop
 
 VariableSpec = Union[None, Sequence[Union[keras.Variable, str]],
@@ -58,8 +63,11 @@ def _reducible(logs: dict) -> dict:
 
 
 @keras.saving.register_keras_serializable(package="keras_rso")
-class RSOModel(keras.Model):
+class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
     """Wraps a Keras model so that `fit` trains it with RSO, gradient-free.
+
+    (A long class because each Keras trainer hook it overrides must be a
+    method of it; see the module docstring.)
 
     The wrapped model is untouched: after `fit` it holds the trained
     weights and can be evaluated, saved and reloaded as a plain Keras model.
@@ -111,7 +119,7 @@ class RSOModel(keras.Model):
         # start; not a Keras variable, so it is never saved.
         self._data_offset = tf.Variable(0, dtype=tf.int64, trainable=False)
         # Steps of an interrupted epoch still to replay without trials (set
-        # by `_CycleKeeper.on_train_begin`); not saved either.
+        # by `CycleKeeper.on_train_begin`); not saved either.
         self._replay_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._pool = None  # a `LayerInputPool` under `RSO(pool_size=...)`
         if model.built:
@@ -157,12 +165,12 @@ class RSOModel(keras.Model):
                 "matches none of the model's trainable weights.")
         return chosen
 
-    def _plan(self):
-        """Chooses an evaluator and the visiting order (Python only)."""
+    def _plan(self) -> Tuple[object, CycleSchedule]:
+        """Chooses an evaluator and plans the cycle (Python only)."""
         self._check_trainable()
         all_vars = list(self.trainable_variables)
         index = self._searched_index()
-        order = self.optimizer.order
+        opt = self.optimizer
         # Weight regularizers must see each candidate's value: only the full
         # forward path evaluates the loss with the candidate substituted.
         regularized = bool(self.model.losses)
@@ -177,20 +185,13 @@ class RSOModel(keras.Model):
             ev = GraphEvaluator(nodes, all_vars, self._loss_fn)
         else:
             ev = FullForwardEvaluator(self.model, all_vars, self._loss_fn)
-        if ev.fast:
-            # Input to output by layer; within a layer, first variable first.
-            index.sort(key=lambda i: (ev.layer_of[i], i))
-        # Other orders keep this input-to-output list: `TrialLoop` runs each
-        # step's trials from the output side (see there).
-        if order == "output_to_input":
-            index.reverse()
-        elif order == "paper":
-            index = self._paper_order(index)
-        # The output passes start on a fresh batch: a break after the sweep,
-        # at the same count `steps_per_cycle` uses.
-        breaks = self._cycle_segments()[:-1]
-        visit = index + self._output_passes(index)
-        if self.optimizer.pool_size is not None:
+        layer_ids = self._layer_ids()
+        visit = schedule.visit_order(opt.order, index, self._owner_layers(), all_vars,
+                                     ev.layer_of if ev.fast else None)
+        visit += schedule.output_pass_visits(visit, layer_ids, opt.output_passes)
+        # The output passes start on a fresh batch.
+        breaks = schedule.cycle_parts(all_vars, index, layer_ids, opt.output_passes)[:-1]
+        if opt.pool_size is not None:
             if not isinstance(ev, ChainEvaluator):
                 raise ValueError(
                     "RSO(pool_size=...) needs a model whose layers form a chain "
@@ -201,7 +202,8 @@ class RSOModel(keras.Model):
                     "as residual networks yet). Use pool_size=None.")
             # No step spans two segments: each draws from one anchor's pool.
             breaks = sorted(set(breaks) | {g.start for g in pool_segments(ev, visit)[1:]})
-        return ev, visit, breaks
+        return ev, CycleSchedule(all_vars, visit, opt, breaks,
+                                 layer_of=getattr(ev, "layer_of", None))
 
     def _warn_flat_biases(self, chain, searched) -> None:
         """Warns, once per model, about searched biases the next BN removes."""
@@ -223,68 +225,14 @@ class RSOModel(keras.Model):
         return [isinstance(layer, keras.layers.BatchNormalization)
                 for layer in self._owner_layers()]
 
-    def _paper_order(self, index: List[int]) -> List[int]:
-        """The authors' visiting order of an input-to-output `index`.
-
-        Layers from the output to the input, as `"output_to_input"`, but a
-        BatchNormalization's variables come after the kernel before them
-        in model order, beta before gamma: dense, then for each convolution
-        from the last, its kernel, beta, gamma.
-        """
-        owners = self._owner_layers()
-        bn = [isinstance(layer, keras.layers.BatchNormalization) for layer in owners]
-        variables = self.trainable_variables
-        position = {id(variables[i]): i for i in index}
-        groups: dict = {}
-        last = None
-        for i in index:
-            if not bn[i]:
-                groups.setdefault(i, []).append(i)
-                last = i
-                continue
-            # A BatchNormalization joins the kernel that feeds it in the
-            # graph (through pooling or a merge's first input), else the
-            # kernel before it in model order.
-            kernel = _feeding_kernel(owners[i])
-            key = position.get(id(kernel)) if kernel is not None else None
-            key = key if key is not None else last
-            groups.setdefault(key if key is not None else i, []).append(i)
-        order = []
-        for key in sorted(groups, reverse=True):
-            group = groups[key]
-            order += [i for i in group if not bn[i]] + [i for i in reversed(group) if bn[i]]
-        return order
-
     def _searched_index(self) -> List[int]:
         """Positions of the searched variables in `trainable_variables`."""
         searched = {id(v) for v in self.searched_variables()}
         return [i for i, v in enumerate(self.trainable_variables) if id(v) in searched]
 
-    def _output_passes(self, index: List[int]) -> List[int]:
-        """The visits `RSO(output_passes=P)` adds after the sweep.
-
-        `P` times the variables of the layer that owns the last searched
-        variable in model order, in the order the sweep visits them.
-        """
-        passes = self.optimizer.output_passes if self.optimizer else 0
-        if not passes or not index:
-            return []
-        layer_of = self._layer_ids()
-        output_layer = layer_of[max(index)]
-        return [i for i in index if layer_of[i] == output_layer] * passes
-
-    def _trial_count(self, index: List[int]) -> int:
-        variables = self.trainable_variables
-        return int(sum(math.prod(variables[i].shape) for i in index))
-
     def _owner_layers(self) -> List[Optional[keras.layers.Layer]]:
-        """For each trainable variable, the first layer in `_flatten_layers`
-        order that owns it, or None; computed once for the three uses below."""
-        owner = {}
-        for layer in self.model._flatten_layers(include_self=False):
-            for v in getattr(layer, "_trainable_variables", []):
-                owner.setdefault(id(v), layer)
-        return [owner.get(id(v)) for v in self.trainable_variables]
+        """For each trainable variable, the layer that owns it, or None."""
+        return owner_layers(self.model, self.trainable_variables)
 
     def _layer_ids(self) -> List[int]:
         """For each trainable variable, an id of the layer that owns it."""
@@ -301,24 +249,21 @@ class RSOModel(keras.Model):
 
     def _trial_targets(self, cycle: int, trials) -> List[tuple]:
         """`(variable path, flat index)` of the given trials of a cycle."""
-        evaluator, visit, breaks = self._plan()
-        loop = TrialLoop(self.optimizer, evaluator, visit, breaks=breaks)
-        slots, flat = (t.numpy() for t in loop.schedule(cycle))
-        return [(evaluator.variables[visit[slots[t]]].path, int(flat[t])) for t in trials]
+        evaluator, plan = self._plan()
+        slots, flat = (t.numpy() for t in plan.trials(cycle))
+        return [(evaluator.variables[plan.visit[slots[t]]].path, int(flat[t])) for t in trials]
 
-    def _cycle_segments(self) -> List[int]:
-        """Trials in each part of a cycle that starts on a fresh batch:
-        the sweep over every searched weight, then the output passes."""
-        index = self._searched_index()
-        sweep = self._trial_count(index)
-        passes = self._trial_count(self._output_passes(index))
-        return [sweep, passes] if passes else [sweep]
+    def _cycle_parts(self) -> List[int]:
+        """Trials in each part of a cycle that starts on a fresh batch
+        (`schedule.cycle_parts`); needs no evaluator."""
+        return schedule.cycle_parts(self.trainable_variables, self._searched_index(),
+                                    self._layer_ids(), self.optimizer.output_passes)
 
     @property
     def trials_per_cycle(self) -> int:
         """Number of weight trials in one cycle: every searched scalar once,
         plus the output layer's scalars once per `RSO(output_passes=...)`."""
-        return sum(self._cycle_segments())
+        return sum(self._cycle_parts())
 
     def steps_per_cycle(self) -> int:
         """Train steps (mini-batches) per cycle: ceil(trials / K), per part
@@ -326,15 +271,14 @@ class RSOModel(keras.Model):
         `RSO(pool_size=...)`, the steps that fill each segment's pool."""
         k = self.optimizer.weights_per_batch
         if self.optimizer.pool_size is None:
-            return sum(math.ceil(n / k) for n in self._cycle_segments())
+            parts = self._cycle_parts()
+            return schedule.count_steps([0] + list(np.cumsum(parts)), k)
         if self._pool is None:
             raise ValueError(
                 "Under RSO(pool_size=...) the steps per cycle depend on the "
                 "batch size; they are known once `fit` has started.")
-        ev, visit, breaks = self._plan()
-        edges = [0] + breaks + [self.trials_per_cycle]
-        trial_steps = sum(math.ceil((b - a) / k) for a, b in zip(edges, edges[1:]))
-        return trial_steps + self._pool.fill_steps * len(pool_segments(ev, visit))
+        ev, plan = self._plan()
+        return plan.trial_steps() + self._pool.fill_steps * len(pool_segments(ev, plan.visit))
 
     def _build_pool(self, batch) -> None:
         """Creates the layer-input pool for `RSO(pool_size=...)` (eager)."""
@@ -356,8 +300,8 @@ class RSOModel(keras.Model):
                 "RSO(pool_size=...) needs one input tensor and one target "
                 f"tensor per batch; received {type(x).__name__} and "
                 f"{type(y).__name__}.")
-        ev, visit, _ = self._plan()
-        anchors = [g.anchor for g in pool_segments(ev, visit)]
+        ev, plan = self._plan()
+        anchors = [g.anchor for g in pool_segments(ev, plan.visit)]
         if self._pool is not None and self._pool.size == opt.pool_size and set(
                 self._pool.anchors) == set(anchors):
             return
@@ -403,8 +347,7 @@ class RSOModel(keras.Model):
             # `None.build(...)`. Drop the compile config, so the saved plain
             # model reloads anywhere (uncompiled, like any model saved
             # before `compile`).
-            if hasattr(self.model, "_compile_config"):
-                del self.model._compile_config
+            _compat.drop_compile_config(self.model)
 
     def compile_from_config(self, config: dict) -> None:
         """Re-compiles from `get_compile_config()` (used by `load_model`)."""
@@ -420,21 +363,20 @@ class RSOModel(keras.Model):
     # ---------------------------------------------------------- train step
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        evaluator, visit, breaks = self._plan()
-        result = TrialLoop(self.optimizer, evaluator, visit,
-                           replay_steps=self._replay_steps,
-                           breaks=breaks, pool=self._pool)(x, y, sample_weight)
+        evaluator, plan = self._plan()
+        result = TrialLoop(self.optimizer, evaluator, plan, replay_steps=self._replay_steps,
+                           pool=self._pool)(x, y, sample_weight)
         if result.targets is not None:
             # Under a layer-input pool the predictions are for the batch
             # drawn from the pool, whose targets the step returns.
             y = result.targets
         batch = tf.shape(tf.nest.flatten(result.y_pred)[0])[0]
-        # A step that a resumed fit replays (see `_CycleKeeper`) evaluates
+        # A step that a resumed fit replays (see `CycleKeeper`) evaluates
         # the restored weights on a batch the interrupted epoch had already
         # used; it must not count in the epoch's loss and metrics. Metrics
         # compiled with `metrics=` ignore sample weights, so instead every
         # metric variable is put back to its value before the step.
-        compiled = self._compile_metrics
+        compiled = _compat.compiled_metrics(self)
         if compiled is not None and not compiled.built:
             # Keras builds them lazily on first update (without a strategy):
             # build now, so that their variables are among those restored.
@@ -445,7 +387,7 @@ class RSOModel(keras.Model):
         # replicas of Keras' replica-scaled losses); the tracker sums its
         # weight over replicas, so each replica adds it with its share.
         with tf.control_dependencies(before):
-            self._loss_tracker.update_state(result.loss, sample_weight=batch)
+            _compat.loss_tracker(self).update_state(result.loss, sample_weight=batch)
             self.compute_metrics(x, y, result.y_pred, sample_weight)
         for v, old in zip(metric_vars, before):
             # Outside control flow, so it also runs per replica.
@@ -480,31 +422,15 @@ class RSOModel(keras.Model):
 
     def _raise_if_nonfinite(self):
         opt = self.optimizer
-        step = int(opt.nonfinite_step.numpy())
-        if step < 0:
+        found = opt.take_nonfinite()
+        if found is None:
             return
-        inputs = bool(opt.nonfinite_inputs.numpy())
-        # Cleared, so that a later fit on clean data can go on.
-        opt.nonfinite_step.assign(-1)
-        opt.nonfinite_inputs.assign(0)
+        step, inputs = found
         total = self.trials_per_cycle
         pos = int(opt.position.numpy())
         cycle = int(opt.cycle.numpy())
         nxt, _ = self._trial_targets(cycle, [min(pos, total - 1)])[0]
-        if inputs:
-            problem = ("the inputs of this batch contain NaN or infinite "
-                       "values, so no loss on it means anything")
-            advice = "Clean or drop those samples (e.g. `np.isfinite(x)`)."
-        else:
-            problem = ("the loss of the current weights on this batch is NaN "
-                       "or infinite, so no candidate can be compared")
-            advice = ("Check the targets and sample weights for NaN/inf "
-                      "values and that the loss is defined for them.")
-        raise NonFiniteLossError(
-            f"RSO stopped at train step {step} (cycle {cycle}, "
-            f"trial {pos} of {total}, next variable '{nxt}'): {problem}. "
-            "No weight was changed by that step; the model holds the "
-            f"weights of the last good step. {advice}")
+        raise NonFiniteLossError.at(step, cycle, pos, total, nxt, inputs=inputs)
 
     # ------------------------------------------------------------------ fit
     def _ensure_ready(self, data_batch):
@@ -534,16 +460,16 @@ class RSOModel(keras.Model):
         per epoch; an explicit value makes epochs and cycles independent.
         """
         if validation_split and validation_data is None:
-            (x, y, sample_weight), validation_data = array_slicing.train_validation_split(
-                (x, y, sample_weight), validation_split=validation_split)
-        adapter = get_data_adapter(
+            (x, y, sample_weight), validation_data = _compat.train_validation_split(
+                (x, y, sample_weight), validation_split)
+        adapter = _compat.data_adapter(
             x, y, sample_weight, batch_size=batch_size,
             shuffle=False if isinstance(x, tf.data.Dataset) else shuffle,
             class_weight=class_weight)
-        if isinstance(adapter, (ArrayDataAdapter, TFDatasetAdapter, PyDatasetAdapter)):
+        if _compat.is_rewindable(adapter):
             base = adapter.get_tf_dataset().repeat()
             # The stream resumes where the training state says it stopped:
-            # `_CycleKeeper.on_train_begin` sets the offset to the number of
+            # `CycleKeeper.on_train_begin` sets the offset to the number of
             # steps already taken (restored by BackupAndRestore), and the
             # iterator, created after that, skips them. A resumed fit thus
             # sees the same batches as an uninterrupted one.
@@ -572,7 +498,7 @@ class RSOModel(keras.Model):
             steps_per_epoch = self.steps_per_cycle()
         callbacks = list(callbacks or [])
         backups = [c for c in callbacks if isinstance(c, keras.callbacks.BackupAndRestore)]
-        callbacks = [_EpochMark()] + callbacks + [_CycleKeeper(backups)]
+        callbacks = [EpochMark()] + callbacks + [CycleKeeper(backups)]
         return super().fit(
             dataset, epochs=epochs, verbose=verbose, callbacks=callbacks,
             shuffle=False,  # the repeated dataset already reshuffles
@@ -580,21 +506,6 @@ class RSOModel(keras.Model):
             steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
             validation_batch_size=validation_batch_size,
             validation_freq=validation_freq)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # `fit` already holds a plain first batch: build the compiled loss
-        # and metrics from it, before the train function is traced, with or
-        # without a strategy. Keras (3.15) defers this to the first trace
-        # when there is no strategy; the metric variables created there
-        # make `tf.function` trace the train step a second time, and an RSO
-        # step is slow to trace (about 33 s for the CIFAR-10 net). Under
-        # MultiWorkerMirroredStrategy, Keras' own peek at the iterator
-        # reduces a tuple of per-replica tensors, which fails.
-        batch = getattr(self, "_build_batch", None)
-        if iterator is not None and batch is not None:
-            with self.distribute_strategy.scope():
-                return self._symbolic_build(data_batch=batch)
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # --------------------------------------------------------------- config
     def get_config(self) -> dict:
@@ -619,93 +530,3 @@ class RSOModel(keras.Model):
         model = keras.saving.deserialize_keras_object(
             config.pop("model"), custom_objects=custom_objects)
         return cls(model, **config)
-
-
-def _feeding_kernel(layer, depth: int = 32):
-    """The kernel of the nearest layer with one upstream of `layer`, walking
-    each layer's first input (a merge's main path), or None."""
-    for _ in range(depth):
-        nodes = getattr(layer, "_inbound_nodes", None) if layer is not None else None
-        if not nodes or not nodes[0].input_tensors:
-            return None
-        history = getattr(nodes[0].input_tensors[0], "_keras_history", None)
-        if history is None:
-            return None
-        layer = history[0]
-        kernel = getattr(layer, "kernel", None)
-        if isinstance(kernel, keras.Variable):
-            return kernel
-    return None
-
-
-class _EpochMark(keras.callbacks.Callback):
-    """Internal: records where each epoch ends, before any backup is written.
-
-    Added first to the callbacks of `RSOModel.fit`, so that a backup taken at
-    the end of an epoch (`BackupAndRestore`, `ModelCheckpoint`) already says
-    that the next epoch starts here.
-    """
-
-    def on_epoch_end(self, epoch, logs=None):
-        opt = self.model.optimizer
-        opt.epoch_start.assign(opt.iterations)
-
-
-class _CycleKeeper(keras.callbacks.Callback):
-    """Internal: resumes the data stream, measures sigma, starts cycles.
-
-    Added last to the callbacks of `RSOModel.fit`, so `BackupAndRestore` has
-    restored the RSO state before any of this reads it.
-    """
-
-    def __init__(self, backups=()):
-        super().__init__()
-        self.backups = list(backups)
-
-    def _restored_from_backup(self) -> bool:
-        """True if a BackupAndRestore callback has just loaded a backup."""
-        # Keras' own file helpers, as BackupAndRestore uses: its backup_dir
-        # may be a remote path (e.g. gs://) that os.path cannot see.
-        return any(file_utils.exists(getattr(
-            b, "_training_metadata_path",
-            file_utils.join(b.backup_dir, "training_metadata.json")))
-            for b in self.backups)
-
-    def on_train_begin(self, logs=None):
-        model = self.model
-        opt = model.optimizer
-        iterations = int(opt.iterations.numpy())
-        if self._restored_from_backup():
-            # Keras restarts an interrupted epoch from its first step. The
-            # stream restarts with it, at the batch that epoch began with,
-            # and the steps it had already taken are replayed without
-            # trials, so every later step sees the batch it would have seen
-            # without the interruption (exact resume from mid-epoch backups).
-            start = int(opt.epoch_start.numpy())
-        else:
-            # A new fit (new data, or going on after an error) starts fresh
-            # epochs where training stands.
-            start = iterations
-            opt.epoch_start.assign(start)
-        model._replay_steps.assign(max(iterations - start, 0))
-        model._data_offset.assign(start)
-        if int(opt.sigmas_ready.numpy()) == 0:
-            # Training starts inside every searched variable's domain (as a
-            # gradient optimizer's first update would put it): the trials
-            # only ever propose values inside it.
-            for var in model.searched_variables():
-                if constraints.of(var) is not None:
-                    var.assign(var.constraint(var.value))
-            opt.initialize_sigmas(model.trainable_variables, model._layer_ids(),
-                                  model._batchnorm_flags())
-
-    def on_epoch_begin(self, epoch, logs=None):
-        opt = self.model.optimizer
-        if int(opt.position.numpy()) >= self.model.trials_per_cycle:
-            opt.position.assign(0)
-            opt.pool_fills.assign(0)
-            opt.cycle.assign_add(1)
-            if opt.remeasure_sigma:
-                opt.initialize_sigmas(self.model.trainable_variables,
-                                      self.model._layer_ids(),
-                                      self.model._batchnorm_flags())

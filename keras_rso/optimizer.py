@@ -10,6 +10,10 @@ cycle, per-variable sigma, sigma scale, counters). All of that state lives in
 Keras variables, so it is saved with the model's training state and restored
 by `keras.callbacks.BackupAndRestore`. The search itself runs in
 `keras_rso.RSOModel.train_step`; `RSO` never sees a gradient.
+
+Why this module is long: `RSO` documents every hyperparameter (as Keras'
+optimizers do) and owns every piece of search state, with the methods
+through which all other modules change it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from typing import Optional, Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
+
+from keras_rso import distribution
 
 ORDERS = ("output_to_input", "input_to_output", "random", "paper")
 STEP_RULES = ("argmin", "parabolic")
@@ -455,6 +462,70 @@ class RSO(keras.optimizers.Optimizer):
         factors = np.asarray(factors, dtype=np.float64)
         self.sigmas.assign((self.sigmas.numpy() * factors).astype(np.float32))
         self.sigma_factors.assign((self.sigma_factors.numpy() * factors).astype(np.float32))
+
+    # -------------------------------------------------------- state changes
+    # Every change to the search state goes through these methods; the
+    # traced ones (`record_*`, `set_pool_fills`) write replica-locally, so
+    # they are legal inside the trial loop on any replica.
+
+    def set_sigma_scale(self, scale: float) -> None:
+        """Sets the multiplier of every sigma (`SigmaAnnealing` calls it)."""
+        self.sigma_scale.assign(scale)
+
+    def start_next_cycle(self) -> None:
+        """Moves the search to the first trial of the next cycle."""
+        self.position.assign(0)
+        self.pool_fills.assign(0)
+        self.cycle.assign_add(1)
+
+    def seek(self, trial: int) -> None:
+        """Moves the search to trial `trial` of the current cycle (so that
+        a benchmark can time one layer's trials)."""
+        self.position.assign(trial)
+
+    def mark_epoch_start(self, step: Optional[int] = None) -> None:
+        """Records that the current epoch began at train step `step`
+        (default: now), for the exact resume of an interrupted epoch."""
+        self.epoch_start.assign(self.iterations if step is None else step)
+
+    def take_nonfinite(self) -> Optional[tuple]:
+        """`(train step, whether the inputs were at fault)` of the first
+        batch with a non-finite loss or input since the last call, or None;
+        clears the record, so that a later fit on clean data can go on."""
+        step = int(self.nonfinite_step.numpy())
+        if step < 0:
+            return None
+        inputs = bool(self.nonfinite_inputs.numpy())
+        self.nonfinite_step.assign(-1)
+        self.nonfinite_inputs.assign(0)
+        return step, inputs
+
+    def record_nonfinite(self, first_bad, bad_inputs) -> None:
+        """Traced: notes the current step as the first non-finite one where
+        `first_bad` holds, and whether `bad_inputs` caused it."""
+        distribution.assign(self.nonfinite_step, tf.where(
+            first_bad, tf.cast(tf.convert_to_tensor(self.iterations), tf.int64),
+            tf.convert_to_tensor(self.nonfinite_step)))
+        distribution.assign(self.nonfinite_inputs, tf.where(
+            first_bad, tf.cast(bad_inputs, tf.int64),
+            tf.convert_to_tensor(self.nonfinite_inputs)))
+
+    def record_step(self, trials, accepted, tried_per_variable, accepted_per_variable,
+                    replayed) -> None:
+        """Traced: advances the cycle position by a step's `trials` and adds
+        them and the `accepted` ones to the counters; a `replayed` step (a
+        resumed fit's catch-up, with no trials) does not count as a step."""
+        distribution.assign_add(self.position, trials)
+        distribution.assign_add(self.trials, trials)
+        distribution.assign_add(self.weight_updates, accepted)
+        distribution.assign_add(self.trials_per_variable, tried_per_variable)
+        distribution.assign_add(self.updates_per_variable, accepted_per_variable)
+        distribution.assign_add(self.iterations, tf.where(
+            replayed, tf.constant(0, tf.int64), tf.constant(1, tf.int64)))
+
+    def set_pool_fills(self, value) -> None:
+        """Traced: the steps of the current segment that filled the pool."""
+        self.pool_fills.assign(value)
 
     def load_own_variables(self, store) -> None:
         """Restores the search state, also from files of earlier versions.

@@ -4,23 +4,30 @@ Everything here is traced into the train function: the position in the
 cycle, the random draw and the accept/reject decision are tensors, and the
 per-variable code is selected with `tf.switch_case`, so no Python runs per
 weight.
+
+Why this module is long: one step touches the base pass and its
+non-finite checks, the trials, the layer-input pool and the end-of-cycle
+BatchNorm refresh, all in one traced function whose parts must be written
+in a fixed order (state writes outside control flow, replica sums at the
+same place on every replica). Each part is a named method of `TrialLoop`;
+what a cycle visits comes from `schedule`, what a trial proposes and keeps
+from `trial_rules`.
 """
 
 
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_rso import constraints, distribution
+from keras_rso import _compat, constraints, distribution
 from keras_rso.evaluators import replace_scalar, split_offsets
 from keras_rso.optimizer import RSO
 from keras_rso.pool import anchor_of as pool_anchor_of
 from keras_rso.pool import segments as pool_segments
-
-KEEP = 0  # `choose` index of the current weight; candidate i is i + 1
-
+from keras_rso.schedule import CycleSchedule
+from keras_rso.trial_rules import KEEP, choose, domain_offsets, parabolic_offset
 
 class StepResult(NamedTuple):
     loss: tf.Tensor         # loss of the accepted weights on this batch
@@ -31,87 +38,16 @@ class StepResult(NamedTuple):
     targets: object = None  # the targets `y_pred` is for, if not the batch's
 
 
-def choose(loss0, candidate_losses: Sequence, tolerance: float = 0.0,
-           ties: str = "keep"):
-    """Index of the weight to keep: `0` for `w`, `i + 1` for candidate `i`.
-
-    A candidate must be strictly better than the current weight, by the
-    relative `tolerance`, a candidate with a non-finite loss is never
-    taken, and an earlier candidate wins a tie between candidates. A
-    candidate that only ties with the current weight keeps `w` with
-    `ties="keep"`, and is taken with `ties="move"` (a random walk across a
-    plateau of the loss).
-    """
-    inf = tf.constant(np.inf, loss0.dtype)
-    best_loss = (loss0 - tf.cast(tolerance, loss0.dtype) * tf.abs(loss0)
-                 if tolerance else loss0)
-    best = tf.constant(KEEP, tf.int32)
-    for i, loss in enumerate(candidate_losses):
-        loss = tf.where(tf.math.is_finite(loss), loss, inf)
-        better = loss < best_loss
-        if ties == "move":
-            better = tf.logical_or(better, tf.logical_and(
-                tf.equal(best, KEEP), tf.equal(loss, best_loss)))
-        best = tf.where(better, i + 1, best)
-        best_loss = tf.where(better, loss, best_loss)
-    return best
-
-
-def domain_offsets(var, j, dw):
-    """The offsets `(d_plus, d_minus)` of a trial of scalar `j` of `var`
-    whose unconstrained step is `dw`, and whether each candidate differs
-    from `w`.
-
-    * No constraint, or one that acts on the whole variable (MaxNorm,
-      UnitNorm, ...: the evaluators project each whole candidate): `dw`
-      both ways.
-    * `constraints.Discrete`: the values `max(1, round(|dw| / level))`
-      levels above and below `w` (in the direction of `dw` first), clipped
-      to the ends of the set. A binary weight's trial is its flip.
-    * Another element-wise constraint (`NonNeg`): `w + dw` and `w - dw`,
-      each projected.
-    """
-    constraint = constraints.of(var)
-    dtype = var.dtype
-    dw = tf.cast(dw, dtype)
-    if constraint is None or not constraints.is_elementwise(constraint):
-        return (dw, dw), (tf.constant(True), tf.constant(True))
-    w = tf.gather(tf.reshape(tf.convert_to_tensor(var.value), [-1]), j)
-    if isinstance(constraint, constraints.Discrete):
-        values = tf.constant(constraint.values, dtype)
-        last = len(constraint.values) - 1
-        index = tf.cast(constraint.index(tf.reshape(w, [1]))[0], tf.int64)
-        levels = tf.maximum(tf.cast(tf.round(tf.abs(dw) / constraint.spacing), tf.int64), 1)
-        levels = tf.where(dw < 0, -levels, levels)
-        up = tf.clip_by_value(index + levels, 0, last)
-        down = tf.clip_by_value(index - levels, 0, last)
-        plus, minus = tf.gather(values, up), tf.gather(values, down)
-        return (plus - w, w - minus), (tf.not_equal(up, index), tf.not_equal(down, index))
-    plus = constraint(tf.reshape(w + dw, [1]))[0]
-    minus = constraint(tf.reshape(w - dw, [1]))[0]
-    return (plus - w, w - minus), (tf.not_equal(plus, w), tf.not_equal(minus, w))
-
-
-def parabolic_offset(loss0, loss_plus, loss_minus, dw, max_ratio: float = 2.0):
-    """Offset from `w` to the vertex of the parabola through the three losses.
-
-    The losses are those at `w - dw`, `w` and `w + dw` (`dw` may be
-    negative). Where they curve upward, this is the offset that minimises
-    the parabola, clipped to `max_ratio * |dw|`: beyond the points measured
-    the quadratic model is a guess. Where they do not curve upward (flat or
-    concave), it is a step of `max_ratio * |dw|` toward the lower side.
-    A non-finite loss gives `0` (no second pair of candidates is worth
-    evaluating).
-    """
-    dw = tf.cast(dw, loss0.dtype)
-    curvature = loss_plus + loss_minus - 2.0 * loss0
-    reach = max_ratio * tf.abs(dw)
-    vertex = dw * (loss_minus - loss_plus) / (2.0 * curvature)
-    downhill = tf.where(loss_plus <= loss_minus, reach, -reach) * tf.sign(dw)
-    offset = tf.where(curvature > 0, tf.clip_by_value(vertex, -reach, reach), downhill)
-    # `curvature` is non-finite when any of the three losses is.
-    usable = tf.logical_and(tf.math.is_finite(curvature), tf.math.is_finite(offset))
-    return tf.where(usable, offset, tf.zeros_like(offset))
+class _StepInputs(NamedTuple):
+    """What every trial of a step reads: the batch, the evaluator's fixed
+    caches of it, and the optimizer state at the step's start."""
+    x: object
+    y: object
+    sample_weight: object
+    fixed: object
+    first_trial: tf.Tensor  # `RSO.trials` before the step: keys the draws
+    sigmas: tf.Tensor
+    scale: tf.Tensor
 
 
 class TrialLoop:
@@ -119,63 +55,33 @@ class TrialLoop:
 
     Args:
         optimizer: The built `RSO` instance holding state and settings.
-        evaluator: A `FullForwardEvaluator` or `ChainEvaluator`.
-        visit: Indices into `evaluator.variables`, in the order a cycle
-            visits them (output to input for the paper's order).
+        evaluator: An evaluator (`keras_rso.evaluators`).
+        schedule: The cycle's `keras_rso.schedule.CycleSchedule`: which
+            scalar each trial visits, and where each step starts and ends.
         replay_steps: Optional int64 variable; while it is positive, a step
             only counts it down (no trial, no state change, `iterations`
             unchanged). A fit resumed mid-epoch uses it to consume the
             batches the interrupted epoch had already used.
-        breaks: Trial numbers (within a cycle) at which a step must start
-            on a fresh batch; no step spans one. `ChainEvaluator`'s caches
-            are valid only while the trials of a batch move toward the
-            input, so a visit that returns to the output layer (see
-            `RSO(output_passes=...)`) starts a new batch.
         pool: A `keras_rso.pool.LayerInputPool` for `RSO(pool_size=...)`,
-            or None. `breaks` must then include every segment's start.
+            or None. The schedule's breaks must then include every
+            segment's start.
 
-    The trials of one step share a mini-batch, and `ChainEvaluator`'s caches
-    stay valid only while those trials move toward the input. So for every
-    order but `"output_to_input"` (whose `visit` already runs that way),
-    `visit` lists the variables from the input to the output and each
-    step runs its trials in descending visiting index: the cycle follows
-    the order from one batch to the next, and within a batch the trials
-    closest to the output come first. The full-forward evaluator runs the
-    same schedule, so both evaluators give the same weights.
+    A step runs `schedule.step_length` trials on one mini-batch, in the
+    order `schedule.step_trials` gives (output side first, which keeps the
+    fast evaluators' caches exact); the full-forward evaluator runs the same
+    schedule, so every evaluator gives the same weights.
     """
 
-    def __init__(self, optimizer: RSO, evaluator, visit: Sequence[int],
-                 replay_steps: Optional[tf.Variable] = None,
-                 breaks: Sequence[int] = (), pool=None):
+    def __init__(self, optimizer: RSO, evaluator, schedule: CycleSchedule,
+                 replay_steps: Optional[tf.Variable] = None, pool=None):
         self.opt = optimizer
         self.replay_steps = replay_steps
         self.ev = evaluator
-        self.visit = list(visit)
+        self.schedule = schedule
+        self.visit = schedule.visit
         self.variables = evaluator.variables
-        sizes = [int(np.prod(self.variables[v].shape)) for v in self.visit]
-        self.total = int(sum(sizes))
-        ends = np.cumsum(sizes)
-        self.starts = tf.constant(ends - np.asarray(sizes), tf.int64)
-        self.ends = tf.constant(ends, tf.int64)
-        self.visit_t = tf.constant(self.visit, tf.int64)
-        self.output_first = optimizer.order != "output_to_input"
-        # `order="paper"` lists kernels before the BatchNormalization after
-        # them, so a step's trials are put output-first by each variable's
-        # place in the model (its rank), not by their place in `visit`.
-        self.rank_of_g = None
-        if optimizer.order == "paper":
-            layer_of = getattr(evaluator, "layer_of", None)
-            key = (lambda v: (layer_of[v], v)) if layer_of is not None else (lambda v: v)
-            rank = {v: r for r, v in enumerate(sorted(set(self.visit), key=key))}
-            self.rank_of_g = tf.constant(np.repeat([rank[v] for v in self.visit], sizes),
-                                         tf.int64)
-        # `kernel_order="paper"`: the flat index of the n-th scalar a trial
-        # visits inside each variable (`_paper_kernel_order`).
-        self.flat_of_g = None
-        if optimizer.kernel_order == "paper":
-            self.flat_of_g = tf.constant(np.concatenate(
-                [_paper_kernel_order(tuple(self.variables[v].shape)) for v in self.visit]),
-                tf.int64)
+        self.total = schedule.total
+        self.visit_t = schedule.visit_t
         # At one trial per batch, the weight decay of `RSO(weight_decay=...)`
         # is applied to the base pass itself, which then gives the decayed
         # weight's loss (the authors' three evaluations per trial), instead
@@ -185,9 +91,6 @@ class TrialLoop:
         # its trials stay inside it, and weight decay, which would leave a
         # discrete set or a unit sphere, does not apply to it.
         self.constrained = [constraints.of(var) for var in self.variables]
-        self.decays = [c is None for c in self.constrained]
-        self.breaks = sorted({int(b) for b in breaks if 0 < b < self.total})
-        self.step_ends = tf.constant(self.breaks + [self.total], tf.int64)
         self.pool = pool
         if pool is not None:
             segs = pool_segments(evaluator, self.visit)
@@ -199,49 +102,6 @@ class TrialLoop:
             anchors = [pool_anchor_of(evaluator, evaluator.layer_of[v]) for v in self.visit]
             self.anchor_slots = {a: [s for s, b in enumerate(anchors) if b == a]
                                  for a in pool.anchors}
-
-    def _locate(self, g):
-        """Maps global indices in visiting order to (slot, flat index)."""
-        g = tf.convert_to_tensor(g, tf.int64)
-        slot = tf.reshape(tf.searchsorted(self.ends, tf.reshape(g, [-1]), side="right"),
-                          tf.shape(g))
-        slot = tf.minimum(slot, len(self.visit) - 1)
-        if self.flat_of_g is not None:
-            return slot, tf.gather(self.flat_of_g, g)
-        return slot, g - tf.gather(self.starts, slot)
-
-    def step_length(self, position):
-        """Trials of the step that starts at trial `position` of a cycle:
-        up to `weights_per_batch`, ending at the next break or cycle end."""
-        segment = tf.searchsorted(self.step_ends, tf.reshape(position, [1]),
-                                  side="right")[0]
-        end = tf.gather(self.step_ends, tf.minimum(segment, len(self.breaks)))
-        return tf.clip_by_value(end - position, 0, self.opt.weights_per_batch)
-
-    def step_trials(self, position, n, perm=None):
-        """Global visiting indices of a step's `n` trials, in the order they run."""
-        g = position + tf.range(n, dtype=tf.int64)
-        if perm is not None:
-            g = tf.gather(perm, g)
-        if self.rank_of_g is not None:
-            # Output-first by the variable's place in the model; within a
-            # variable, in visiting order.
-            key = tf.gather(self.rank_of_g, g) * self.total + (self.total - 1 - g)
-            g = tf.gather(g, tf.argsort(key, direction="DESCENDING", stable=True))
-        elif self.output_first:
-            g = tf.sort(g, direction="DESCENDING")
-        return g
-
-    def schedule(self, cycle):
-        """`(slot in visit, flat index)` arrays of every trial of a cycle,
-        in the order the steps run them (eager; for inspection)."""
-        perm = self.permutation(cycle)
-        position, parts = tf.constant(0, tf.int64), []
-        while int(position) < self.total:
-            n = self.step_length(position)
-            parts.append(self.step_trials(position, n, perm))
-            position += n
-        return self._locate(tf.concat(parts, 0))
 
     def _refreshed_statistics(self, x):
         """BN moving statistics set to the batch statistics of `x`.
@@ -263,22 +123,6 @@ class TrialLoop:
                 bn.momentum = m
         return [_current_or(scope, v) for v in self.ev.state_variables]
 
-    def permutation(self, cycle):
-        """The random visiting permutation of a cycle, or `None` unless
-        `order="random"` (the visit list is then followed as it is).
-
-        Only the sweep over every weight is shuffled; trials after the
-        first break (the output-layer passes) keep their place at the end.
-        """
-        if self.opt.order != "random":
-            return None
-        swept = self.breaks[0] if self.breaks else self.total
-        shuffled = tf.random.experimental.stateless_shuffle(
-            tf.range(swept, dtype=tf.int64),
-            seed=tf.stack([tf.constant(self.opt.seed, tf.int64) + 1,
-                           tf.cast(cycle, tf.int64)]))
-        return tf.concat([shuffled, tf.range(swept, self.total, dtype=tf.int64)], 0)
-
     def __call__(self, x, y, sample_weight) -> StepResult:
         if self.pool is not None:
             return self._pool_step(x, y, sample_weight)
@@ -288,8 +132,7 @@ class TrialLoop:
             # replicas of one graph. Each replica's step therefore becomes
             # its own function, not inlined, whose nodes carry the same
             # names on every replica.
-            step = tf.function(self._step, autograph=False,
-                               experimental_attributes={"_noinline": True})
+            step = _compat.noinline_function(self._step)
             with distribution.collective_batchnorm(self.ev.batchnorms):
                 return step(x, y, sample_weight)
         return self._step(x, y, sample_weight)
@@ -352,7 +195,7 @@ class TrialLoop:
             filled = tf.where(tf.logical_and(fill, tf.logical_not(replaying)),
                               fills + 1, fills)
             done = tf.logical_and(tf.logical_not(fill), after >= tf.gather(self.seg_ends, seg))
-            opt.pool_fills.assign(tf.where(done, tf.zeros_like(filled), filled))
+            opt.set_pool_fills(tf.where(done, tf.zeros_like(filled), filled))
         return result
 
     def _step(self, x, y, sample_weight, start: int = 0, slots=None, fill=None,
@@ -367,7 +210,7 @@ class TrialLoop:
         opt = self.opt
         position = tf.convert_to_tensor(opt.position)
         stopped = tf.convert_to_tensor(opt.nonfinite_step) >= 0
-        n = self.step_length(position)
+        n = self.schedule.step_length(position)
         if fill is not None:
             n = tf.where(fill, tf.constant(0, tf.int64), n)
 
@@ -381,7 +224,7 @@ class TrialLoop:
         # Trainable variables are mapped to their values so that weight
         # regularizers (which read them through the scope) see them.
         current = [(v, tf.convert_to_tensor(v.value)) for v in self.variables]
-        perm = self.permutation(tf.convert_to_tensor(opt.cycle))
+        perm = self.schedule.permutation(tf.convert_to_tensor(opt.cycle))
         if self.decay_in_base:
             current = self._decayed_mapping(current, position, n, perm)
         with keras.StatelessScope(state_mapping=current) as scope:
@@ -410,113 +253,19 @@ class TrialLoop:
         self._write_state(good, updated, skip=seeds)
         n = tf.where(good, n, tf.constant(0, tf.int64))
         first_bad = tf.logical_and(tf.logical_not(finite), active)
-        distribution.assign(opt.nonfinite_step, tf.where(
-            first_bad, tf.cast(tf.convert_to_tensor(opt.iterations), tf.int64),
-            tf.convert_to_tensor(opt.nonfinite_step)))
-        distribution.assign(opt.nonfinite_inputs, tf.where(
-            first_bad, tf.cast(bad_inputs, tf.int64),
-            tf.convert_to_tensor(opt.nonfinite_inputs)))
+        opt.record_nonfinite(first_bad, bad_inputs)
 
-        first_trial = tf.convert_to_tensor(opt.trials)
-        sigmas = tf.convert_to_tensor(opt.sigmas)
-        scale = tf.convert_to_tensor(opt.sigma_scale)
-        step_g = self.step_trials(position, n, perm)
-        seed0 = tf.constant(opt.seed, tf.int64)
-        n_vars = len(self.variables)
+        ctx = _StepInputs(x, y, sample_weight, fixed,
+                          first_trial=tf.convert_to_tensor(opt.trials),
+                          sigmas=tf.convert_to_tensor(opt.sigmas),
+                          scale=tf.convert_to_tensor(opt.sigma_scale))
+        step_g = self.schedule.step_trials(position, n, perm)
 
         def body(k, loss, y_pred, carried, accepted_vec, tried_vec):
-            slot, j = self._locate(step_g[k])
-            # Keyed on the trial number, so every replica (and a resumed
-            # run) draws the same perturbation.
-            noise = tf.random.stateless_normal(
-                [], seed=tf.stack([seed0, first_trial + k]), dtype=tf.float32)
+            return self._trial(ctx, step_g, slots, k, loss, y_pred, carried,
+                               accepted_vec, tried_vec)
 
-            def make_branch(v):
-                var = self.variables[v]
-
-                def branch():
-                    dw = noise * sigmas[v] * scale
-                    loss_w, y_pred_w, carried_w = loss, y_pred, carried
-                    if self.decays[v] and self.decay_in_base:
-                        # The base pass already ran at the decayed weight
-                        # (`_decayed_mapping`); commit it.
-                        distribution.assign(var, _decayed(var.value, j, opt.weight_decay))
-                    elif self.decays[v] and opt.weight_decay:
-                        loss_w, y_pred_w, carried_w = self._decay(
-                            var, v, j, fixed, carried, x, y, sample_weight)
-                    offsets, differs = domain_offsets(var, j, dw)
-                    if self.constrained[v] is None:
-                        offsets = dw  # the symmetric trial
-                    trial = self.ev.trial(v, j, offsets, fixed, carried_w, x, y, sample_weight)
-                    inf = tf.constant(np.inf, loss.dtype)
-                    # A candidate equal to w (a domain's end) is not a move.
-                    lp = tf.where(differs[0], distribution.cross_replica_sum(trial.loss_plus), inf)
-                    lm = tf.where(differs[1], distribution.cross_replica_sum(trial.loss_minus), inf)
-                    # (trial, offsets from w, losses of w + d_plus and w - d_minus)
-                    pairs = [(trial, split_offsets(offsets), lp, lm)]
-                    if opt.step_rule == "parabolic" and self.constrained[v] is None:
-                        t = parabolic_offset(loss_w, lp, lm, dw)
-                        second = self.ev.trial(v, j, t, fixed, carried_w, x, y, sample_weight)
-                        # At t == 0 both candidates are w itself, and rounding
-                        # could make w look better than w.
-                        usable = tf.not_equal(t, 0.0)
-                        inf = tf.constant(np.inf, loss.dtype)
-                        lq = tf.where(usable, distribution.cross_replica_sum(second.loss_plus), inf)
-                        lqm = tf.where(usable, distribution.cross_replica_sum(second.loss_minus), inf)
-                        pairs.append((second, (t, t), lq, lqm))
-                    choice = choose(loss_w, [l for p in pairs for l in p[2:]], opt.tolerance,
-                                    opt.ties)
-
-                    def keep():
-                        return tf.identity(loss_w), y_pred_w, trial.kept
-
-                    def take(trial, offset, loss_plus, loss_minus):
-                        def apply():
-                            # `choose` numbers pair i's candidates 2i + 1 (w +
-                            # offset) and 2i + 2 (w - offset). One branch per
-                            # pair, not per candidate: half the traced code.
-                            minus = tf.equal(choice % 2, 0)
-                            # Later trials read the committed weight: the
-                            # next iteration runs on this switch's outputs.
-                            value = tf.convert_to_tensor(var.value)
-                            w = tf.gather(tf.reshape(value, [-1]), j)
-                            step = tf.cast(tf.where(minus, -offset[1], offset[0]), value.dtype)
-                            new = replace_scalar(value, j, w + step)
-                            if self.constrained[v] is not None:
-                                # The value evaluated (projected as the
-                                # evaluator did; a discrete level exactly).
-                                new = self.constrained[v](new)
-                            distribution.assign(var, new)
-                            return (tf.where(minus, loss_minus, loss_plus),
-                                    trial.y_pred(minus), trial.entries(minus))
-                        return apply
-
-                    # Only the chosen candidate's cache entries are built.
-                    # Both trials of a weight name the same entries, so
-                    # `trial.merge` also takes the second trial's.
-                    new_loss, new_y_pred, entries = tf.switch_case(
-                        (choice + 1) // 2, [keep] + [take(*p) for p in pairs])
-                    return (new_loss, new_y_pred, trial.merge(entries),
-                            tf.cast(choice != KEEP, tf.int64))
-
-                return branch
-
-            if slots is None:
-                branch_index, branches = slot, [make_branch(v) for v in self.visit]
-            else:
-                local = np.zeros(len(self.visit), np.int64)
-                local[list(slots)] = np.arange(len(slots))
-                branch_index = tf.gather(tf.constant(local), slot)
-                branches = [make_branch(self.visit[s]) for s in slots]
-            new_loss, new_y_pred, new_carried, acc = tf.switch_case(
-                tf.cast(branch_index, tf.int32), branches)
-            v_index = tf.reshape(tf.gather(self.visit_t, slot), [1, 1])
-            accepted_vec = tf.tensor_scatter_nd_add(accepted_vec, v_index, [acc])
-            tried_vec = tf.tensor_scatter_nd_add(
-                tried_vec, v_index, tf.ones([1], tf.int64))
-            return k + 1, new_loss, new_y_pred, new_carried, accepted_vec, tried_vec
-
-        zeros = tf.zeros([max(n_vars, 1)], tf.int64)
+        zeros = tf.zeros([max(len(self.variables), 1)], tf.int64)
         _, loss, y_pred, _, accepted_vec, tried_vec = tf.while_loop(
             lambda k, *_: k < n,
             body,
@@ -539,27 +288,141 @@ class TrialLoop:
         if seeds:
             with tf.control_dependencies([loss]):
                 self._write_state(good, updated, only=seeds)
-        distribution.assign_add(opt.position, n)
-        distribution.assign_add(opt.trials, n)
-        distribution.assign_add(opt.weight_updates, accepted)
-        distribution.assign_add(opt.trials_per_variable, tried_vec)
-        distribution.assign_add(opt.updates_per_variable, accepted_vec)
+        opt.record_step(n, accepted, tried_vec, accepted_vec, replaying)
         one = tf.constant(1, tf.int64)
-        distribution.assign_add(opt.iterations, tf.where(
-            replaying, tf.constant(0, tf.int64), one))
         if self.replay_steps is not None:
             distribution.assign_add(self.replay_steps, tf.where(
                 replaying, -one, tf.constant(0, tf.int64)))
         return StepResult(loss, y_pred, n, accepted, replaying)
 
+    def _trial(self, ctx, step_g, slots, k, loss, y_pred, carried, accepted_vec, tried_vec):
+        """The step's `k`-th trial: one weight, its candidates, the choice.
+
+        The loop state is the loss, predictions and evaluator caches of the
+        current weights, and per-variable counts of trials and accepts.
+        """
+        slot, j = self.schedule.locate(step_g[k])
+        # Keyed on the trial number, so every replica (and a resumed run)
+        # draws the same perturbation.
+        noise = tf.random.stateless_normal(
+            [], seed=tf.stack([tf.constant(self.opt.seed, tf.int64), ctx.first_trial + k]),
+            dtype=tf.float32)
+        state = (loss, y_pred, carried)
+        if slots is None:
+            branch_index = slot
+            branches = [self._variable_trial(ctx, v, j, noise, state) for v in self.visit]
+        else:
+            local = np.zeros(len(self.visit), np.int64)
+            local[list(slots)] = np.arange(len(slots))
+            branch_index = tf.gather(tf.constant(local), slot)
+            branches = [self._variable_trial(ctx, self.visit[s], j, noise, state)
+                        for s in slots]
+        new_loss, new_y_pred, new_carried, acc = tf.switch_case(
+            tf.cast(branch_index, tf.int32), branches)
+        v_index = tf.reshape(tf.gather(self.visit_t, slot), [1, 1])
+        accepted_vec = tf.tensor_scatter_nd_add(accepted_vec, v_index, [acc])
+        tried_vec = tf.tensor_scatter_nd_add(tried_vec, v_index, tf.ones([1], tf.int64))
+        return k + 1, new_loss, new_y_pred, new_carried, accepted_vec, tried_vec
+
+    def _variable_trial(self, ctx, v, j, noise, state):
+        """The trial of scalar `j` of variable `v`, as a `tf.switch_case`
+        branch: decay, candidates, losses, choice, commit."""
+        opt = self.opt
+        var = self.variables[v]
+        constraint = self.constrained[v]
+
+        def branch():
+            loss, y_pred, carried = state
+            dw = noise * ctx.sigmas[v] * ctx.scale
+            loss_w, y_pred_w, carried_w = loss, y_pred, carried
+            if constraint is None and self.decay_in_base:
+                # The base pass already ran at the decayed weight
+                # (`_decayed_mapping`); commit it.
+                distribution.assign(var, _decayed(var.value, j, opt.weight_decay))
+            elif constraint is None and opt.weight_decay:
+                loss_w, y_pred_w, carried_w = self._decay(
+                    var, v, j, ctx.fixed, carried, ctx.x, ctx.y, ctx.sample_weight)
+            if constraint is None:
+                offsets = dw  # the symmetric trial
+                differs = (tf.constant(True), tf.constant(True))
+            else:
+                offsets, differs = domain_offsets(var, j, dw)
+            pairs = [self._candidates(ctx, v, j, offsets, carried_w, differs, loss.dtype)]
+            if opt.step_rule == "parabolic" and constraint is None:
+                t = parabolic_offset(loss_w, pairs[0][2], pairs[0][3], dw)
+                # At t == 0 both candidates are w itself, and rounding could
+                # make w look better than w.
+                usable = tf.not_equal(t, 0.0)
+                pairs.append(self._candidates(ctx, v, j, t, carried_w, (usable, usable),
+                                              loss.dtype))
+            choice = choose(loss_w, [l for p in pairs for l in p[2:]], opt.tolerance,
+                            opt.ties)
+
+            def keep():
+                return tf.identity(loss_w), y_pred_w, pairs[0][0].kept
+
+            # Only the chosen candidate's cache entries are built. Both
+            # trials of a weight name the same entries, so `trial.merge`
+            # also takes the second trial's.
+            new_loss, new_y_pred, entries = tf.switch_case(
+                (choice + 1) // 2, [keep] + [self._commit(v, j, choice, *p) for p in pairs])
+            return (new_loss, new_y_pred, pairs[0][0].merge(entries),
+                    tf.cast(choice != KEEP, tf.int64))
+
+        return branch
+
+    def _candidates(self, ctx, v, j, offsets, carried, differs, dtype):
+        """Evaluates the candidates `w + d_plus` and `w - d_minus` of scalar
+        `j` of variable `v`.
+
+        Returns `(trial, (d_plus, d_minus), loss of w + d_plus, loss of
+        w - d_minus)`, the losses summed over replicas. A candidate that is
+        `w` itself (`differs` is False: a domain's end, or a parabolic step
+        of 0) gets an infinite loss, so it is never taken.
+        """
+        trial = self.ev.trial(v, j, offsets, ctx.fixed, carried, ctx.x, ctx.y,
+                              ctx.sample_weight)
+        inf = tf.constant(np.inf, dtype)
+        loss_plus = tf.where(differs[0], distribution.cross_replica_sum(trial.loss_plus), inf)
+        loss_minus = tf.where(differs[1], distribution.cross_replica_sum(trial.loss_minus), inf)
+        return trial, split_offsets(offsets), loss_plus, loss_minus
+
+    def _commit(self, v, j, choice, trial, offset, loss_plus, loss_minus):
+        """The `tf.switch_case` branch that writes a pair's chosen candidate.
+
+        `choose` numbers pair i's candidates 2i + 1 (`w + d_plus`) and
+        2i + 2 (`w - d_minus`): one branch per pair, not per candidate,
+        halves the traced code. Returns the branch.
+        """
+        var = self.variables[v]
+        constraint = self.constrained[v]
+
+        def apply():
+            minus = tf.equal(choice % 2, 0)
+            # Later trials read the committed weight: the next iteration
+            # runs on this switch's outputs.
+            value = tf.convert_to_tensor(var.value)
+            w = tf.gather(tf.reshape(value, [-1]), j)
+            step = tf.cast(tf.where(minus, -offset[1], offset[0]), value.dtype)
+            new = replace_scalar(value, j, w + step)
+            if constraint is not None:
+                # The value evaluated (projected as the evaluator did; a
+                # discrete level exactly).
+                new = constraint(new)
+            distribution.assign(var, new)
+            return (tf.where(minus, loss_minus, loss_plus), trial.y_pred(minus),
+                    trial.entries(minus))
+
+        return apply
+
     def _decayed_mapping(self, current, position, n, perm):
         """`current` with the step's one trial weight decayed, if it has a
         trial (`decay_in_base`)."""
-        slot, j = self._locate(self.step_trials(position, tf.maximum(n, 1), perm)[0])
+        slot, j = self.schedule.locate(self.schedule.step_trials(position, tf.maximum(n, 1), perm)[0])
         chosen = tf.where(n > 0, tf.gather(self.visit_t, slot), tf.constant(-1, tf.int64))
         mapped = []
         for v, (var, value) in enumerate(current):
-            if not self.decays[v]:
+            if self.constrained[v] is not None:
                 mapped.append((var, value))
                 continue
             size = int(np.prod(var.shape))
@@ -606,22 +469,6 @@ def _decayed(value, j, weight_decay: float) -> tf.Tensor:
     value = tf.convert_to_tensor(value)
     w = tf.gather(tf.reshape(value, [-1]), j)
     return replace_scalar(value, j, w - w * tf.cast(weight_decay, value.dtype))
-
-
-def _paper_kernel_order(shape) -> np.ndarray:
-    """Flat (Keras) indices of a variable's scalars in the authors' order.
-
-    A kernel's last axis is its output, the one before its input, any
-    others spatial (Keras' layout): the authors visit output, then input,
-    then the spatial axes in order. Variables with fewer than 2 axes keep
-    their order.
-    """
-    shape = tuple(int(d) for d in shape)
-    flat = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
-    if len(shape) < 2:
-        return flat.reshape(-1)
-    axes = (len(shape) - 1, len(shape) - 2) + tuple(range(len(shape) - 2))
-    return np.transpose(flat, axes).reshape(-1)
 
 
 def _current_or(scope, variable):

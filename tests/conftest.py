@@ -19,6 +19,15 @@ tf.config.set_logical_device_configuration(
     _cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
+@pytest.fixture(params=["one_device", "mirrored"])
+def strategy(request):
+    """Runs a test on one device and again under `MirroredStrategy` on the two
+    logical CPUs (as larq's `distribute_scope` fixture does)."""
+    if request.param == "mirrored":
+        return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    return tf.distribute.get_strategy()
+
+
 @pytest.fixture
 def float64():
     """Runs a test with float64 as Keras' float type and dtype policy:

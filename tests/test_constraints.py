@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import keras_rso
+from testing_utils import fit_rso
 from keras_rso.constraints import Discrete
 from keras_rso.evaluators import ChainEvaluator, FullForwardEvaluator
 
@@ -50,17 +51,27 @@ def _net(kernel_constraint=None, dense_constraint=None, seed=0):
     ])
 
 
-def _train(model, x, y, fast=True, epochs=2, k=32, **rso):
-    trainer = keras_rso.RSOModel(model, fast_path=fast)
-    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=1, **rso),
-                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                    metrics=["accuracy"])
-    history = trainer.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
-    return trainer, history
+def _train(model, x, y, fast=True, epochs=2, k=32, strategy=None, **rso):
+    fitted = fit_rso(model, x, y, strategy=strategy, fast_path=fast,
+                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                     metrics=["accuracy"], batch_size=64, epochs=epochs,
+                     weights_per_batch=k, seed=1, **rso)
+    return fitted.trainer, fitted.history
 
 
 def _kernels(model):
     return [v for v in model.trainable_variables if "kernel" in v.path]
+
+
+def test_binary_weights_stay_binary_on_one_device_and_two_replicas(toy_data, strategy):
+    x, y = toy_data
+    with strategy.scope():
+        model = _net(Discrete.binary(), Discrete.binary())
+    trainer, _ = _train(model, x, y, epochs=1, strategy=strategy)
+    assert trainer.distribute_strategy is strategy
+    for v in _kernels(model):
+        assert set(np.unique(v.numpy())) <= {-1.0, 1.0}, v.path
+    assert int(trainer.optimizer.weight_updates.numpy()) > 0
 
 
 def test_binary_weights_stay_binary_and_learn(toy_data):

@@ -7,23 +7,20 @@ import tensorflow as tf
 
 import keras_rso
 from conftest import small_convnet
+from testing_utils import fit_rso
 
 
 def _fit(strategy, x, y, bn=False, tolerance=1e-6, epochs=2, options=None, **bn_kwargs):
-    with strategy.scope():
+    def build():
         model = small_convnet(bn=bn)
-        if bn_kwargs:
-            for layer in model.layers:
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    for k, v in bn_kwargs.items():
-                        setattr(layer, k, v)
-        trainer = keras_rso.RSOModel(model)
-        trainer.compile(
-            optimizer=keras_rso.RSO(weights_per_batch=8, seed=3, tolerance=tolerance,
-                                    **(options or {})),
-            loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    history = trainer.fit(x, y, batch_size=32, epochs=epochs, shuffle=False, verbose=0)
-    return model, trainer, history
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                for k, v in bn_kwargs.items():
+                    setattr(layer, k, v)
+        return model
+    return fit_rso(build, x, y, strategy=strategy, metrics=["accuracy"], epochs=epochs,
+                   shuffle=False, weights_per_batch=8, seed=3, tolerance=tolerance,
+                   **(options or {}))
 
 
 def _mirrored():

@@ -221,7 +221,7 @@ def test_non_finite_candidates_are_never_accepted(toy_data, fast_path):
 
 
 def test_choose_prefers_keep_on_ties_and_never_takes_non_finite():
-    from keras_rso.search import KEEP, choose
+    from keras_rso.trial_rules import KEEP, choose
     plus, minus = 1, 2  # the paper's candidates w + dw, w - dw, in that order
     nan, inf = float("nan"), float("inf")
     cases = [((1.0, [0.5, 0.7]), plus), ((1.0, [0.7, 0.5]), minus), ((1.0, [1.0, 1.0]), KEEP),
@@ -236,7 +236,7 @@ def test_choose_prefers_keep_on_ties_and_never_takes_non_finite():
 
 
 def test_tolerance_ignores_improvements_below_it():
-    from keras_rso.search import KEEP, choose
+    from keras_rso.trial_rules import KEEP, choose
     l0, tiny, clear = tf.constant(2.0), tf.constant(2.0 - 1e-6), tf.constant(1.9)
     assert int(choose(l0, [tiny, tf.constant(3.0)])) == 1
     assert int(choose(l0, [tiny, tf.constant(3.0)], tolerance=1e-6)) == KEEP

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_rso.experiment import EpochRecorder, gradient_optimizer
+from examples.experiment import EpochRecorder, gradient_optimizer
 
 
 def _epoch(recorder, epoch, loss):
@@ -64,7 +64,7 @@ def test_gradient_baseline_rejects_unknown_settings(kwargs, message):
 def test_pool_size_flag_defaults_to_the_training_split_under_the_paper_preset():
     import argparse
 
-    from keras_rso.experiment import _pool_size, add_rso_flags, parse_rso_args
+    from examples.experiment import _pool_size, add_rso_flags, parse_rso_args
 
     parser = argparse.ArgumentParser()
     add_rso_flags(parser, cycles=5, batch_size=1024, weights_per_batch=64)

@@ -7,6 +7,7 @@ import pytest
 import keras_rso
 from keras_rso.evaluators import FullForwardEvaluator
 from keras_rso.evaluators import GraphEvaluator, graph_nodes
+from testing_utils import fit_rso
 
 L = keras.layers
 
@@ -70,11 +71,8 @@ def _model(shape, seed=1):
 
 
 def _fit(model, x, y, fast, k, order="output_to_input", epochs=1):
-    trainer = keras_rso.RSOModel(model, fast_path=fast)
-    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=3, order=order),
-                    loss="sparse_categorical_crossentropy")
-    trainer.fit(x, y, batch_size=48, epochs=epochs, shuffle=False, verbose=0)
-    return trainer
+    return fit_rso(model, x, y, fast_path=fast, batch_size=48, epochs=epochs, shuffle=False,
+                   weights_per_batch=k, seed=3, order=order).trainer
 
 
 def _same_weights_on_both_paths(shape, toy_data):
@@ -112,7 +110,8 @@ def test_paper_cifar10_net_takes_the_residual_fast_path():
     trainer = keras_rso.RSOModel(model)
     trainer.compile(optimizer=keras_rso.RSO.paper(weights_per_batch=64),
                     loss=keras_rso.models.paper_loss())
-    evaluator, visit, _ = trainer._plan()
+    evaluator, plan = trainer._plan()
+    visit = plan.visit
     assert isinstance(evaluator, GraphEvaluator)
     assert sum(int(np.prod(evaluator.variables[v].shape)) for v in visit) == 57104
     # conv3 feeds its own BN path and, through add3/pool3/bn3, conv5's skip.

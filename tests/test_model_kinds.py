@@ -6,16 +6,17 @@ import pytest
 
 import keras_rso
 from conftest import mnist_subset, small_convnet
+from testing_utils import fit_rso
 from keras_rso.evaluators import chain_layers
 
 
-def _fit(model, x, y, epochs=2, k=8, **fit_kw):
-    trainer = keras_rso.RSOModel(model)
-    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=0),
-                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+def _fit(model, x, y, epochs=2, k=8):
+    """`fit_rso`, with the model's loss and accuracy before and after."""
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     before = model.evaluate(x, y, verbose=0)
-    hist = trainer.fit(x, y, batch_size=64, epochs=epochs, verbose=0, **fit_kw)
-    return trainer, before, model.evaluate(x, y, verbose=0), hist
+    fitted = fit_rso(model, x, y, metrics=["accuracy"], batch_size=64, epochs=epochs,
+                     weights_per_batch=k)
+    return fitted.trainer, before, model.evaluate(x, y, verbose=0), fitted.history
 
 
 def skip_model():

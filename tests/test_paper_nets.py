@@ -78,7 +78,8 @@ def test_paper_order_visits_each_kernel_then_its_batchnorm_from_the_output():
 
     trainer = keras_rso.RSOModel(models.paper_cifar10_net())
     trainer.compile(optimizer=keras_rso.RSO.paper(), loss=models.paper_loss())
-    evaluator, visit, _ = trainer._plan()
+    evaluator, plan = trainer._plan()
+    visit = plan.visit
     names = [evaluator.variables[v].path for v in visit]
     block = lambda i: [f"conv{i}/kernel", f"bn{i}/beta", f"bn{i}/gamma"]  # noqa: E731
     # The authors' order: dense; then per convolution from the last, its

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_rso
+from testing_utils import fit_rso
 from conftest import deeper_convnet, small_convnet
 
 
@@ -117,12 +118,12 @@ def test_other_orders_cover_every_scalar(toy_data, order):
         assert schedule != trainer.visit_schedule(cycle=1)  # fresh each cycle
 
 
-def test_rejected_candidates_leave_weights_bit_identical(toy_data):
+def test_rejected_candidates_leave_weights_bit_identical(toy_data, strategy):
     x, y = toy_data
-    model = small_convnet()
+    with strategy.scope():
+        model = small_convnet()
     before = [v.numpy().copy() for v in model.trainable_variables]
-    trainer = _trainer(model, k=1)
-    trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    trainer = fit_rso(model, x, y, strategy=strategy, weights_per_batch=1).trainer
     after = [v.numpy() for v in model.trainable_variables]
     changed = sum(int(np.sum(a != b)) for a, b in zip(before, after))
     accepted = int(trainer.optimizer.weight_updates.numpy())

@@ -6,8 +6,9 @@ import pytest
 import tensorflow as tf
 
 import keras_rso
-from keras_rso.search import parabolic_offset
+from keras_rso.trial_rules import parabolic_offset
 from conftest import deeper_convnet, small_convnet
+from testing_utils import fit_rso
 
 
 def _offset(l0, lp, lm, dw):
@@ -42,10 +43,8 @@ def _fit_one_weight(rule, seed):
     x = rng.standard_normal((64, 1)).astype("float32")
     model = keras.Sequential([keras.Input((1,)),
                               keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
-    trainer = keras_rso.RSOModel(model)
-    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=1, seed=seed, zero_std_sigma=1.0,
-                                            step_rule=rule), loss="mse")
-    trainer.fit(x, 0.05 * x, batch_size=64, epochs=1, verbose=0)
+    fit_rso(model, x, 0.05 * x, loss="mse", batch_size=64, weights_per_batch=1, seed=seed,
+            zero_std_sigma=1.0, step_rule=rule)
     return float(model.layers[0].kernel.numpy()[0, 0])
 
 

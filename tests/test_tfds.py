@@ -2,7 +2,6 @@
 `tfds.testing.mock_data` stands in for the download)."""
 
 import pathlib
-import sys
 
 import keras
 import numpy as np
@@ -53,7 +52,7 @@ def test_load_tfds_rejects_a_data_set_without_images():
 
 
 def test_mnist_example_trains_on_a_tfds_data_set(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))  # as `python examples/...` has it
     import mnist_rso
 
     saved = tmp_path / "model.keras"
@@ -73,7 +72,6 @@ def test_mnist_example_trains_on_a_tfds_data_set(tmp_path, monkeypatch):
 
 
 def test_dataset_flag_is_checked():
-    sys.path.insert(0, str(ROOT / "examples"))
     import mnist_rso
 
     with pytest.raises(SystemExit):

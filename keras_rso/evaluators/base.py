@@ -13,7 +13,7 @@ from typing import Callable, List, NamedTuple, Sequence, Tuple
 import keras
 import tensorflow as tf
 
-from keras_rso import constraints
+from keras_rso import _compat, constraints
 
 LossFn = Callable[[object, object, object], tf.Tensor]
 
@@ -103,5 +103,5 @@ def seed_states(variables: Sequence[keras.Variable]) -> List[keras.Variable]:
 
 def batchnorm_layers(model) -> List[keras.layers.Layer]:
     """Every BatchNormalization layer inside `model`."""
-    return [l for l in model._flatten_layers(include_self=True)
+    return [l for l in _compat.flatten_layers(model, include_self=True)
             if isinstance(l, keras.layers.BatchNormalization)]

@@ -14,7 +14,7 @@ from keras_rso.evaluators.rank_one import (_activate, _candidates_batchnorm, _ch
                                            channel_layer)
 from keras_rso.evaluators.topology import (PER_SAMPLE_LAYERS, _elementwise_activation,
                                            _is_channelwise, _is_mixer, _is_plain_batchnorm,
-                                           _rank_one_kind)
+                                           _rank_one_kind, layer_positions)
 
 
 class ChainEvaluator:
@@ -50,10 +50,7 @@ class ChainEvaluator:
         self.layers = list(layers)
         self.variables = list(variables)
         self.loss_fn = loss_fn
-        owner = {}
-        for i, layer in enumerate(self.layers):
-            for var in layer.trainable_variables:
-                owner.setdefault(id(var), i)
+        owner = layer_positions(self.layers)
         missing = [v.path for v in self.variables if id(v) not in owner]
         if missing:
             raise ValueError(f"Variables outside the chain's layers: {missing}")

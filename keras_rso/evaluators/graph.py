@@ -1,5 +1,8 @@
 """The fast path for functional models that branch and merge (residual nets).
 
+(Longer than its siblings because one class holds the node caches, the
+three recompute modes and the write-back, which only make sense together.)
+
 `ChainEvaluator` needs every layer to feed only the next one. Residual and
 Inception-style models do not: a layer's output can feed several layers
 (the main path and a skip), and `Add`/`Concatenate` layers merge them
@@ -30,7 +33,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
-from keras_rso import distribution
+from keras_rso import _compat, distribution
 from keras_rso.evaluators.base import (LossFn, Trial, batchnorm_layers, candidate_values,
                                        is_local, seed_states, split_offsets)
 from keras_rso.evaluators.rank_one import (_activate, _candidates_batchnorm, _channel,
@@ -38,7 +41,7 @@ from keras_rso.evaluators.rank_one import (_activate, _candidates_batchnorm, _ch
                                            _pre_activation, _replace_channel, channel_layer)
 from keras_rso.evaluators.topology import (PER_SAMPLE_LAYERS, _elementwise_activation,
                                            _is_channelwise, _is_plain_batchnorm,
-                                           _rank_one_kind)
+                                           _rank_one_kind, layer_positions)
 
 MODEL_INPUT = -1  # the `inputs` index that names the model's input
 SPARSE, DELTA, FULL = "sparse", "delta", "full"  # see `GraphEvaluator._modes`
@@ -77,7 +80,7 @@ def graph_nodes(model: keras.Model) -> Optional[List[GraphNode]]:
     (deepest first), which is topological and the order of
     `model.trainable_variables`.
     """
-    operations = getattr(model, "_operations", None)
+    operations = _compat.functional_operations(model)
     if (isinstance(model, keras.Sequential) or operations is None
             or len(model.inputs) != 1 or len(model.outputs) != 1):
         return None
@@ -87,7 +90,7 @@ def graph_nodes(model: keras.Model) -> Optional[List[GraphNode]]:
     stack = [model.outputs[0]]
     while stack:
         tensor = stack.pop()
-        history = getattr(tensor, "_keras_history", None)
+        history = _compat.keras_history(tensor)
         if history is None:
             return None
         op, node_index, _ = history
@@ -95,7 +98,7 @@ def graph_nodes(model: keras.Model) -> Optional[List[GraphNode]]:
             if tensor is not model.inputs[0]:
                 return None
             continue
-        node = op._inbound_nodes[node_index]
+        node = _compat.inbound_node(op, node_index)
         if id(op) in found:
             if found[id(op)] is not node:
                 return None  # the same operation called twice
@@ -164,7 +167,7 @@ class GraphEvaluator:
         self.layers = [n.layer for n in self.nodes]
         self.variables = list(variables)
         self.loss_fn = loss_fn
-        owner = _owners(self.layers)
+        owner = layer_positions(self.layers)
         missing = [v.path for v in self.variables if id(v) not in owner]
         if missing:
             raise ValueError(f"Variables outside the graph's layers: {missing}")
@@ -206,7 +209,7 @@ class GraphEvaluator:
         """True if every variable belongs to exactly one node's layer."""
         if nodes is None:
             return False
-        owners = _owners([n.layer for n in nodes], unique=True)
+        owners = layer_positions([n.layer for n in nodes], unique=True)
         return owners is not None and all(id(v) in owners for v in variables)
 
     def _call(self, k: int, values, training: bool = True):
@@ -460,19 +463,3 @@ class GraphEvaluator:
                     tuple(value.get(("pre", s), t) for s, t in enumerate(pre)))
 
         return Trial(lp, yp, lm, ym, kept, entries, merge)
-
-
-def _owners(layers, unique: bool = False) -> Optional[Dict[int, int]]:
-    """Maps each trainable variable's id to the index of the layer owning it.
-
-    With `unique`, returns None if a variable belongs to two layers.
-    """
-    owner: Dict[int, int] = {}
-    for k, layer in enumerate(layers):
-        for var in getattr(layer, "trainable_variables", []):
-            if id(var) in owner and owner[id(var)] != k:
-                if unique:
-                    return None
-                continue
-            owner[id(var)] = k
-    return owner

@@ -1,8 +1,10 @@
 """Which layers the fast paths understand, and how a model's layers connect."""
 
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import keras
+
+from keras_rso import _compat
 
 # Layers that treat every sample independently: both candidates can be run
 # through them in one call, stacked along the batch axis. Exact types only,
@@ -37,18 +39,18 @@ def chain_layers(model: keras.Model) -> Optional[List[keras.layers.Layer]]:
     """
     if isinstance(model, keras.Sequential):
         layers = list(model.layers)
-    elif getattr(model, "_is_graph_network", False) or hasattr(model, "_operations"):
+    elif _compat.is_functional(model):
         if len(model.inputs) != 1 or len(model.outputs) != 1:
             return None
         layers = []
         tensor = model.outputs[0]
         input_tensor = model.inputs[0]
         while tensor is not input_tensor:
-            history = getattr(tensor, "_keras_history", None)
+            history = _compat.keras_history(tensor)
             if history is None:
                 return None
             op, node_index, _ = history
-            node = op._inbound_nodes[node_index]
+            node = _compat.inbound_node(op, node_index)
             if isinstance(op, keras.layers.InputLayer):
                 break
             extra = [v for v in node.arguments.kwargs.values() if v is not None]
@@ -149,3 +151,49 @@ def _is_plain_batchnorm(layer) -> bool:
             and layer.axis in (-1, len(layer.input.shape) - 1)
             and not layer.synchronized and not getattr(layer, "renorm", False)
             and layer.compute_dtype in ("float32", "float64"))
+
+
+def owner_layers(model: keras.Model, variables: Sequence[keras.Variable]
+                 ) -> List[Optional[keras.layers.Layer]]:
+    """For each of `variables`, the innermost layer of `model` that holds it
+    as its own weight (the first in `model`'s depth-first layer order), or
+    None."""
+    owner = {}
+    for layer in _compat.flatten_layers(model, include_self=False):
+        for v in _compat.own_trainable_variables(layer):
+            owner.setdefault(id(v), layer)
+    return [owner.get(id(v)) for v in variables]
+
+
+def feeding_kernel(layer, depth: int = 32) -> Optional[keras.Variable]:
+    """The kernel of the nearest layer upstream of `layer`, walking each
+    layer's first input (a merge's main path), or None."""
+    for _ in range(depth):
+        inputs = _compat.node_input_tensors(layer, 0) if layer is not None else None
+        if not inputs:
+            return None
+        history = _compat.keras_history(inputs[0])
+        if history is None:
+            return None
+        layer = history[0]
+        kernel = getattr(layer, "kernel", None)
+        if isinstance(kernel, keras.Variable):
+            return kernel
+    return None
+
+
+def layer_positions(layers, unique: bool = False) -> Optional[Dict[int, int]]:
+    """Maps each trainable variable's id to the index in `layers` of the
+    first layer that holds it.
+
+    With `unique`, returns None if a variable belongs to two layers.
+    """
+    owner: Dict[int, int] = {}
+    for k, layer in enumerate(layers):
+        for var in getattr(layer, "trainable_variables", []):
+            if id(var) in owner and owner[id(var)] != k:
+                if unique:
+                    return None
+                continue
+            owner[id(var)] = k
+    return owner

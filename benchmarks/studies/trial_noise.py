@@ -29,7 +29,7 @@ change of the loss of the other batches between the chosen candidate and `w`
 kept in the output file.
 
 Example:
-    python benchmarks/trial_noise.py mnist.keras --sigma-scale 1 --output noise.json
+    python -m benchmarks.trial_noise mnist.keras --sigma-scale 1 --output noise.json
 """
 
 import argparse
@@ -42,8 +42,8 @@ import tensorflow as tf
 
 import keras_rso  # noqa: F401  (registers the saved classes)
 from keras_rso import datasets
-from keras_rso.experiment import provenance, write_json
-from keras_rso.search import KEEP, choose
+from examples.experiment import provenance, write_json
+from keras_rso.trial_rules import KEEP, choose
 
 
 def he_std(variable) -> float:
@@ -54,7 +54,7 @@ def he_std(variable) -> float:
 
 def measure(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
             sigma_scale: float, weights: int, batches: int, batch_size: int,
-            seed: int, tolerances=()) -> dict:
+            seed: int, tolerances=(), flip: bool = False) -> dict:
     # Every trial restores the weight it changed, so one model serves all
     # sigma scales; the same seed gives each scale the same batches and
     # scalars.
@@ -80,7 +80,12 @@ def measure(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
             losses = [None, base, None]
             for slot, sign in ((0, -1.0), (2, 1.0)):
                 trial = flat.copy()
-                trial[j] += sign * dw
+                if flip:
+                    # A binary weight has one other value: both slots hold
+                    # the flip, so `decide` takes it iff it lowers the loss.
+                    trial[j] = -trial[j]
+                else:
+                    trial[j] += sign * dw
                 variable.assign(trial.reshape(variable.shape))
                 losses[slot] = np.array([float(loss(x, y)) for x, y in data])
             variable.assign(flat.reshape(variable.shape))
@@ -169,6 +174,12 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerances", type=float, nargs="*", default=[1e-4, 3e-4, 1e-3, 3e-3],
                         help="RSO(tolerance=...) values whose held-out gain to report")
+    parser.add_argument("--flip", action="store_true",
+                        help="the kernels are binary (+-1): the trial is the sign flip "
+                             "(examples/binary_mnist.py); --sigma-scale is then unused")
+    parser.add_argument("--raw", action="store_true",
+                        help="feed raw pixels (0-255), for models that standardize "
+                             "inside: the paper preset's and examples/binary_mnist.py's")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     out = provenance(args)
@@ -183,11 +194,11 @@ def main(argv=None):
             for scale, rows in stored["by_sigma_scale"].items()}
     else:
         out["model"] = os.path.basename(args.model)
-        (x_train, y_train), _ = datasets.load_mnist()
+        (x_train, y_train), _ = datasets.load_mnist(raw=args.raw)
         model = keras.saving.load_model(args.model)
         out["by_sigma_scale"] = {
             str(s): measure(model, x_train, y_train, s, args.weights, args.batches,
-                            args.batch_size, args.seed, args.tolerances)
+                            args.batch_size, args.seed, args.tolerances, args.flip)
             for s in args.sigma_scale}
     write_json(out, args.output)
 

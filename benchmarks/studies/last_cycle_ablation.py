@@ -16,7 +16,7 @@ images (`precise_bn.set_population_statistics`), so that the rows differ by
 their weights only.
 
 Example:
-    python benchmarks/last_cycle_ablation.py mnist.keras cycle_start.weights.h5 --output docs/results/last_cycle_ablation.json
+    python -m benchmarks.last_cycle_ablation mnist.keras cycle_start.weights.h5 --output docs/results/last_cycle_ablation.json
 """
 
 import argparse
@@ -28,9 +28,9 @@ import numpy as np
 
 import keras_rso  # noqa: F401  (registers the saved classes)
 from keras_rso import datasets
-from keras_rso.experiment import provenance, write_json
-from head_probe import score
-from precise_bn import set_population_statistics
+from examples.experiment import provenance, write_json
+from benchmarks.studies.head_probe import score
+from benchmarks.studies.precise_bn import set_population_statistics
 
 
 def layer_groups(model: keras.Model) -> Dict[str, List[int]]:

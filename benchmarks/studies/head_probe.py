@@ -12,7 +12,7 @@ The head is refit from the saved classifier's weights, so the probe reports
 what the same features can support, not a different model.
 
 Example:
-    python benchmarks/head_probe.py mnist.keras --output docs/results/head_probe.json
+    python -m benchmarks.head_probe mnist.keras --output docs/results/head_probe.json
 """
 
 import argparse
@@ -23,7 +23,7 @@ import numpy as np
 
 import keras_rso  # noqa: F401  (registers the saved classes)
 from keras_rso import datasets
-from keras_rso.experiment import provenance, write_json
+from examples.experiment import provenance, write_json
 
 
 def score(probabilities: np.ndarray, labels: np.ndarray) -> dict:

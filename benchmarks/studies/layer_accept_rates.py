@@ -8,7 +8,7 @@ markdown table, one row per variable in the order they are searched
 (output to input) and one column per cycle, and can keep them as JSON.
 
 Example:
-    python benchmarks/layer_accept_rates.py logs/mnist --output docs/results/accept_rates.json
+    python -m benchmarks.layer_accept_rates logs/mnist --output docs/results/accept_rates.json
 """
 
 import argparse
@@ -18,7 +18,7 @@ from collections import defaultdict
 
 import tensorflow as tf
 
-from keras_rso.experiment import provenance, write_json
+from examples.experiment import provenance, write_json
 
 PREFIX = "accept_rate/"
 

@@ -1,5 +1,8 @@
 """Shared driver of the example scripts: train, evaluate, record results.
 
+(Long because it is every example's command line, run loop and results
+file; it is the lab's code, not part of the installed `keras_rso`.)
+
 Every number the README quotes comes from a JSON file written here, which
 holds the exact command line that produced it.
 """

@@ -22,8 +22,8 @@ Two measurements on an MLP with Dropout on MNIST (validation split: the last
    from a `git worktree` on `PYTHONPATH`) and once after.
 
 Example:
-    python benchmarks/random_layers.py decisions --results docs/results/crn_decisions.json
-    python benchmarks/random_layers.py training --cycles 3 --results docs/results/crn_training.json
+    python -m benchmarks.random_layers decisions --results docs/results/crn_decisions.json
+    python -m benchmarks.random_layers training --cycles 3 --results docs/results/crn_training.json
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import numpy as np
 
 import keras_rso
 from keras_rso import datasets
-from keras_rso.experiment import provenance, write_json
+from examples.experiment import provenance, write_json
 
 
 def dropout_mlp(seed: int, rate: float) -> keras.Model:

@@ -9,7 +9,7 @@ earlier layers already using their new statistics), to show how much that
 one-batch estimate costs.
 
 Example:
-    python benchmarks/precise_bn.py mnist.keras --output docs/results/precise_bn_mnist.json
+    python -m benchmarks.precise_bn mnist.keras --output docs/results/precise_bn_mnist.json
 """
 
 import argparse
@@ -20,7 +20,7 @@ import numpy as np
 
 import keras_rso  # noqa: F401  (registers the saved classes)
 from keras_rso import datasets
-from keras_rso.experiment import provenance, write_json
+from examples.experiment import provenance, write_json
 
 
 def accuracy(model, x, y) -> float:

@@ -13,7 +13,7 @@ its own BatchNormalization channel, so a layer-wide sigma is a different
 relative step in each of them.
 
 Example:
-    python benchmarks/weight_stats.py mnist.keras --output docs/results/weight_stats.json
+    python -m benchmarks.weight_stats mnist.keras --output docs/results/weight_stats.json
 """
 
 import argparse
@@ -24,7 +24,7 @@ import numpy as np
 
 import keras_rso  # noqa: F401  (registers the saved classes)
 from keras_rso import models
-from keras_rso.experiment import provenance, write_json
+from examples.experiment import provenance, write_json
 
 
 def name(variable) -> str:

@@ -1,0 +1,1 @@
+"""Speed measurements and tools; run each as `python -m benchmarks.<name>`."""

@@ -1,0 +1,1 @@
+"""Example scripts; `experiment` is their shared driver (flags, runs, results files)."""

@@ -1,0 +1,76 @@
+"""The callbacks `RSOModel.fit` adds around the user's: exact resume and cycle starts.
+
+Internal: `fit` puts `EpochMark` first and `CycleKeeper` last, so a backup
+written at an epoch's end already records where the next epoch starts, and
+`BackupAndRestore` has restored the search state before `CycleKeeper`
+reads it.
+"""
+
+import keras
+
+from keras_rso import _compat, constraints
+
+
+class EpochMark(keras.callbacks.Callback):
+    """Internal: records where each epoch ends, before any backup is written.
+
+    Added first to the callbacks of `RSOModel.fit`, so that a backup taken at
+    the end of an epoch (`BackupAndRestore`, `ModelCheckpoint`) already says
+    that the next epoch starts here.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.optimizer.mark_epoch_start()
+
+
+class CycleKeeper(keras.callbacks.Callback):
+    """Internal: resumes the data stream, measures sigma, starts cycles.
+
+    Added last to the callbacks of `RSOModel.fit`, so `BackupAndRestore` has
+    restored the RSO state before any of this reads it.
+    """
+
+    def __init__(self, backups=()):
+        super().__init__()
+        self.backups = list(backups)
+
+    def _restored_from_backup(self) -> bool:
+        """True if a BackupAndRestore callback has just loaded a backup."""
+        return any(_compat.backup_exists(b) for b in self.backups)
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        opt = model.optimizer
+        iterations = int(opt.iterations.numpy())
+        if self._restored_from_backup():
+            # Keras restarts an interrupted epoch from its first step. The
+            # stream restarts with it, at the batch that epoch began with,
+            # and the steps it had already taken are replayed without
+            # trials, so every later step sees the batch it would have seen
+            # without the interruption (exact resume from mid-epoch backups).
+            start = int(opt.epoch_start.numpy())
+        else:
+            # A new fit (new data, or going on after an error) starts fresh
+            # epochs where training stands.
+            start = iterations
+            opt.mark_epoch_start(start)
+        model._replay_steps.assign(max(iterations - start, 0))
+        model._data_offset.assign(start)
+        if int(opt.sigmas_ready.numpy()) == 0:
+            # Training starts inside every searched variable's domain (as a
+            # gradient optimizer's first update would put it): the trials
+            # only ever propose values inside it.
+            for var in model.searched_variables():
+                if constraints.of(var) is not None:
+                    var.assign(var.constraint(var.value))
+            opt.initialize_sigmas(model.trainable_variables, model._layer_ids(),
+                                  model._batchnorm_flags())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        opt = self.model.optimizer
+        if int(opt.position.numpy()) >= self.model.trials_per_cycle:
+            opt.start_next_cycle()
+            if opt.remeasure_sigma:
+                opt.initialize_sigmas(self.model.trainable_variables,
+                                      self.model._layer_ids(),
+                                      self.model._batchnorm_flags())

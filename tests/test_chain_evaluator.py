@@ -1,0 +1,60 @@
+"""`ChainEvaluator` on its own: each trial's two losses equal full forward passes."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_rso.evaluators import ChainEvaluator, FullForwardEvaluator, chain_layers
+
+L = keras.layers
+
+
+def _chain():
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([
+        keras.Input((6, 6, 2)),
+        L.Conv2D(3, 3, padding="same", name="conv1"), L.BatchNormalization(name="bn1"),
+        L.ReLU(), L.AveragePooling2D(2), L.Conv2D(4, 3, use_bias=False, name="conv2"),
+        L.Activation("tanh"), L.Flatten(), L.Dense(3, name="dense")])
+
+
+def _loss(y, y_pred, sample_weight):
+    return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, y_pred, from_logits=True))
+
+
+def test_every_variable_kind_matches_the_full_forward_path(float64):
+    model = _chain()
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(16, 6, 6, 2)))
+    y = tf.constant(rng.integers(0, 3, 16))
+    variables = list(model.trainable_variables)
+    chain = ChainEvaluator(chain_layers(model), variables, _loss)
+    full = FullForwardEvaluator(model, variables, _loss)
+    assert chain.fast and [v.path.split("/")[-2] for v in variables] == [
+        "conv1", "conv1", "bn1", "bn1", "conv2", "dense", "dense"]
+    loss0, _, fixed, carried = chain.begin(x, y, None)
+    ref0, _, _, _ = full.begin(x, y, None)
+    np.testing.assert_allclose(loss0, ref0, rtol=1e-12)
+    # Output side first, as a step runs them: the caches stay valid.
+    for v in reversed(range(len(variables))):
+        for j in (0, int(np.prod(variables[v].shape)) - 1):
+            dw = tf.constant(0.3, tf.float64)
+            fast = chain.trial(v, j, dw, fixed, carried, x, y, None)
+            ref = full.trial(v, j, dw, (), (), x, y, None)
+            np.testing.assert_allclose([fast.loss_plus, fast.loss_minus],
+                                       [ref.loss_plus, ref.loss_minus], rtol=1e-10,
+                                       err_msg=f"{variables[v].path}[{j}]")
+            # A real comparison, except conv1's bias, which bn1 subtracts again.
+            flat = variables[v].path.endswith("conv1/bias")
+            gap = abs(float(fast.loss_plus) - float(fast.loss_minus))
+            assert (gap < 1e-12) == flat, (variables[v].path, gap)
+
+
+def test_supports_only_variables_of_its_layers():
+    model = _chain()
+    layers = chain_layers(model)
+    assert ChainEvaluator.supports(model.trainable_variables, layers)
+    assert not ChainEvaluator.supports(model.trainable_variables, layers[1:])
+    with pytest.raises(ValueError, match="outside the chain"):
+        ChainEvaluator(layers[1:], model.trainable_variables, _loss)
