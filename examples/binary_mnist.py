@@ -37,8 +37,8 @@ import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
 from keras_rso import constraints, datasets, models  # noqa: E402
-from experiment import (add_rso_flags, parse_rso_args, run_gradient,  # noqa: E402
-                                  run_rso, train_mean)
+from experiment import (add_gradient_flags, add_rso_flags, parse_rso_args, run_gradient,  # noqa: E402
+                        run_rso, train_mean)
 
 
 def binarize(kernel):
@@ -91,11 +91,7 @@ def main(argv=None):
     parser.add_argument("--method", choices=["rso", "ste"], default="rso")
     add_rso_flags(parser, cycles=5, batch_size=2048, weights_per_batch=64)
     parser.set_defaults(sigma_rule="he")
-    parser.add_argument("--epochs", type=int, default=5, help="--method ste: epochs")
-    parser.add_argument("--learning-rate", type=float, default=0.01,
-                        help="--method ste: Adam's learning rate")
-    parser.add_argument("--decay", choices=["none", "cosine"], default="cosine",
-                        help="--method ste: learning-rate schedule")
+    add_gradient_flags(parser, "ste", "Adam", learning_rate=0.01)
     args = parse_rso_args(parser, argv)
     data = datasets.load_mnist(raw=True)
     mean = float(train_mean(data, args, per_channel=False))

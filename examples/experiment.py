@@ -538,6 +538,19 @@ def parse_rso_args(parser, argv=None):
     return args
 
 
+def add_gradient_flags(parser, methods: str, optimizer: str, learning_rate: float,
+                       decay: str = "cosine", epochs: int = 5) -> None:
+    """Adds the flags of a script's gradient baseline (`--epochs`,
+    `--learning-rate`, `--decay`); `methods` and `optimizer` name, in the
+    help, the `--method` values and the optimizer they apply to."""
+    parser.add_argument("--epochs", type=int, default=epochs, help=f"--method {methods}: epochs")
+    parser.add_argument("--learning-rate", type=float, default=learning_rate,
+                        help=f"--method {methods}: {optimizer}'s learning rate")
+    parser.add_argument("--decay", choices=["none", "cosine"], default=decay,
+                        help=f"--method {methods}: learning-rate schedule (constant, or "
+                             "cosine decay to 0 over the run)")
+
+
 def add_common_flags(parser, validation_size: int = 10000):
     """Adds the flags every example script shares (data, outputs)."""
     parser.add_argument("--seed", type=int, default=0)

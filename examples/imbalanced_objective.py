@@ -38,8 +38,8 @@ import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
 from keras_rso import datasets, losses  # noqa: E402
-from experiment import (add_rso_flags, parse_rso_args, run_gradient,  # noqa: E402
-                                  run_rso, split_validation, write_json)
+from experiment import (add_gradient_flags, add_rso_flags, parse_rso_args, run_gradient,  # noqa: E402
+                        run_rso, split_validation, write_json)
 
 
 def net(units: int, built: list) -> keras.Model:
@@ -79,11 +79,7 @@ def main(argv=None):
                         help="--method rso: weight of cross-entropy added to the balanced "
                              "error (breaks its ties)")
     add_rso_flags(parser, cycles=3, batch_size=2048, weights_per_batch=64)
-    parser.add_argument("--epochs", type=int, default=5, help="--method adam: epochs")
-    parser.add_argument("--learning-rate", type=float, default=0.001,
-                        help="--method adam: learning rate")
-    parser.add_argument("--decay", choices=["none", "cosine"], default="cosine",
-                        help="--method adam: learning-rate schedule")
+    add_gradient_flags(parser, "adam", "Adam", learning_rate=0.001)
     args = parse_rso_args(parser, argv)
     if not 0 <= args.positive <= 9:
         parser.error(f"--positive must be a class in 0-9; got {args.positive}")

@@ -4,24 +4,11 @@
 Network: 6 conv 3x3x16 + BatchNorm + ReLU, average pooling after convs 2 and
 4, global average pooling, Dense 10; He-normal init; standardized inputs.
 
-Defaults (batch 1024, 64 weights per batch, the paper's sigma schedule of
-1x down to 0.1x at the last cycle) reached 95.4% after 5 cycles, at
-about 4 minutes per cycle alone on a 2-core CPU (95.7% when rerun
-with the current code); see docs/results.md. Departing
-from the paper's schedule, --final-fraction 0.3 reached 96.3% and
---sigma-scale 3 --final-fraction 0.3333 (3x down to 1x) 96.4%; the latter
-with --batch-size 2048 (or 4096) reached 97.4%, and adding --balance-sigma
-97.7% (97.4% with --seed 1, 97.5% with --seeds 2 and 3), the best measured 5-cycle result (the paper
-reports 98%); over --cycles 10 the same flags reached 98.2%. --output-passes 10 (the classifier searched again at each
-cycle end) gave 87-89% after cycle 1 instead of 74-75%, and 97.5% after 5.
---step-rule parabolic (each trial also tries the vertex of the parabola
-through its three losses; 1.75x the time per cycle) gave 78.1% after cycle 1
-and 95.6% after cycle 2 (argmin: 75.3%, 94.1%), and the same 97.7% after 5.
---order input_to_output (same cost per cycle) was behind the paper's order
-after every cycle and ended at 97.3%; --order random (a fresh random order
-each cycle, same cost) was ahead after every cycle (91.8% after cycle 1)
-and ended at 97.95% (97.8%, 97.65% and 98.08% with --seed 1, 2 and 3),
-the best 5-cycle results; --seed 3 matches the paper's 98%.
+Defaults: batch 1024, 64 weights per batch, the paper's sigma schedule of
+1x down to 0.1x at the last cycle, the paper's visiting order. The flags
+change each of these (--batch-size, --weights-per-batch, --sigma-scale,
+--final-fraction, --balance-sigma, --order, --step-rule, --output-passes);
+docs/results.md records what each setting measured, with its command.
 --preset paper runs the authors' code instead (keras_rso.models.paper_mnist_net
 on raw pixels, batch 5000, one weight per batch, RSO.paper(), the float64
 summed loss, the first --cycles of their 50-cycle sigma schedule).

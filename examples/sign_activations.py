@@ -34,8 +34,8 @@ import numpy as np  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
 from keras_rso import datasets  # noqa: E402
-from experiment import (add_rso_flags, parse_rso_args, run_gradient,  # noqa: E402
-                                  run_rso, write_json)
+from experiment import (add_gradient_flags, add_rso_flags, parse_rso_args, run_gradient,  # noqa: E402
+                        run_rso, write_json)
 
 
 @keras.saving.register_keras_serializable(package="sign_activations")
@@ -66,11 +66,7 @@ def main(argv=None):
     parser.add_argument("--method", choices=["rso", "sgd", "ste"], default="rso")
     parser.add_argument("--units", type=int, default=64, help="hidden units")
     add_rso_flags(parser, cycles=3, batch_size=1024, weights_per_batch=64)
-    parser.add_argument("--epochs", type=int, default=5, help="--method sgd/ste: epochs")
-    parser.add_argument("--learning-rate", type=float, default=0.05,
-                        help="--method sgd/ste: SGD's learning rate (momentum 0.9)")
-    parser.add_argument("--decay", choices=["none", "cosine"], default="cosine",
-                        help="--method sgd/ste: learning-rate schedule")
+    add_gradient_flags(parser, "sgd/ste", "SGD (momentum 0.9)", learning_rate=0.05)
     args = parse_rso_args(parser, argv)
     data = datasets.load_mnist()
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

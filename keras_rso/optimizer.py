@@ -43,10 +43,8 @@ class RSO(keras.optimizers.Optimizer):
         weights_per_batch: Number of consecutive weight trials that share one
             mini-batch (`K`). `1` is the paper's setting (a fresh batch for
             every weight); larger values amortise the cost of the base
-            forward pass over `K` trials. On the paper's MNIST net at
-            batch 2048, K=64 ended 5 cycles best (97.7%; K=8, 16 and 1024:
-            97.3-97.35%, see docs/results.md); at batch 256, K=16 and 64
-            took turns ahead over 3 cycles.
+            forward pass over `K` trials (docs/results.md, "Trials per
+            batch (K)", compares them).
         seed: Integer seed of the perturbation stream. Draws are stateless
             and keyed on `(seed, trial number)`, so a run is reproducible and
             identical on every replica.
@@ -92,9 +90,8 @@ class RSO(keras.optimizers.Optimizer):
             statistics of that step's batch under the final weights. RSO
             changes early layers last in a cycle, and each such change
             shifts every later layer's statistics, so the usual moving
-            average lags far behind the weights: on MNIST it left test
-            accuracy at 47% while training-mode accuracy was 90% (see
-            docs/results.md). Between refreshes the moving averages are
+            average lags far behind the weights (docs/results.md,
+            "BatchNorm statistics"). Between refreshes the moving averages are
             updated once per batch as usual.
         output_passes: Extra passes over the output layer's weights at the
             end of every cycle, after the sweep that visits every weight
@@ -102,11 +99,8 @@ class RSO(keras.optimizers.Optimizer):
             the layer that owns the last searched variable (the `Dense`
             classifier of the paper's networks). It is searched first in
             the paper's order, before the layers below it have settled,
-            and it has few weights. On MNIST ten passes lift test accuracy
-            after cycle 1 from 75% to 89%, and after 5 cycles leave the
-            classifier within 0.1 point of the best linear one on its
-            features, though 5-cycle accuracy did not rise
-            (docs/results.md). Its trials are cheap (only the last layer
+            and it has few weights (docs/results.md, "A second seed, and
+            output passes", measures it). Its trials are cheap (only the last layer
             and the loss run), so a few passes cost little. The passes
             start on a fresh mini-batch. Departs from the paper.
         step_rule: How a trial picks the new weight. `"argmin"` (default,

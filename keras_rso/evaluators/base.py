@@ -53,6 +53,30 @@ def replace_scalar(value: tf.Tensor, j: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
     return tf.reshape(flat, tf.shape(value))
 
 
+def cached_trial(loss_plus, y_plus, loss_minus, y_minus, new: dict, caches: dict) -> Trial:
+    """A fast evaluator's `Trial`, whose cache entries are built lazily.
+
+    Args:
+        new: `{(part, slot): fn(minus) -> tensor}`: the cache entries the
+            trial changes, built for the candidate `minus` names.
+        caches: `{part: tuple of the current cache tensors}`; `merge`
+            returns one tuple per part, in this order.
+    """
+    keys = sorted(new)
+    kept = tuple(caches[part][s] for part, s in keys)
+
+    def entries(minus):
+        # ensure_shape keeps the loop variables' static shapes.
+        return tuple(tf.ensure_shape(new[key](minus), t.shape) for key, t in zip(keys, kept))
+
+    def merge(entries):
+        value = dict(zip(keys, entries))
+        return tuple(tuple(value.get((part, s), t) for s, t in enumerate(tensors))
+                     for part, tensors in caches.items())
+
+    return Trial(loss_plus, y_plus, loss_minus, y_minus, kept, entries, merge)
+
+
 def split_offsets(dw) -> Tuple[tf.Tensor, tf.Tensor]:
     """`(d_plus, d_minus)` of a trial's offset: its candidates are
     `w + d_plus` and `w - d_minus`. `dw` is one tensor (the symmetric

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from keras_rso import distribution
-from keras_rso.evaluators.base import (LossFn, Trial, batchnorm_layers, candidate_values,
+from keras_rso.evaluators.base import (LossFn, batchnorm_layers, cached_trial, candidate_values,
                                        is_local, seed_states, split_offsets)
 from keras_rso.evaluators.rank_one import (_activate, _candidates_batchnorm, _channel,
                                            _channel_delta, _half, _output_channel,
@@ -191,11 +191,61 @@ class ChainEvaluator:
             self._tails[start] = tf.function(piece, autograph=False)
         return self._tails[start](h, batch)
 
+    def _whole_layer(self, v: int, j, dw, h_in, batch, m):
+        """Trial of a weight without a rank-one rule: the owning layer runs
+        on both candidates (stacked), then the layers after it."""
+        i = self.layer_of[v]
+        layer, var = self.layers[i], self.variables[v]
+        _, plus, minus = candidate_values(var, j, dw)
+        outs = []
+        for value in (plus, minus):
+            with keras.StatelessScope(state_mapping=[(var, value)]):
+                outs.append(layer(h_in, training=True))
+        return self._run(i + 1, tf.concat(outs, 0), batch, m)
+
+    def _channel_candidates(self, v: int, j, dw, h_in, pre, new):
+        """The rank-one update: the two candidates' pre-activation of the one
+        output channel `c` weight `j` feeds. Registers the cache entry of the
+        layer's pre-activation in `new`; returns `c` and the pair."""
+        i = self.layer_of[v]
+        layer, var, kind = self.layers[i], self.variables[v], self.kind[v]
+        k = self.slot[i]
+        shape = tuple(var.shape)
+        c = _output_channel(kind, j, shape)
+        base_c = _channel(pre[k], c)
+        delta = _channel_delta(kind, layer, h_in, j, shape, pre[k])
+        d_plus, d_minus = (tf.cast(d, base_c.dtype) for d in split_offsets(dw))
+        p_c = (base_c + d_plus * delta, base_c - d_minus * delta)
+        new[("pre", k)] = lambda minus: _replace_channel(
+            pre[k], c, tf.where(minus, p_c[1], p_c[0]))
+        return c, p_c
+
+    def _channel_to_next_mixer(self, i: int, m: int, c, p_c, mix_in, pre, batch, new):
+        """Carries channel `c` alone through the channel-wise layers after
+        layer `i`, then adds its change to the next mixer's pre-activation
+        as a one-channel delta; runs the rest in full. Registers the next
+        mixer's input and pre-activation in `new`; returns the predictions."""
+        hc = _activate(self.layers[i], tf.concat(p_c, 0))
+        for l in range(i + 1, m):
+            hc = channel_layer(self.layers[l], hc, c, batch)
+        km = self.slot[m]
+        base_in = _channel(mix_in[km], c)
+        diff = hc - tf.concat([base_in, base_in], 0)
+        mixer = self.layers[m]
+        if type(mixer) is keras.layers.Dense:
+            dpre = tf.matmul(diff, tf.gather(mixer.kernel, [c], axis=0))
+        else:
+            dpre = mixer.convolution_op(diff, tf.gather(mixer.kernel, [c], axis=2))
+        p_m = tf.concat([pre[km], pre[km]], 0) + dpre
+        new[("in", km)] = lambda minus: _replace_channel(mix_in[km], c, _half(hc, minus, batch))
+        new[("pre", km)] = lambda minus: _half(p_m, minus, batch)
+        y_pred, _ = self._run(m + 1, _activate(mixer, p_m), batch, None)
+        return y_pred
+
     def trial(self, v: int, j, dw, fixed, carried, x, y, sample_weight):
         inputs = fixed
         mix_in, pre = carried
         i = self.layer_of[v]
-        layer, var, kind = self.layers[i], self.variables[v], self.kind[v]
         h_in = mix_in[self.slot[i]] if i in self.slot else inputs[i]
         batch = tf.shape(h_in)[0]
         m = self.next_mixer[i]
@@ -204,46 +254,18 @@ class ChainEvaluator:
         # candidate's are ever built (lazily, in the caller's switch), so
         # full-size cache tensors are not rewritten for rejected candidates.
         new = dict()
+        seen = None
         with keras.StatelessScope():
-            if kind is not None:
-                k = self.slot[i]
-                shape = tuple(var.shape)
-                c = _output_channel(kind, j, shape)
-                base_c = _channel(pre[k], c)
-                delta = _channel_delta(kind, layer, h_in, j, shape, pre[k])
-                d_plus, d_minus = (tf.cast(d, base_c.dtype) for d in split_offsets(dw))
-                p_c = (base_c + d_plus * delta, base_c - d_minus * delta)
-                new[("pre", k)] = lambda minus: _replace_channel(
-                    pre[k], c, tf.where(minus, p_c[1], p_c[0]))
-                if i in self.sparse_to:
-                    hc = _activate(layer, tf.concat(p_c, 0))
-                    for l in range(i + 1, m):
-                        hc = channel_layer(self.layers[l], hc, c, batch)
-                    km = self.slot[m]
-                    base_in = _channel(mix_in[km], c)
-                    diff = hc - tf.concat([base_in, base_in], 0)
-                    mixer = self.layers[m]
-                    if type(mixer) is keras.layers.Dense:
-                        dpre = tf.matmul(diff, tf.gather(mixer.kernel, [c], axis=0))
-                    else:
-                        dpre = mixer.convolution_op(
-                            diff, tf.gather(mixer.kernel, [c], axis=2))
-                    p_m = tf.concat([pre[km], pre[km]], 0) + dpre
-                    new[("in", km)] = lambda minus: _replace_channel(
-                        mix_in[km], c, _half(hc, minus, batch))
-                    new[("pre", km)] = lambda minus: _half(p_m, minus, batch)
-                    y_pred, _ = self._run(m + 1, _activate(mixer, p_m), batch, None)
-                else:
-                    h = _activate(layer, tf.concat(
-                        [_replace_channel(pre[k], c, p) for p in p_c], 0))
-                    y_pred, seen = self._run(i + 1, h, batch, m)
+            if self.kind[v] is None:
+                y_pred, seen = self._whole_layer(v, j, dw, h_in, batch, m)
             else:
-                _, plus, minus = candidate_values(var, j, dw)
-                outs = []
-                for value in (plus, minus):
-                    with keras.StatelessScope(state_mapping=[(var, value)]):
-                        outs.append(layer(h_in, training=True))
-                y_pred, seen = self._run(i + 1, tf.concat(outs, 0), batch, m)
+                c, p_c = self._channel_candidates(v, j, dw, h_in, pre, new)
+                if i in self.sparse_to:
+                    y_pred = self._channel_to_next_mixer(i, m, c, p_c, mix_in, pre, batch, new)
+                else:
+                    h = _activate(self.layers[i], tf.concat(
+                        [_replace_channel(pre[self.slot[i]], c, p) for p in p_c], 0))
+                    y_pred, seen = self._run(i + 1, h, batch, m)
             if m is not None and ("pre", self.slot[m]) not in new:
                 km = self.slot[m]
                 new[("in", km)] = lambda minus: _half(seen[0], minus, batch)
@@ -252,17 +274,4 @@ class ChainEvaluator:
             lp = self.loss_fn(y, yp, sample_weight)
             lm = self.loss_fn(y, ym, sample_weight)
 
-        keys = sorted(new)
-        kept = tuple((mix_in if part == "in" else pre)[s] for part, s in keys)
-
-        def entries(minus):
-            # ensure_shape keeps the loop variables' static shapes.
-            return tuple(tf.ensure_shape(new[key](minus), t.shape)
-                         for key, t in zip(keys, kept))
-
-        def merge(entries):
-            value = dict(zip(keys, entries))
-            return (tuple(value.get(("in", s), t) for s, t in enumerate(mix_in)),
-                    tuple(value.get(("pre", s), t) for s, t in enumerate(pre)))
-
-        return Trial(lp, yp, lm, ym, kept, entries, merge)
+        return cached_trial(lp, yp, lm, ym, new, {"in": mix_in, "pre": pre})

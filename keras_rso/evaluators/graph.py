@@ -34,7 +34,7 @@ import keras
 import tensorflow as tf
 
 from keras_rso import _compat, distribution
-from keras_rso.evaluators.base import (LossFn, Trial, batchnorm_layers, candidate_values,
+from keras_rso.evaluators.base import (LossFn, batchnorm_layers, cached_trial, candidate_values,
                                        is_local, seed_states, split_offsets)
 from keras_rso.evaluators.rank_one import (_activate, _candidates_batchnorm, _channel,
                                            _channel_delta, _half, _output_channel,
@@ -449,17 +449,4 @@ class GraphEvaluator:
                     pre[self.slot[i]], c, _half(p, minus, batch)))(p)
             else:
                 new["pre", self.slot[k]] = (lambda p: lambda minus: _half(p, minus, batch))(p)
-        keys = sorted(new)
-        kept = tuple((outputs if part == "out" else pre)[s] for part, s in keys)
-
-        def entries(minus):
-            # ensure_shape keeps the loop variables' static shapes.
-            return tuple(tf.ensure_shape(new[key](minus), t.shape)
-                         for key, t in zip(keys, kept))
-
-        def merge(entries):
-            value = dict(zip(keys, entries))
-            return (tuple(value.get(("out", s), t) for s, t in enumerate(outputs)),
-                    tuple(value.get(("pre", s), t) for s, t in enumerate(pre)))
-
-        return Trial(lp, yp, lm, ym, kept, entries, merge)
+        return cached_trial(lp, yp, lm, ym, new, {"out": outputs, "pre": pre})
