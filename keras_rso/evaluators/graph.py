@@ -172,6 +172,7 @@ class GraphEvaluator:
         if missing:
             raise ValueError(f"Variables outside the graph's layers: {missing}")
         self.layer_of = [owner[id(v)] for v in self.variables]
+        self._mode_cache: Dict[tuple, Dict[int, str]] = {}
         n = len(self.nodes)
         # A mixer's output is its cached pre-activation, activated: a weight
         # of it is a rank-one update of one channel (one input tensor only).
@@ -258,7 +259,8 @@ class GraphEvaluator:
                 (tuple(outputs), tuple(pre)))
 
     def _modes(self, i: int, sparse: bool) -> Dict[int, str]:
-        """How a trial in node `i` recomputes each node downstream of it.
+        """How a trial in node `i` recomputes each node downstream of it
+        (worked out once per `(i, sparse)`: every trial of a node asks).
 
         `SPARSE`: only one channel `c` differs from the cache (a channel-wise
         layer or an element-wise merge fed by such channels), and only that
@@ -266,7 +268,10 @@ class GraphEvaluator:
         channel: its cached pre-activation plus that channel's change
         through the kernel's slice `c`. `FULL`: recomputed whole.
         """
-        mode = {i: SPARSE if sparse else FULL}
+        key = (i, bool(sparse))
+        if key in self._mode_cache:
+            return self._mode_cache[key]
+        mode = self._mode_cache[key] = {i: SPARSE if sparse else FULL}
         for k in self.downstream[i]:
             changed = {mode[a] for a in self.nodes[k].inputs if a in mode}
             mode[k] = FULL
