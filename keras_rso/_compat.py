@@ -164,6 +164,19 @@ def backup_exists(callback: keras.callbacks.BackupAndRestore) -> bool:
         file_utils.join(callback.backup_dir, "training_metadata.json"))))
 
 
+def continue_backup_epoch(callback: keras.callbacks.BackupAndRestore, model) -> None:
+    """Tells `callback` the epoch its restored backup resumes.
+
+    Keras (3.15) restores a backup's epoch into the model only; the
+    callback's own count stays 0 until that epoch ends, so a backup taken
+    inside the resumed epoch records epoch 0, and a second resume from it
+    would run every epoch again.
+    """
+    epoch = getattr(model, "_initial_epoch", None)
+    if epoch is not None:
+        callback._current_epoch = int(epoch)
+
+
 # ---------------------------------------------------------------------- data
 
 
@@ -185,7 +198,7 @@ def is_rewindable(adapter) -> bool:
 
 
 __all__: List[str] = [
-    "BuildsFromFirstBatch", "backup_exists", "batchnorm_moments",
+    "BuildsFromFirstBatch", "backup_exists", "batchnorm_moments", "continue_backup_epoch",
     "batchnorm_moments_replaced", "batchnorm_reduction_axes", "compiled_metrics",
     "data_adapter", "drop_compile_config", "flatten_layers", "functional_operations",
     "inbound_node", "is_functional", "is_rewindable", "keras_history", "local_variable",

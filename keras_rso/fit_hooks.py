@@ -49,6 +49,8 @@ class CycleKeeper(keras.callbacks.Callback):
             # trials, so every later step sees the batch it would have seen
             # without the interruption (exact resume from mid-epoch backups).
             start = int(opt.epoch_start.numpy())
+            for backup in self.backups:
+                _compat.continue_backup_epoch(backup, model)
         else:
             # A new fit (new data, or going on after an error) starts fresh
             # epochs where training stands.

@@ -125,6 +125,14 @@ def test_backup_exists(tmp_path):
     assert _compat.backup_exists(backup)
 
 
+def test_continue_backup_epoch_sets_the_callbacks_epoch(tmp_path):
+    model, *_ = _functional()
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "b"))
+    model._initial_epoch = 3  # what Keras' restore sets
+    _compat.continue_backup_epoch(backup, model)
+    assert backup._current_epoch == 3
+
+
 def test_data_adapters_and_validation_split():
     x, y = np.arange(20.0).reshape(10, 2), np.arange(10.0)
     (xt, yt, _), (xv, yv, _) = _compat.train_validation_split((x, y, None), 0.2)

@@ -1,5 +1,7 @@
 """An interrupted fit resumes with BackupAndRestore and loses nothing."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -135,3 +137,25 @@ def test_resume_from_a_mid_cycle_backup_is_exact(toy_data, tmp_path, shuffle, pa
         np.testing.assert_allclose(logs.epochs[1][key], expected, rtol=1e-5, err_msg=key)
         np.testing.assert_allclose(logs.epochs[2][key], ref_logs.epochs[2][key],
                                    rtol=1e-6, err_msg=key)
+
+
+def test_a_second_kill_in_the_resumed_epoch_resumes_exactly(toy_data, tmp_path):
+    # Killed in cycle 2, resumed, killed again in cycle 2: the second backup
+    # must still say epoch 1 (Keras 3.15's BackupAndRestore forgets the
+    # restored epoch until the epoch ends), so the third fit ends after
+    # cycle 3 with the reference's weights, not one cycle later.
+    x, y = toy_data
+    reference, ref_trainer = _run(x, y, [], True)
+    backup = str(tmp_path / "backup")
+    for kill_after in (1, 4):
+        _run(x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1),
+                    InterruptAtBatch(epoch=1, batch=kill_after)], True)
+        with open(f"{backup}/training_metadata.json") as f:
+            assert json.load(f)["epoch"] == 1
+    logs = EpochLogs()
+    resumed, trainer = _run(x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1),
+                                   logs], True)
+    assert sorted(logs.epochs) == [1, 2]
+    assert int(trainer.optimizer.trials.numpy()) == 3 * trainer.trials_per_cycle
+    for a, b in zip(resumed.weights, reference.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
