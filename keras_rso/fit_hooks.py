@@ -65,14 +65,11 @@ class CycleKeeper(keras.callbacks.Callback):
             for var in model.searched_variables():
                 if constraints.of(var) is not None:
                     var.assign(var.constraint(var.value))
-            opt.initialize_sigmas(model.trainable_variables, model._layer_ids(),
-                                  model._batchnorm_flags())
+            model._initialize_sigmas()
 
     def on_epoch_begin(self, epoch, logs=None):
         opt = self.model.optimizer
         if int(opt.position.numpy()) >= self.model.trials_per_cycle:
             opt.start_next_cycle()
             if opt.remeasure_sigma:
-                opt.initialize_sigmas(self.model.trainable_variables,
-                                      self.model._layer_ids(),
-                                      self.model._batchnorm_flags())
+                self.model._initialize_sigmas()

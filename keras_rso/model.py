@@ -185,8 +185,9 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
             ev = GraphEvaluator(nodes, all_vars, self._loss_fn)
         else:
             ev = FullForwardEvaluator(self.model, all_vars, self._loss_fn)
-        layer_ids = self._layer_ids()
-        visit = schedule.visit_order(opt.order, index, self._owner_layers(), all_vars,
+        owners = self._owner_layers()
+        layer_ids = self._layer_ids(owners)
+        visit = schedule.visit_order(opt.order, index, owners, all_vars,
                                      ev.layer_of if ev.fast else None)
         visit += schedule.output_pass_visits(visit, layer_ids, opt.output_passes)
         # The output passes start on a fresh batch.
@@ -220,10 +221,13 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
                 "time. Build those layers with `use_bias=False`, or leave the "
                 "biases out with `RSOModel(variables=...)`.", stacklevel=3)
 
-    def _batchnorm_flags(self) -> List[bool]:
-        """For each trainable variable, whether a BatchNormalization owns it."""
-        return [isinstance(layer, keras.layers.BatchNormalization)
-                for layer in self._owner_layers()]
+    def _initialize_sigmas(self) -> None:
+        """Measures the search's sigmas from the current weights
+        (`RSO.initialize_sigmas`), finding each variable's layer once."""
+        owners = self._owner_layers()
+        self.optimizer.initialize_sigmas(
+            self.trainable_variables, self._layer_ids(owners),
+            [isinstance(layer, keras.layers.BatchNormalization) for layer in owners])
 
     def _searched_index(self) -> List[int]:
         """Positions of the searched variables in `trainable_variables`."""
@@ -234,10 +238,11 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
         """For each trainable variable, the layer that owns it, or None."""
         return owner_layers(self.model, self.trainable_variables)
 
-    def _layer_ids(self) -> List[int]:
-        """For each trainable variable, an id of the layer that owns it."""
-        return [i if layer is None else id(layer)
-                for i, layer in enumerate(self._owner_layers())]
+    def _layer_ids(self, owners: Optional[list] = None) -> List[int]:
+        """For each trainable variable, an id of the layer that owns it
+        (from `owners`, `_owner_layers()`'s result, when the caller has it)."""
+        owners = self._owner_layers() if owners is None else owners
+        return [i if layer is None else id(layer) for i, layer in enumerate(owners)]
 
     def visit_schedule(self, cycle: int = 0) -> List[tuple]:
         """The `(variable path, flat index)` of every trial of a cycle, in order.
