@@ -397,13 +397,8 @@ class GraphEvaluator:
                 and is_local(var)):
             # gamma or beta of channel j: only that channel changes.
             h_c = _channel(values[0], j)
-            outs = []
-            for value in (plus, minus):
-                with keras.StatelessScope(state_mapping=[(var, value)]):
-                    outs.append(_candidates_batchnorm(layer, tf.concat([h_c, h_c], 0),
-                                                      tf.shape(h_c)[0], channel=j))
-            batch = tf.shape(h_c)[0]
-            return tf.concat([outs[0][:batch], outs[1][batch:]], 0), None, j
+            return (_candidates_batchnorm(layer, tf.concat([h_c, h_c], 0), tf.shape(h_c)[0],
+                                          channel=j, candidates=(var, plus, minus)), None, j)
         outs, ps = [], []
         for value in (plus, minus):
             with keras.StatelessScope(state_mapping=[(var, value)]):

@@ -82,7 +82,7 @@ def _tap_shift(layer, channel, tap, kernel_size, out_size):
     return tf.ensure_shape(out, [None, *out_size, 1])
 
 
-def _candidates_batchnorm(layer, h, batch, channel=None):
+def _candidates_batchnorm(layer, h, batch, channel=None, candidates=None):
     """Training-mode BatchNormalization of two stacked candidates.
 
     `h` holds the two candidates' activations along the batch axis; each
@@ -91,22 +91,35 @@ def _candidates_batchnorm(layer, h, batch, channel=None):
     update that a trial throws away. The layers between a variable and the
     next mixer are copied into that variable's branch of the step's graph,
     so the ops saved here are saved many times over in tracing and graph
-    optimisation. `channel`
-    picks one channel of the layer's parameters when `h` carries only it.
+    optimisation. `channel` picks one channel of the layer's parameters
+    when `h` carries only it. `candidates`, `(variable, plus, minus)` with
+    `variable` the layer's gamma or beta, gives that parameter a value per
+    half: the first half is normalised with `plus`, the second with
+    `minus`, in one pass.
     """
     def param(v):
+        if candidates is not None and v is candidates[0]:
+            pair = tf.stack([param_of(candidates[1]), param_of(candidates[2])])
+            # One value per half, broadcast over the `[2, batch, ...]` view.
+            return tf.reshape(pair, [2] + [1] * (len(h.shape) - 1)
+                              + ([1] if channel is not None else [-1]))
+        return param_of(v)
+
+    def param_of(v):
         return tf.gather(v, channel) if channel is not None else tf.convert_to_tensor(v)
 
+    if candidates is not None and not any(
+            candidates[0] is getattr(layer, name, None) for name in ("gamma", "beta")):
+        raise ValueError(f"{candidates[0].path} is neither gamma nor beta of {layer.name}.")
+    two = tf.reshape(h, tf.concat([[2, batch], tf.shape(h)[1:]], 0))
     gamma = param(layer.gamma) if layer.scale else None
     beta = param(layer.beta) if layer.center else None
     if not layer.trainable:
         # A frozen BatchNormalization uses its moving statistics even in
         # training mode, so it treats samples independently.
-        return tf.nn.batch_normalization(h, param(layer.moving_mean),
-                                         param(layer.moving_variance),
-                                         beta, gamma, layer.epsilon)
-    two = tf.reshape(h, tf.concat([[2, batch], tf.shape(h)[1:]], 0))
-    mean, var = tf.nn.moments(two, axes=list(range(1, len(h.shape))), keepdims=True)
+        mean, var = param_of(layer.moving_mean), param_of(layer.moving_variance)
+    else:
+        mean, var = tf.nn.moments(two, axes=list(range(1, len(h.shape))), keepdims=True)
     out = tf.nn.batch_normalization(two, mean, var, beta, gamma, layer.epsilon)
     return tf.ensure_shape(tf.reshape(out, tf.shape(h)), h.shape)
 
