@@ -71,17 +71,41 @@ def cross_replica_sum(value: tf.Tensor) -> tf.Tensor:
     n = num_replicas()
     if n == 1:
         return value
+    value = tf.convert_to_tensor(value)
+    gathered = all_gather(tf.expand_dims(value, 0))
+    return tf.reduce_sum(tf.reshape(gathered, tf.concat([[n], tf.shape(value)], 0)), axis=0)
+
+
+def replica_rows(count) -> tuple:
+    """Where this replica's `count` rows sit in the global batch.
+
+    Returns `(before, total)`: the rows of the replicas before this one (in
+    replica order, the order in which a strategy splits a global batch),
+    and the rows of all replicas. On one device: `(0, count)`.
+    """
+    count = tf.cast(count, tf.int64)
+    n = num_replicas()
+    if n == 1:
+        return tf.zeros_like(count), count
+    rows = all_gather(tf.reshape(count, [1]))
+    return tf.reduce_sum(rows[:_replica_id()]), tf.reduce_sum(rows)
+
+
+def all_gather(value: tf.Tensor) -> tf.Tensor:
+    """Every replica's `value` (equal shapes), concatenated along axis 0 in
+    replica order; usable inside control flow, as `cross_replica_sum`."""
+    n = num_replicas()
+    if n == 1:
+        return value
     group_key = _GROUP_KEY_BASE + 2 * n + int(is_multi_worker())
     instance_key = next(_instance_keys[_replica_id()])
-    value = tf.convert_to_tensor(value)
-    gathered = tf.raw_ops.CollectiveGatherV2(
-        input=tf.expand_dims(value, 0),
+    return tf.raw_ops.CollectiveGatherV2(
+        input=tf.convert_to_tensor(value),
         group_size=n,
         group_key=group_key,
         instance_key=instance_key,
         ordering_token=[],
         communication_hint="auto")
-    return tf.reduce_sum(tf.reshape(gathered, tf.concat([[n], tf.shape(value)], 0)), axis=0)
 
 
 def cross_replica_mean(value: tf.Tensor) -> tf.Tensor:

@@ -290,10 +290,11 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
         opt = self.optimizer
         if opt.pool_size is None:
             return
-        if self.distribute_strategy.num_replicas_in_sync > 1:
+        if _compat.num_workers(self.distribute_strategy) > 1:
             raise ValueError(
-                "RSO(pool_size=...) runs on one device only: each replica "
-                "would need its own pool. Use pool_size=None under tf.distribute.")
+                "RSO(pool_size=...) serves the replicas of one worker process "
+                "(e.g. MirroredStrategy), each holding the whole pool; it is not "
+                "built for multi-worker strategies. Use pool_size=None there.")
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
         if sample_weight is not None:
             raise ValueError(
@@ -310,8 +311,9 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
         if self._pool is not None and self._pool.size == opt.pool_size and set(
                 self._pool.anchors) == set(anchors):
             return
-        self._pool = LayerInputPool(ev.layers, anchors, opt.pool_size,
-                                    int(tf.shape(x)[0]), x, y)
+        with self.distribute_strategy.scope():  # one pool per replica
+            self._pool = LayerInputPool(ev.layers, anchors, opt.pool_size,
+                                        int(tf.shape(x)[0]), x, y)
 
     # ------------------------------------------------------------- compile
     def compile(self, optimizer: Union[RSO, str, dict, None] = None, **kwargs):

@@ -156,8 +156,12 @@ class RSO(keras.optimizers.Optimizer):
             the network from that layer on. It needs a model whose layers
             form a chain (the fast path), an order that visits one layer
             after another (`"paper"`, `"output_to_input"` or
-            `"input_to_output"`), one device and no sample weights. Memory:
-            `P` times the widest searched layer's input, in float32.
+            `"input_to_output"`) and no sample weights. Under
+            `MirroredStrategy` every replica holds the whole pool (a fill
+            step gathers the global batch) and draws its shard of each
+            pooled batch, which makes the one-device decisions;
+            multi-worker strategies are not supported. Memory: `P` times
+            the widest searched layer's input, in float32, per replica.
         name: Optimizer name.
 
     Example:
@@ -519,7 +523,7 @@ class RSO(keras.optimizers.Optimizer):
 
     def set_pool_fills(self, value) -> None:
         """Traced: the steps of the current segment that filled the pool."""
-        self.pool_fills.assign(value)
+        distribution.assign(self.pool_fills, value)
 
     def load_own_variables(self, store) -> None:
         """Restores the search state, also from files of earlier versions.

@@ -22,7 +22,14 @@ Keras fit loop:
   cycle) and runs the network from the anchor on, for the base loss and
   for every candidate.
 
-Memory: `P` rows for each distinct anchor-input width, in the model's
+Under `MirroredStrategy` every replica keeps the whole pool: a fill step
+gathers the replicas' shards of the global batch (in replica order) and
+each replica stores all of it; a trial step's pooled batch is the same
+shuffled walk as on one device, each replica taking its own shard of it.
+So the replicas see exactly the batches one device would see, and the
+decisions (taken on the replica-summed losses) are the same.
+
+Memory: `P` rows for each distinct anchor-input width, per replica, in the model's
 compute dtype (the paper's MNIST net at `P=50,000`: widths 784, 3,136,
 12,544 and 16, 3.3 GB in float32), plus the targets. The pool's contents are not saved: a fit resumed from a
 backup refills it by replaying the segment's fill steps on the same
@@ -37,6 +44,8 @@ from typing import List, NamedTuple, Sequence
 import keras
 import numpy as np
 import tensorflow as tf
+
+from keras_rso import _compat, distribution
 
 
 class Segment(NamedTuple):
@@ -93,15 +102,19 @@ class LayerInputPool:
         # (in the paper's MNIST net conv1, conv5 and conv6; conv3 and conv4)
         # share it, since only one segment's pool is live at a time.
         self.key = {a: (int(np.prod(self.shapes[a])), self.dtypes[a]) for a in self.anchors}
+        # Under a strategy every replica holds the whole pool (the variables
+        # are per-replica, `ON_READ`): a fill step gathers the global batch
+        # to every replica, and each replica draws its shard of a pooled
+        # batch from its own copy, as one device would (`fill`, `draw`).
         self.buffers = {}
         for w, dtype in sorted(set(self.key.values())):
-            self.buffers[w, dtype] = tf.Variable(
-                tf.zeros([self.size, w], dtype), trainable=False, name=f"pool_{w}")
+            self.buffers[w, dtype] = _replica_variable(tf.zeros([self.size, w], dtype),
+                                                       f"pool_{w}")
         y = tf.convert_to_tensor(sample_y)
-        self.targets = tf.Variable(tf.zeros([self.size] + y.shape[1:].as_list(), y.dtype),
-                                   trainable=False, name="pool_targets")
+        self.targets = _replica_variable(
+            tf.zeros([self.size] + y.shape[1:].as_list(), y.dtype), "pool_targets")
         # Rows filled so far in the live segment (not saved; see module doc).
-        self.rows = tf.Variable(0, dtype=tf.int64, trainable=False, name="pool_rows")
+        self.rows = _replica_variable(tf.constant(0, tf.int64), "pool_rows")
 
     @property
     def nbytes(self) -> int:
@@ -132,25 +145,30 @@ class LayerInputPool:
         """Stores the anchor's input of batch `x` (and `y`) as the pool's
         next rows (the first rows when `fill_index` is 0).
 
+        Under a strategy, `x` is this replica's shard of the global batch;
+        the shards are gathered, and every replica stores the global batch.
+
         Returns:
             `(h, y)`: the anchor input of the batch, and its targets, for
             the step's base pass.
         """
         h = tf.cast(self.upstream(anchor, x), self.dtypes[anchor])
-        buffer = self.buffers[self.key[anchor]]
+        buffer, targets = _local(self.buffers[self.key[anchor]]), _local(self.targets)
         w = self.key[anchor][0]
-        b = tf.cast(tf.shape(h)[0], tf.int64)
+        flat = distribution.all_gather(tf.reshape(h, [-1, w]))
+        labels = distribution.all_gather(tf.cast(y, self.targets.dtype))
         start = tf.where(tf.equal(fill_index, 0), tf.constant(0, tf.int64), self.rows)
-        n = tf.minimum(b, self.size - start)
-        flat = tf.reshape(h, [-1, w])
-        buffer[start:start + n].assign(flat[:n])
-        self.targets[start:start + n].assign(tf.cast(y[:n], self.targets.dtype))
-        self.rows.assign(start + n)
+        n = tf.minimum(tf.shape(flat, out_type=tf.int64)[0], self.size - start)
+        with tf.control_dependencies([buffer[start:start + n].assign(flat[:n]),
+                                      targets[start:start + n].assign(labels[:n])]):
+            distribution.assign(self.rows, start + n)
         return h, y
 
-    def draw(self, anchor: int, count, seed, offset):
-        """`count` samples of the pool: rows `offset ...` of a shuffled walk
-        through the filled rows (wrapping around), shuffled by `seed`.
+    def draw(self, anchor: int, count, seed, step):
+        """`count` samples of the pool for the segment's `step`-th trial
+        step: the next rows of a shuffled walk through the filled rows
+        (wrapping around), shuffled by `seed`. Under a strategy each
+        replica takes its own `count` rows of the step's global batch.
 
         Returns:
             `(h, y)`: the anchor inputs and the targets of those rows.
@@ -158,8 +176,24 @@ class LayerInputPool:
         rows = tf.maximum(self.rows, 1)
         perm = tf.random.experimental.stateless_shuffle(
             tf.range(rows, dtype=tf.int64), seed=seed)
-        at = (tf.cast(offset, tf.int64) + tf.range(tf.cast(count, tf.int64))) % rows
+        before, total = distribution.replica_rows(count)
+        offset = tf.cast(step, tf.int64) * total + before
+        at = (offset + tf.range(tf.cast(count, tf.int64))) % rows
         index = tf.gather(perm, at)
-        h = tf.reshape(self.buffers[self.key[anchor]].sparse_read(index),
+        h = tf.reshape(_local(self.buffers[self.key[anchor]]).sparse_read(index),
                        [-1, *self.shapes[anchor]])
-        return h, self.targets.sparse_read(index)
+        return h, _local(self.targets).sparse_read(index)
+
+
+def _replica_variable(initial_value, name: str) -> tf.Variable:
+    """A non-trainable variable with one copy per replica (inside a
+    strategy's scope; a plain variable outside any)."""
+    return tf.Variable(initial_value, trainable=False, name=name,
+                       synchronization=tf.VariableSynchronization.ON_READ,
+                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+
+def _local(var):
+    """This replica's copy of `var` (`var` itself off any strategy)."""
+    local = _compat.local_variable(var)
+    return var if local is None else local

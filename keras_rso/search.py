@@ -124,18 +124,17 @@ class TrialLoop:
         return [_current_or(scope, v) for v in self.ev.state_variables]
 
     def __call__(self, x, y, sample_weight) -> StepResult:
-        if self.pool is not None:
-            return self._pool_step(x, y, sample_weight)
+        step = self._pool_step if self.pool is not None else self._step
         if distribution.num_replicas() > 1:
             # Collective ops inside a while loop pair up across replicas by
             # the loop's frame name, and node names differ between the
             # replicas of one graph. Each replica's step therefore becomes
             # its own function, not inlined, whose nodes carry the same
             # names on every replica.
-            step = _compat.noinline_function(self._step)
+            step = _compat.noinline_function(step)
             with distribution.collective_batchnorm(self.ev.batchnorms):
                 return step(x, y, sample_weight)
-        return self._step(x, y, sample_weight)
+        return step(x, y, sample_weight)
 
     def _pool_step(self, x, y, sample_weight) -> StepResult:
         """A step under `RSO(pool_size=...)`: fills the live segment's pool
@@ -179,7 +178,7 @@ class TrialLoop:
             def run():
                 h, targets = tf.cond(
                     fill, lambda: pool.fill(a, x, y, fill_index),
-                    lambda: pool.draw(a, count, seed, trial_steps * tf.cast(count, tf.int64)))
+                    lambda: pool.draw(a, count, seed, trial_steps))
                 h = tf.ensure_shape(h, [None, *pool.shapes[a]])
                 result = self._step(h, targets, None, start=a, slots=self.anchor_slots[a],
                                     fill=fill, forward_x=x)

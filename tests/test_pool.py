@@ -119,6 +119,17 @@ def test_pool_rejects_what_it_cannot_serve(toy_data):
     with pytest.raises(ValueError, match="sample weights"):
         trainer.fit(x, y, sample_weight=np.ones(len(y)), batch_size=32, epochs=1, verbose=0)
 
+    # A multi-worker strategy (each worker would need its own pool) is
+    # refused before anything is written.
+    _, trainer = _trainer(pool_size=64)
+    before = [w.numpy().copy() for w in trainer.model.weights]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keras_rso._compat, "num_workers", lambda strategy: 2)
+        with pytest.raises(ValueError, match="multi-worker"):
+            trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    for w, b in zip(trainer.model.weights, before):
+        np.testing.assert_array_equal(w.numpy(), b)
+
     inputs = keras.Input((8, 8, 1))
     h = keras.layers.Conv2D(3, 3, padding="same")(inputs)
     h = keras.layers.Add()([h, keras.layers.Conv2D(3, 1)(inputs)])
