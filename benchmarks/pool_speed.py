@@ -51,18 +51,21 @@ class _BatchTimes(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._t0)
 
 
-def _trainer(pool_size):
+def paper_trainer(pool_size=None, weights_per_batch=1):
+    """`paper_mnist_net` compiled as the authors' code (`RSO.paper()`)."""
     keras.utils.set_random_seed(0)
     model = keras_rso.models.paper_mnist_net()
     trainer = keras_rso.RSOModel(model)
-    trainer.compile(optimizer=keras_rso.RSO.paper(seed=0, pool_size=pool_size),
+    trainer.compile(optimizer=keras_rso.RSO.paper(seed=0, pool_size=pool_size,
+                                                  weights_per_batch=weights_per_batch),
                     loss=keras_rso.models.paper_loss())
     return trainer
 
 
-def time_keras_rso(ds, steps, pool_size):
-    """Seconds per trial at every searched variable, and per fill step."""
-    trainer = _trainer(pool_size)
+def time_keras_rso(ds, steps, pool_size, trainer=None):
+    """Seconds per step (of K trials) at every searched variable, and per
+    fill step; `trainer` defaults to `paper_trainer(pool_size)`."""
+    trainer = trainer if trainer is not None else paper_trainer(pool_size)
     trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # traces the step
     opt = trainer.optimizer
     evaluator, plan = trainer._plan()
@@ -71,11 +74,12 @@ def time_keras_rso(ds, steps, pool_size):
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
     fills = trainer._pool.fill_steps if pool_size else 0
     per_trial, fill_times = {}, []
+    k = int(opt.weights_per_batch)
     for v, start, size in zip(visit, starts, sizes):
         opt.seek(int(start))
         opt.pool_fills.assign(0)  # the pool is filled again for this variable
         timer = _BatchTimes()
-        n = min(steps, size)
+        n = min(steps, -(-size // k))
         trainer.fit(ds, epochs=1, steps_per_epoch=fills + n, verbose=0, callbacks=[timer])
         fill_times += timer.times[:fills]
         per_trial[evaluator.variables[v].path] = float(np.mean(timer.times[fills:]))
