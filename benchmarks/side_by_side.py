@@ -114,6 +114,7 @@ def main(argv=None):
                   f"{row['seconds_per_cycle']:8.0f} s/cycle ({row['seconds_per_cycle'] / 3600:.2f} h), "
                   f"{row['vs_naive']:.2f}x the naive reference", flush=True)
         results["mnist"] = mnist
+        write_json(results, args.results, announce=False)  # kept if CIFAR-10 is cut short
     if args.skip != "cifar10":
         cifar = cifar_rows(args.cifar_steps, args.cifar_batch_size)
         speedup = cifar["full"]["seconds_per_cycle"] / cifar["fast"]["seconds_per_cycle"]
