@@ -116,20 +116,22 @@ def cross_replica_mean(value: tf.Tensor) -> tf.Tensor:
     return cross_replica_sum(value) / tf.cast(n, value.dtype)
 
 
+def local(var):
+    """This replica's own copy of `var`; `var` itself off any strategy."""
+    copy = _compat.local_variable(var)
+    return var if copy is None else copy
+
+
 def assign(var, value):
     """`var.assign(value)` that is legal inside control flow on any replica."""
-    local = _compat.local_variable(var)
-    if local is None:
-        return var.assign(value)
-    return local.assign(tf.cast(value, local.dtype))
+    target = local(var)
+    return target.assign(tf.cast(value, target.dtype))
 
 
 def assign_add(var, delta):
     """`var.assign_add(delta)`, replica-locally (see `assign`)."""
-    local = _compat.local_variable(var)
-    if local is None:
-        return var.assign_add(delta)
-    return local.assign_add(tf.cast(delta, local.dtype))
+    target = local(var)
+    return target.assign_add(tf.cast(delta, target.dtype))
 
 
 def _synchronized_moments(layer, inputs, mask):

@@ -45,7 +45,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_rso import _compat, distribution
+from keras_rso import distribution
 
 
 class Segment(NamedTuple):
@@ -153,7 +153,8 @@ class LayerInputPool:
             the step's base pass.
         """
         h = tf.cast(self.upstream(anchor, x), self.dtypes[anchor])
-        buffer, targets = _local(self.buffers[self.key[anchor]]), _local(self.targets)
+        buffer = distribution.local(self.buffers[self.key[anchor]])
+        targets = distribution.local(self.targets)
         w = self.key[anchor][0]
         flat = distribution.all_gather(tf.reshape(h, [-1, w]))
         labels = distribution.all_gather(tf.cast(y, self.targets.dtype))
@@ -180,9 +181,9 @@ class LayerInputPool:
         offset = tf.cast(step, tf.int64) * total + before
         at = (offset + tf.range(tf.cast(count, tf.int64))) % rows
         index = tf.gather(perm, at)
-        h = tf.reshape(_local(self.buffers[self.key[anchor]]).sparse_read(index),
+        h = tf.reshape(distribution.local(self.buffers[self.key[anchor]]).sparse_read(index),
                        [-1, *self.shapes[anchor]])
-        return h, _local(self.targets).sparse_read(index)
+        return h, distribution.local(self.targets).sparse_read(index)
 
 
 def _replica_variable(initial_value, name: str) -> tf.Variable:
@@ -191,9 +192,3 @@ def _replica_variable(initial_value, name: str) -> tf.Variable:
     return tf.Variable(initial_value, trainable=False, name=name,
                        synchronization=tf.VariableSynchronization.ON_READ,
                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-
-
-def _local(var):
-    """This replica's copy of `var` (`var` itself off any strategy)."""
-    local = _compat.local_variable(var)
-    return var if local is None else local
