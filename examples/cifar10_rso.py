@@ -4,7 +4,8 @@
 Network (`keras_rso.models.cifar10_net`): three stages of three 3x3 conv +
 BatchNorm + ReLU (16 channels by default, `--filters` to widen), 2x2 average
 pooling between stages, global average pooling, Dense 10: 9 conv + 1 dense
-weight layers. Inputs are standardized per channel.
+weight layers. Inputs are standardized per channel; the saved model (--save)
+takes raw pixels, with that standardization as its first layer.
 
 --preset paper trains the authors' residual network instead
 (keras_rso.models.paper_cifar10_net, 57,104 weights, raw pixels) as their
@@ -25,7 +26,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TF start-up logs
 
 from keras_rso import datasets, models
-from experiment import add_rso_flags, load_data, parse_rso_args, run_rso, train_mean
+from experiment import (RawPixels, add_rso_flags, load_data, parse_rso_args, run_rso,
+                        train_mean)
 
 
 def main(argv=None):
@@ -48,13 +50,18 @@ def main(argv=None):
         parser.error("--preset paper trains on keras.datasets arrays; drop --dataset tfds:...")
     data = load_data(args, lambda: datasets.load_cifar10(raw=paper))
     build = functools.partial(models.cifar10_net, filters=filters)
+    raw_pixels = None
     if paper:
         build = functools.partial(models.paper_cifar10_net,
                                   mean=train_mean(data, args, per_channel=True))
     elif isinstance(data, datasets.TFDSData):
         build = functools.partial(build, data.image_shape, data.num_classes,
                                   preprocessing=data.preprocessing_layers())
-    return run_rso(build, data, args)
+    else:
+        # Saved behind the standardization it was trained after (see mnist_rso).
+        raw_pixels = RawPixels(datasets.standardization_layer("cifar10"),
+                               datasets.load_cifar10(raw=True)[1])
+    return run_rso(build, data, args, raw_pixels=raw_pixels)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable, Optional, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import keras
 from keras.src.utils import file_utils
@@ -181,9 +181,33 @@ def _eval_batch(split):
     return 1000 if isinstance(split, tuple) else None
 
 
-def _finish(model, splits, recorder, args, fields: dict) -> dict:
+class RawPixels(NamedTuple):
+    """How to save a model trained on standardized arrays so that it takes
+    raw pixels: the layer that standardizes them
+    (`keras_rso.datasets.standardization_layer`), and the raw test split,
+    on which the saved model is checked."""
+
+    layer: keras.layers.Layer
+    test: tuple
+
+
+def raw_pixel_model(model: keras.Model, layer: keras.layers.Layer,
+                    image_shape: Sequence[int]) -> keras.Model:
+    """`model` behind `layer`: a plain Keras model that takes raw pixels."""
+    return keras.Sequential([keras.Input(tuple(image_shape)), layer, model],
+                            name=f"{model.name}_raw_pixels")
+
+
+def accuracy(model: keras.Model, x, y) -> float:
+    """Top-1 accuracy of `model` on arrays."""
+    return float(np.mean(np.argmax(model.predict(x, batch_size=1000, verbose=0), -1) == y))
+
+
+def _finish(model, splits, recorder, args, fields: dict,
+            raw_pixels: Optional[RawPixels] = None) -> dict:
     """Evaluates the final model on the validation and test splits, saves the
-    model, writes the results JSON."""
+    model (behind `raw_pixels.layer` when given, checked on the raw test
+    split), writes the results JSON."""
     _, validation, test = splits
     final = {}
     if validation is not None:
@@ -200,6 +224,11 @@ def _finish(model, splits, recorder, args, fields: dict) -> dict:
         "test_accuracy": float(test_acc), "test_loss": float(test_loss),
         "seconds": recorder.rows[-1]["seconds"] if recorder.rows else 0.0,
     })
+    if raw_pixels is not None:
+        x_raw, y_raw = raw_pixels.test
+        model = raw_pixel_model(model, raw_pixels.layer, x_raw.shape[1:])
+        results["saved_model_inputs"] = "raw pixels"
+        results["saved_model_test_accuracy"] = accuracy(model, x_raw, y_raw)
     if args.save:
         model.save(args.save)
         print(f"Saved the trained model to {args.save}")
@@ -288,7 +317,8 @@ def _fit(model: keras.Model, splits, args, epochs: int, callbacks: list):
 
 
 def run_rso(build_model: Callable[[], keras.Model], data, args,
-            loss: Union[str, keras.losses.Loss] = "sparse_categorical_crossentropy") -> dict:
+            loss: Union[str, keras.losses.Loss] = "sparse_categorical_crossentropy",
+            raw_pixels: Optional[RawPixels] = None) -> dict:
     """Trains `build_model()` with RSO as the example scripts' flags say.
 
     Args:
@@ -301,6 +331,8 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
             no_bn_refresh, tolerance, ties, sigma_rule, output_passes, step_rule,
             backup_dir, backup_every, logdir, save, results, verbose.
         loss: The loss without `--preset paper` (which uses `paper_loss()`).
+        raw_pixels: When `data` is standardized outside the model: how to
+            save a model that takes raw pixels instead (`RawPixels`).
 
     Returns:
         The results dictionary (also written to `args.results`).
@@ -359,7 +391,7 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
         "parameters": _count(model),
         "trials_per_cycle": trainer.trials_per_cycle,
         "weight_updates": int(trainer.optimizer.weight_updates.numpy()),
-    })
+    }, raw_pixels)
     print(f"Test accuracy after {len(recorder.rows)} cycle(s): {results['test_accuracy']:.4f}  "
           f"({results['weight_updates']} weight updates, {results['seconds']:.0f} s)")
     return results

@@ -15,7 +15,9 @@ summed loss, the first --cycles of their 50-cycle sigma schedule).
 Add --backup-dir to make a long run resumable. --dataset tfds:NAME trains
 the same network on any TFDS image-classification data set (its shape and
 classes), streamed through tf.data, with the standardization inside the
-saved model.
+model. Every saved model takes raw pixels (0-255), as keras.datasets returns
+them: a model trained on standardized arrays is saved behind the same
+standardization.
 
 Example:
     python examples/mnist_rso.py --cycles 5 --save mnist.keras --logdir logs/mnist
@@ -28,7 +30,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TF start-up logs
 
 from keras_rso import datasets, models
-from experiment import add_rso_flags, load_data, parse_rso_args, run_rso, train_mean
+from experiment import (RawPixels, add_rso_flags, load_data, parse_rso_args, run_rso,
+                        train_mean)
 
 
 def main(argv=None):
@@ -54,6 +57,7 @@ def main(argv=None):
     data = load_data(args, lambda: datasets.load_mnist(
         fashion=args.dataset == "fashion_mnist", raw=paper))
     build = functools.partial(models.mnist_paper_net, filters=args.filters)
+    raw_pixels = None
     if paper:
         if args.filters != 16:
             parser.error("--preset paper uses the paper's 16 channels; drop --filters")
@@ -63,7 +67,12 @@ def main(argv=None):
         build = functools.partial(
             build, data.image_shape, data.num_classes,
             preprocessing=data.preprocessing_layers())
-    return run_rso(build, data, args)
+    else:
+        # Trained on standardized arrays; saved behind the same
+        # standardization, so that the saved model takes raw pixels.
+        raw_pixels = RawPixels(datasets.standardization_layer(args.dataset), datasets.load_mnist(
+            fashion=args.dataset == "fashion_mnist", raw=True)[1])
+    return run_rso(build, data, args, raw_pixels=raw_pixels)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,48 @@ import tensorflow as tf
 Split = Tuple[np.ndarray, np.ndarray]
 
 
+def _statistics(x_train: np.ndarray, per_channel: bool):
+    """Mean and std of the training pixels / 255 (float32, as `_standardize`
+    uses them)."""
+    x = x_train.astype("float32") / 255.0
+    axes = tuple(range(x.ndim - 1)) if per_channel else None
+    return x.mean(axis=axes, keepdims=per_channel), x.std(axis=axes, keepdims=per_channel)
+
+
 def _standardize(x_train: np.ndarray, x_test: np.ndarray, per_channel: bool):
-    x_train = x_train.astype("float32") / 255.0
-    x_test = x_test.astype("float32") / 255.0
-    axes = tuple(range(x_train.ndim - 1)) if per_channel else None
-    mean = x_train.mean(axis=axes, keepdims=per_channel)
-    std = x_train.std(axis=axes, keepdims=per_channel)
-    return (x_train - mean) / std, (x_test - mean) / std
+    mean, std = _statistics(x_train, per_channel)
+    return ((x_train.astype("float32") / 255.0 - mean) / std,
+            (x_test.astype("float32") / 255.0 - mean) / std)
+
+
+def standardization_layer(dataset: str, name: str = "standardize") -> keras.layers.Layer:
+    """The standardization `load_mnist`/`load_cifar10` apply, as a layer.
+
+    A model trained on the standardized arrays, with this layer in front,
+    takes raw pixels (0-255) as `keras.datasets` returns them, which is
+    what a saved model should take. Its output agrees with the loaders'
+    arrays to float32 rounding (it computes `(x - 255 m) / (255 s)`, the
+    loaders `(x / 255 - m) / s`).
+
+    Args:
+        dataset: `"mnist"`, `"fashion_mnist"` or `"cifar10"`.
+        name: The layer's name.
+
+    Returns:
+        A `keras.layers.Normalization` holding the training-set statistics.
+    """
+    loaders = {"mnist": lambda: keras.datasets.mnist.load_data(),
+               "fashion_mnist": lambda: keras.datasets.fashion_mnist.load_data(),
+               "cifar10": _cifar10_raw}
+    if dataset not in loaders:
+        raise ValueError(f"`dataset` must be one of {sorted(loaders)}; received {dataset!r}.")
+    (x_train, _), _ = loaders[dataset]()
+    if dataset != "cifar10":
+        x_train = x_train[..., None]
+    mean, std = _statistics(x_train, per_channel=dataset == "cifar10")
+    mean = np.reshape(mean, -1).astype("float64")
+    std = np.reshape(std, -1).astype("float64")
+    return keras.layers.Normalization(mean=255.0 * mean, variance=(255.0 * std) ** 2, name=name)
 
 
 def _limit(split: Split, limit: Optional[int]) -> Split:

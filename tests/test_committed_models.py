@@ -1,5 +1,5 @@
 """The committed models of the headline runs give the accuracy their results
-files (and the README) quote, when loaded with plain Keras."""
+files (and the README) quote, when loaded with plain Keras on raw pixels."""
 
 import json
 import os
@@ -13,32 +13,38 @@ from keras_rso import datasets
 
 RESULTS = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "results")
 
-# (saved model, results file, whether the model standardizes raw pixels
-# itself). The validated MNIST runs use `models.mnist_paper_net`, which takes
-# the standardized images of `datasets.load_mnist()`; the binary net is
-# `paper_mnist_net`, which takes raw pixels.
+# (saved model, results file). Every one takes raw pixels (0-255), as
+# `keras.datasets.mnist.load_data()` returns them: the validated MNIST runs'
+# models were trained on standardized arrays and saved behind the same
+# standardization (`benchmarks/raw_pixel_models.py`, which records the
+# saved model's own test accuracy); the binary net (`paper_mnist_net`)
+# standardizes inside.
 HEADLINE = [
     ("mnist_val10k_b2048_k64_balanced_random_seed0.keras",
-     "mnist_val10k_b2048_k64_c5_s3_ff033_balanced_random_seed0.json", False),
+     "mnist_val10k_b2048_k64_c5_s3_ff033_balanced_random_seed0.json"),
     ("mnist_val10k_b2048_k64_balanced_random_seed1.keras",
-     "mnist_val10k_b2048_k64_c5_s3_ff033_balanced_random_seed1.json", False),
+     "mnist_val10k_b2048_k64_c5_s3_ff033_balanced_random_seed1.json"),
     ("binary_mnist_rso_b2048_k64_random_seed0.keras",
-     "binary_mnist_rso_b2048_k64_random_seed0.json", True),
+     "binary_mnist_rso_b2048_k64_random_seed0.json"),
 ]
 
 
 @pytest.fixture(scope="module")
-def mnist_test():
-    return {raw: datasets.load_mnist(limit=1, raw=raw)[1] for raw in (False, True)}
+def raw_mnist_test():
+    return datasets.load_mnist(limit=1, raw=True)[1]
 
 
-@pytest.mark.parametrize("model_file, results_file, raw", HEADLINE)
-def test_committed_model_gives_its_recorded_test_accuracy(mnist_test, model_file,
-                                                          results_file, raw):
+@pytest.mark.parametrize("model_file, results_file", HEADLINE)
+def test_committed_model_gives_its_recorded_test_accuracy(raw_mnist_test, model_file,
+                                                          results_file):
     with open(os.path.join(RESULTS, results_file)) as f:
         recorded = json.load(f)
     assert recorded["complete"]
     model = keras.models.load_model(os.path.join(RESULTS, "models", model_file))
-    x, y = mnist_test[raw]
+    x, y = raw_mnist_test
     accuracy = float(np.mean(np.argmax(model.predict(x, batch_size=1000, verbose=0), 1) == y))
-    assert accuracy == pytest.approx(recorded["test_accuracy"], abs=1e-4)
+    # The trained model's accuracy, up to images whose top two scores swap
+    # under the float32 rounding of standardizing inside the model.
+    assert accuracy == pytest.approx(recorded["test_accuracy"], abs=3e-4)
+    if "saved_model_test_accuracy" in recorded:
+        assert accuracy == pytest.approx(recorded["saved_model_test_accuracy"], abs=1e-6)
