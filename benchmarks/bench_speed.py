@@ -45,7 +45,7 @@ class _StepTimer(keras.callbacks.Callback):
         self.total += time.perf_counter() - self._t0
 
 
-def traced_search(k, x, y, batch, step_rule="argmin"):
+def traced_search(k, x, y, batch, step_rule="argmin", jit_compile=False):
     """The paper's MNIST net in an `RSOModel` whose search step is traced.
 
     Returns `(model, trainer, ds, start)`: `ds` repeats `(x, y)` in batches,
@@ -57,7 +57,7 @@ def traced_search(k, x, y, batch, step_rule="argmin"):
     model = keras_rso.models.mnist_paper_net()
     trainer = keras_rso.RSOModel(model)
     trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=0, step_rule=step_rule),
-                    loss="sparse_categorical_crossentropy")
+                    loss="sparse_categorical_crossentropy", jit_compile=jit_compile)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat().prefetch(4)
     trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # trace
     start = {}

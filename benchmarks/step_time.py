@@ -19,6 +19,7 @@ import time
 
 from benchmarks.bench_speed import start_at, traced_search
 from keras_rso import datasets
+from keras_rso.evaluators.chain import ChainEvaluator
 
 
 def main(argv=None):
@@ -30,10 +31,18 @@ def main(argv=None):
     parser.add_argument("--variables", nargs="+",
                         default=["block2_conv/kernel", "block4_conv/kernel"],
                         help="variables whose first scalars the timed steps try")
+    parser.add_argument("--jit-compile", action="store_true",
+                        help="compile the whole train step with XLA (`compile(jit_compile=True)`; "
+                             "it fails: the trials of a step are a dynamic range)")
+    parser.add_argument("--jit-tails", action="store_true",
+                        help="compile only the shared tail functions with XLA "
+                             "(`ChainEvaluator.jit_tails`)")
     args = parser.parse_args(argv)
 
+    ChainEvaluator.jit_tails = args.jit_tails
     (x, y), _ = datasets.load_mnist(limit=10 * args.batch_size)
-    model, trainer, ds, start = traced_search(args.weights_per_batch, x, y, args.batch_size)
+    model, trainer, ds, start = traced_search(args.weights_per_batch, x, y, args.batch_size,
+                                               jit_compile=args.jit_compile)
     for name in args.variables:
         start_at(model, trainer, start, name)
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

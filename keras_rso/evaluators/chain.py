@@ -44,6 +44,11 @@ class ChainEvaluator:
     """
 
     fast = True
+    # XLA for the shared tail functions. Off: on CPU it measured within a
+    # few percent of the plain kernels, slower on the deep layers
+    # (docs/results.md, "XLA for the tails"); `benchmarks/step_time.py
+    # --jit-tails` measures it again.
+    jit_tails = False
 
     def __init__(self, layers: Sequence[keras.layers.Layer],
                  variables: Sequence[keras.Variable], loss_fn: LossFn):
@@ -188,7 +193,8 @@ class ChainEvaluator:
         if distribution.num_replicas() > 1:
             return piece(h, batch)
         if start not in self._tails:
-            self._tails[start] = tf.function(piece, autograph=False)
+            self._tails[start] = tf.function(piece, autograph=False,
+                                              jit_compile=self.jit_tails)
         return self._tails[start](h, batch)
 
     def _whole_layer(self, v: int, j, dw, h_in, batch, m):
