@@ -7,10 +7,12 @@ import tensorflow as tf
 
 import keras_rso
 from conftest import small_convnet
+from test_resume import InterruptAtBatch
 from testing_utils import fit_rso
 
 
-def _fit(strategy, x, y, bn=False, tolerance=1e-6, epochs=2, options=None, **bn_kwargs):
+def _fit(strategy, x, y, bn=False, tolerance=1e-6, epochs=2, options=None, callbacks=(),
+         **bn_kwargs):
     def build():
         model = small_convnet(bn=bn)
         for layer in model.layers:
@@ -20,7 +22,7 @@ def _fit(strategy, x, y, bn=False, tolerance=1e-6, epochs=2, options=None, **bn_
         return model
     return fit_rso(build, x, y, strategy=strategy, metrics=["accuracy"], epochs=epochs,
                    shuffle=False, weights_per_batch=8, seed=3, tolerance=tolerance,
-                   **(options or {}))
+                   callbacks=callbacks, **(options or {}))
 
 
 def _mirrored():
@@ -70,17 +72,29 @@ def test_synchronized_batchnorm_matches_one_device(toy_data):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
 
 
-def test_layer_input_pool_two_replicas_match_one_device(toy_data):
+def test_layer_input_pool_two_replicas_match_one_device(toy_data, tmp_path):
     # Each replica stores the gathered global batches and draws its shard of
     # each pooled batch: the search sees what it sees on one device (with
     # synchronized BN, the pool's layer inputs are the global batch's).
+    # The two-replica run is also killed mid-segment (step 10 of 36: three
+    # fills of the second segment, then trials) and resumed
+    # from its backup, which refills the pool by replaying them: exact
+    # resume holds under the strategy too.
     x, y = toy_data
     options = {"pool_size": 96}
     single, t1, _ = _fit(tf.distribute.get_strategy(), x, y, bn=True, options=options,
                          synchronized=True)
-    mirrored, t2, history = _fit(_mirrored(), x, y, bn=True, options=options, synchronized=True)
+    backup = str(tmp_path / "backup")
+    _, killed, _ = _fit(_mirrored(), x, y, bn=True, options=options, synchronized=True,
+                        callbacks=[keras.callbacks.BackupAndRestore(backup, save_freq=1),
+                                   InterruptAtBatch(epoch=0, batch=9)])
+    assert int(killed.optimizer.pool_fills.numpy()) > 0
+    assert int(killed.optimizer.iterations.numpy()) < int(t1.optimizer.iterations.numpy())
+    mirrored, t2, history = _fit(_mirrored(), x, y, bn=True, options=options, synchronized=True,
+                                 callbacks=[keras.callbacks.BackupAndRestore(backup, save_freq=1)])
     assert t2._pool.fill_steps == 3
     assert history.history["loss"][-1] < history.history["loss"][0]
+    assert int(t1.optimizer.iterations.numpy()) == int(t2.optimizer.iterations.numpy())
     assert int(t1.optimizer.weight_updates.numpy()) == int(t2.optimizer.weight_updates.numpy()) > 0
     for a, b in zip(single.weights, mirrored.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)

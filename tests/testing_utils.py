@@ -13,7 +13,7 @@ class Fitted(NamedTuple):
 
     model: keras.Model            # the wrapped model, holding the trained weights
     trainer: keras_rso.RSOModel
-    history: keras.callbacks.History
+    history: Optional[keras.callbacks.History]  # None when a callback killed the fit
 
 
 def fit_rso(model: Union[keras.Model, Callable[[], keras.Model]], x, y, *,
@@ -28,6 +28,9 @@ def fit_rso(model: Union[keras.Model, Callable[[], keras.Model]], x, y, *,
             `strategy.scope()`, as a distributed model must be built).
         strategy: A `tf.distribute` strategy, or None for the default.
         **rso: `keras_rso.RSO` arguments; `seed` defaults to 0.
+
+    A `KeyboardInterrupt` raised by a callback (a simulated kill) ends the
+    fit; the model and trainer are returned as the kill left them.
     """
     strategy = strategy or tf.distribute.get_strategy()
     rso.setdefault("seed", 0)
@@ -35,7 +38,10 @@ def fit_rso(model: Union[keras.Model, Callable[[], keras.Model]], x, y, *,
         model = model() if callable(model) and not isinstance(model, keras.Model) else model
         trainer = keras_rso.RSOModel(model, fast_path=fast_path)
         trainer.compile(optimizer=keras_rso.RSO(**rso), loss=loss, metrics=metrics)
-    history = trainer.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=shuffle,
-                          verbose=0, callbacks=list(callbacks),
-                          steps_per_epoch=steps_per_epoch)
+    try:
+        history = trainer.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=shuffle,
+                              verbose=0, callbacks=list(callbacks),
+                              steps_per_epoch=steps_per_epoch)
+    except KeyboardInterrupt:  # a simulated kill (`test_resume.InterruptAtBatch`)
+        history = None
     return Fitted(model, trainer, history)
