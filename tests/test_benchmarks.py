@@ -1,8 +1,15 @@
 """Benchmark helpers whose numbers go into docs/results.md."""
 
+import json
+
+import keras
+import numpy as np
+import pytest
 import tensorflow as tf
 
+from benchmarks import raw_pixel_models
 from benchmarks.flop_limit import counted_ops, limit_seconds
+from keras_rso import datasets
 
 
 def test_flops_are_counted_from_static_shapes():
@@ -20,3 +27,25 @@ def test_flops_are_counted_from_static_shapes():
     assert flops["MatMul"] == 2 * 6 * 2 * 7
     cache = {}
     assert limit_seconds(ops, tf.float32, repeats=2, cache=cache) > 0 and len(cache) == 2
+
+
+def test_raw_pixel_models_resaves_a_standardized_model_and_refuses_twice(tmp_path):
+    # A model that takes standardized MNIST arrays, and its results file.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10)])
+    _, (x_std, y) = datasets.load_mnist(limit=1)
+    recorded = float(np.mean(np.argmax(model.predict(x_std, verbose=0), -1) == y))
+    path, results = str(tmp_path / "m.keras"), tmp_path / "r.json"
+    model.save(path)
+    results.write_text(json.dumps({"test_accuracy": recorded}))
+
+    raw_pixel_models.main(["--dataset", "mnist", path, str(results)])
+    resaved = keras.models.load_model(path)
+    _, (x_raw, _) = datasets.load_mnist(limit=1, raw=True)
+    accuracy = float(np.mean(np.argmax(resaved.predict(x_raw, verbose=0), -1) == y))
+    written = json.loads(results.read_text())
+    assert written["saved_model_inputs"] == "raw pixels"
+    assert written["saved_model_test_accuracy"] == accuracy == pytest.approx(recorded, abs=3e-4)
+    with pytest.raises(SystemExit):  # it already takes raw pixels
+        raw_pixel_models.main(["--dataset", "mnist", path, str(results)])
