@@ -373,10 +373,10 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
         evaluator, plan = self._plan()
         result = TrialLoop(self.optimizer, evaluator, plan, replay_steps=self._replay_steps,
                            pool=self._pool)(x, y, sample_weight)
-        if result.targets is not None:
-            # Under a layer-input pool the predictions are for the batch
-            # drawn from the pool, whose targets the step returns.
-            y = result.targets
+        # The predictions are for the targets the step returns: under a
+        # layer-input pool, the batch drawn from the pool; in a replayed
+        # step, one row of the batch.
+        y, sample_weight = result.targets, result.sample_weight
         batch = tf.shape(tf.nest.flatten(result.y_pred)[0])[0]
         # A step that a resumed fit replays (see `CycleKeeper`) evaluates
         # the restored weights on a batch the interrupted epoch had already

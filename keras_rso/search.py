@@ -36,6 +36,22 @@ class StepResult(NamedTuple):
     accepted: tf.Tensor     # trials whose candidate was accepted
     replayed: tf.Tensor     # True for a step a resumed fit only replays
     targets: object = None  # the targets `y_pred` is for, if not the batch's
+    sample_weight: object = None  # and their sample weights
+
+
+def _first_row_if(condition, nested):
+    """`nested` (a structure of batches) cut to its first row where
+    `condition` holds, else as it is. Left whole if any part is not a dense
+    tensor (a sparse or ragged input cannot be cut the same way)."""
+    leaves = [t for t in tf.nest.flatten(nested) if t is not None]
+    if not all(isinstance(t, tf.Tensor) for t in leaves):
+        return nested
+
+    def cut(t):
+        if t is None:
+            return None
+        return t[:tf.where(condition, tf.minimum(tf.shape(t)[0], 1), tf.shape(t)[0])]
+    return tf.nest.map_structure(cut, nested)
 
 
 class _StepInputs(NamedTuple):
@@ -182,7 +198,7 @@ class TrialLoop:
                 h = tf.ensure_shape(h, [None, *pool.shapes[a]])
                 result = self._step(h, targets, None, start=a, slots=self.anchor_slots[a],
                                     fill=fill, forward_x=x)
-                return result._replace(targets=targets)
+                return result
             return run
 
         result = tf.switch_case(tf.gather(self.seg_anchor, seg),
@@ -207,6 +223,14 @@ class TrialLoop:
         (for the end-of-cycle BatchNorm refresh).
         """
         opt = self.opt
+        replaying = (tf.convert_to_tensor(self.replay_steps) > 0
+                     if self.replay_steps is not None else tf.constant(False))
+        if self.replay_steps is not None:
+            # A replayed step makes no trial and writes nothing; its base
+            # pass only feeds metrics that are put back afterwards. One row
+            # is enough for that, and a resume then costs little more than
+            # reading the replayed batches (and refilling the pool).
+            x, y, sample_weight = _first_row_if(replaying, (x, y, sample_weight))
         position = tf.convert_to_tensor(opt.position)
         stopped = tf.convert_to_tensor(opt.nonfinite_step) >= 0
         n = self.schedule.step_length(position)
@@ -242,8 +266,6 @@ class TrialLoop:
             _count_non_finite(x)) > 0
         finite = tf.logical_and(tf.math.is_finite(loss0),
                                 tf.logical_not(bad_inputs))
-        replaying = (tf.convert_to_tensor(self.replay_steps) > 0
-                     if self.replay_steps is not None else tf.constant(False))
         active = tf.logical_and(tf.logical_not(stopped), tf.logical_not(replaying))
         good = tf.logical_and(finite, active)
         # Seed states are written after the trials, so that every candidate
@@ -292,7 +314,8 @@ class TrialLoop:
         if self.replay_steps is not None:
             distribution.assign_add(self.replay_steps, tf.where(
                 replaying, -one, tf.constant(0, tf.int64)))
-        return StepResult(loss, y_pred, n, accepted, replaying)
+        return StepResult(loss, y_pred, n, accepted, replaying, targets=y,
+                          sample_weight=sample_weight)
 
     def _trial(self, ctx, step_g, slots, k, loss, y_pred, carried, accepted_vec, tried_vec):
         """The step's `k`-th trial: one weight, its candidates, the choice.
