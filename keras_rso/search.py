@@ -35,8 +35,10 @@ class StepResult(NamedTuple):
     trials: tf.Tensor       # trials made in this step
     accepted: tf.Tensor     # trials whose candidate was accepted
     replayed: tf.Tensor     # True for a step a resumed fit only replays
-    targets: object = None  # the targets `y_pred` is for, if not the batch's
-    sample_weight: object = None  # and their sample weights
+    # What `y_pred` is for: the batch's targets and sample weights, or the
+    # batch drawn from a layer-input pool, or a replayed step's first row.
+    targets: object
+    sample_weight: object
 
 
 def _first_row_if(condition, nested):
@@ -196,9 +198,8 @@ class TrialLoop:
                     fill, lambda: pool.fill(a, x, y, fill_index),
                     lambda: pool.draw(a, count, seed, trial_steps))
                 h = tf.ensure_shape(h, [None, *pool.shapes[a]])
-                result = self._step(h, targets, None, start=a, slots=self.anchor_slots[a],
-                                    fill=fill, forward_x=x)
-                return result
+                return self._step(h, targets, None, start=a, slots=self.anchor_slots[a],
+                                  fill=fill, forward_x=x)
             return run
 
         result = tf.switch_case(tf.gather(self.seg_anchor, seg),
@@ -314,8 +315,7 @@ class TrialLoop:
         if self.replay_steps is not None:
             distribution.assign_add(self.replay_steps, tf.where(
                 replaying, -one, tf.constant(0, tf.int64)))
-        return StepResult(loss, y_pred, n, accepted, replaying, targets=y,
-                          sample_weight=sample_weight)
+        return StepResult(loss, y_pred, n, accepted, replaying, y, sample_weight)
 
     def _trial(self, ctx, step_g, slots, k, loss, y_pred, carried, accepted_vec, tried_vec):
         """The step's `k`-th trial: one weight, its candidates, the choice.
