@@ -9,6 +9,7 @@ with the standardization as layers for the model.
 """
 
 
+import functools
 import os
 import pickle
 from typing import NamedTuple, Optional, Tuple
@@ -20,18 +21,40 @@ import tensorflow as tf
 Split = Tuple[np.ndarray, np.ndarray]
 
 
-def _statistics(x_train: np.ndarray, per_channel: bool):
-    """Mean and std of the training pixels / 255 (float32, as `_standardize`
-    uses them)."""
-    x = x_train.astype("float32") / 255.0
+def _statistics(x: np.ndarray, per_channel: bool):
+    """Mean and std of pixels already scaled to [0, 1] (float32)."""
     axes = tuple(range(x.ndim - 1)) if per_channel else None
     return x.mean(axis=axes, keepdims=per_channel), x.std(axis=axes, keepdims=per_channel)
 
 
 def _standardize(x_train: np.ndarray, x_test: np.ndarray, per_channel: bool):
+    x_train = x_train.astype("float32") / 255.0
+    x_test = x_test.astype("float32") / 255.0
     mean, std = _statistics(x_train, per_channel)
-    return ((x_train.astype("float32") / 255.0 - mean) / std,
-            (x_test.astype("float32") / 255.0 - mean) / std)
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+# Per-channel statistics for colour images, one mean and std for grey ones.
+_PER_CHANNEL = {"mnist": False, "fashion_mnist": False, "cifar10": True}
+
+
+@functools.lru_cache(maxsize=None)
+def _raw_images(dataset: str) -> Tuple[Split, Split]:
+    """`((x_train, y_train), (x_test, y_test))` of `dataset` as stored:
+    uint8 images `(N, H, W, C)`, int32 label vectors. Read once per process
+    (an example reads its data, then the raw test images and the statistics
+    of `standardization_layer`); the arrays are read-only."""
+    if dataset == "cifar10":
+        (x_train, y_train), (x_test, y_test) = _cifar10_raw()
+    else:
+        source = keras.datasets.fashion_mnist if dataset == "fashion_mnist" else keras.datasets.mnist
+        (x_train, y_train), (x_test, y_test) = source.load_data()
+        x_train, x_test = x_train[..., None], x_test[..., None]
+    splits = ((x_train, y_train.reshape(-1).astype("int32")),
+              (x_test, y_test.reshape(-1).astype("int32")))
+    for array in (a for split in splits for a in split):
+        array.flags.writeable = False
+    return splits
 
 
 def standardization_layer(dataset: str, name: str = "standardize") -> keras.layers.Layer:
@@ -50,15 +73,10 @@ def standardization_layer(dataset: str, name: str = "standardize") -> keras.laye
     Returns:
         A `keras.layers.Normalization` holding the training-set statistics.
     """
-    loaders = {"mnist": lambda: keras.datasets.mnist.load_data(),
-               "fashion_mnist": lambda: keras.datasets.fashion_mnist.load_data(),
-               "cifar10": _cifar10_raw}
-    if dataset not in loaders:
-        raise ValueError(f"`dataset` must be one of {sorted(loaders)}; received {dataset!r}.")
-    (x_train, _), _ = loaders[dataset]()
-    if dataset != "cifar10":
-        x_train = x_train[..., None]
-    mean, std = _statistics(x_train, per_channel=dataset == "cifar10")
+    if dataset not in _PER_CHANNEL:
+        raise ValueError(f"`dataset` must be one of {sorted(_PER_CHANNEL)}; received {dataset!r}.")
+    (x_train, _), _ = _raw_images(dataset)
+    mean, std = _statistics(x_train.astype("float32") / 255.0, _PER_CHANNEL[dataset])
     mean = np.reshape(mean, -1).astype("float64")
     std = np.reshape(std, -1).astype("float64")
     return keras.layers.Normalization(mean=255.0 * mean, variance=(255.0 * std) ** 2, name=name)
@@ -82,13 +100,13 @@ def load_mnist(limit: Optional[int] = None, fashion: bool = False, raw: bool = F
     Returns:
         `((x_train, y_train), (x_test, y_test))`.
     """
-    source = keras.datasets.fashion_mnist if fashion else keras.datasets.mnist
-    (x_train, y_train), (x_test, y_test) = source.load_data()
+    (x_train, y_train), (x_test, y_test) = _raw_images("fashion_mnist" if fashion else "mnist")
     if raw:
-        x_train, x_test = (x[..., None].astype("float32") for x in (x_train, x_test))
+        x_train, x_test = x_train.astype("float32"), x_test.astype("float32")
     else:
-        x_train, x_test = _standardize(x_train[..., None], x_test[..., None], False)
-    return _limit((x_train, y_train.astype("int32")), limit), (x_test, y_test.astype("int32"))
+        x_train, x_test = _standardize(x_train, x_test, _PER_CHANNEL["mnist"])
+    # Copies of the labels: the cached ones are read-only.
+    return _limit((x_train, y_train.copy()), limit), (x_test, y_test.copy())
 
 
 def _cifar10_raw():
@@ -130,13 +148,12 @@ def load_cifar10(limit: Optional[int] = None, raw: bool = False) -> Tuple[Split,
     Returns:
         `((x_train, y_train), (x_test, y_test))`, labels as int32 vectors.
     """
-    (x_train, y_train), (x_test, y_test) = _cifar10_raw()
+    (x_train, y_train), (x_test, y_test) = _raw_images("cifar10")
     if raw:
         x_train, x_test = x_train.astype("float32"), x_test.astype("float32")
     else:
-        x_train, x_test = _standardize(x_train, x_test, True)
-    return (_limit((x_train, y_train.reshape(-1).astype("int32")), limit),
-            (x_test, y_test.reshape(-1).astype("int32")))
+        x_train, x_test = _standardize(x_train, x_test, _PER_CHANNEL["cifar10"])
+    return _limit((x_train, y_train.copy()), limit), (x_test, y_test.copy())
 
 
 class TFDSData(NamedTuple):
