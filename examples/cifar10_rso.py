@@ -7,9 +7,11 @@ pooling between stages, global average pooling, Dense 10: 9 conv + 1 dense
 weight layers. Inputs are standardized per channel; the saved model (--save)
 takes raw pixels, with that standardization as its first layer.
 
---preset paper trains the authors' residual network instead
-(keras_rso.models.paper_cifar10_net, 57,104 weights, raw pixels) as their
-code does: batch 5000, one weight per batch, RSO.paper(), their schedule.
+--net paper trains the authors' residual network instead
+(keras_rso.models.paper_cifar10_net, 57,104 weights, raw pixels in, logits
+out, trained on their float64 summed cross-entropy) with the search settings
+the flags give; --preset paper also takes every setting from their code:
+batch 5000, one weight per batch, RSO.paper(), their schedule.
 
 Offline note: with KERAS_HOME pointing at a Keras cache that holds the
 extracted CIFAR-10 batches, the loader falls back to them when the download
@@ -17,6 +19,7 @@ fails.
 
 Example:
     python examples/cifar10_rso.py --cycles 3 --results docs/results/cifar10.json
+    python examples/cifar10_rso.py --net paper --batch-size 256 --weights-per-batch 64
 """
 
 import argparse
@@ -37,6 +40,10 @@ def main(argv=None):
                   validation_size=5000)
     parser.add_argument("--filters", default="16,16,16",
                         help="channels of the three stages, comma separated")
+    parser.add_argument("--net", choices=["cifar10_net", "paper"], default=None,
+                        help="cifar10_net (keras_rso.models.cifar10_net) or paper (the "
+                             "authors' residual net, models.paper_cifar10_net); default: "
+                             "paper under --preset paper, else cifar10_net")
     parser.add_argument("--dataset", default="cifar10",
                         help="cifar10 (keras.datasets) or tfds:NAME for any TFDS "
                              "image-classification data set, streamed through tf.data "
@@ -45,15 +52,22 @@ def main(argv=None):
     if args.dataset != "cifar10" and not args.dataset.startswith("tfds:"):
         parser.error(f"--dataset must be cifar10 or tfds:NAME; got {args.dataset!r}")
     filters = tuple(int(f) for f in args.filters.split(","))
-    paper = args.preset == "paper"
+    if args.net is None:
+        args.net = "paper" if args.preset == "paper" else "cifar10_net"
+    if args.preset == "paper" and args.net != "paper":
+        parser.error("--preset paper trains the paper's network; drop --net")
+    paper = args.net == "paper"
     if paper and args.dataset.startswith("tfds:"):
-        parser.error("--preset paper trains on keras.datasets arrays; drop --dataset tfds:...")
+        parser.error("--net paper trains on keras.datasets arrays; drop --dataset tfds:...")
+    if paper and args.filters != parser.get_default("filters"):
+        parser.error("--net paper has the paper's channels; drop --filters")
     data = load_data(args, lambda: datasets.load_cifar10(raw=paper))
     build = functools.partial(models.cifar10_net, filters=filters)
-    raw_pixels = None
+    raw_pixels, loss = None, "sparse_categorical_crossentropy"
     if paper:
         build = functools.partial(models.paper_cifar10_net,
                                   mean=train_mean(data, args, per_channel=True))
+        loss = models.paper_loss()
     elif isinstance(data, datasets.TFDSData):
         build = functools.partial(build, data.image_shape, data.num_classes,
                                   preprocessing=data.preprocessing_layers())
@@ -61,7 +75,7 @@ def main(argv=None):
         # Saved behind the standardization it was trained after (see mnist_rso).
         raw_pixels = RawPixels(datasets.standardization_layer("cifar10"),
                                datasets.load_cifar10(raw=True)[1])
-    return run_rso(build, data, args, raw_pixels=raw_pixels)
+    return run_rso(build, data, args, loss=loss, raw_pixels=raw_pixels)
 
 
 if __name__ == "__main__":

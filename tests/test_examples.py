@@ -200,6 +200,42 @@ def test_cifar_example_end_to_end(tmp_path):
     assert "validation_accuracy" in r and r["validation_size"] == 5000
 
 
+def test_cifar_example_trains_the_papers_residual_net_with_chosen_settings(monkeypatch):
+    # --net paper: the authors' network (raw pixels in, logits out, their
+    # summed float64 loss) under the flags' own search settings. A cycle of
+    # its 57,104 weights takes minutes even on tiny data, so this checks what
+    # the script hands to `run_rso` (the training loop is the same as for
+    # every other net).
+    cifar10_rso = importlib.import_module("examples.cifar10_rso")
+    handed = {}
+
+    def capture(build, data, args, loss, raw_pixels):
+        handed.update(model=build(), data=data, args=args, loss=loss, raw_pixels=raw_pixels)
+
+    monkeypatch.setattr(cifar10_rso, "run_rso", capture)
+    cifar10_rso.main(["--net", "paper", "--weights-per-batch", "64", "--batch-size", "512",
+                      "--sigma-rule", "he", "--order", "random"])
+    model, args = handed["model"], handed["args"]
+    assert model.name == "paper_cifar10_net"
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 57104
+    assert (args.weights_per_batch, args.batch_size, args.order) == (64, 512, "random")
+    assert handed["loss"].get_config()["from_logits"] and handed["loss"].dtype == "float64"
+    # Raw pixels go in (the model subtracts the training split's mean), so
+    # the saved model needs no standardization in front of it.
+    (x_train, _), _ = handed["data"]
+    assert x_train.max() > 1 and handed["raw_pixels"] is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "paper", "--net", "cifar10_net"], "--preset paper trains the paper's network"),
+    (["--net", "paper", "--filters", "8,8,8"], "--net paper has the paper's channels"),
+])
+def test_cifar_example_rejects_flags_that_contradict_the_papers_net(argv, message):
+    out = subprocess.run([*_command("examples/cifar10_rso.py"), *argv], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+
+
 def test_binary_mnist_exports_a_binary_model_that_reloads(tmp_path):
     # RSO on the paper's net with every kernel in {-1, +1}: the saved model
     # holds only those values, reloads (keras_rso imported) and predicts
@@ -263,6 +299,20 @@ def test_compare_sgd_and_plot(tmp_path):
     assert r["per_cycle"][1]["weight_updates"] == 2 * r["per_cycle"][0]["weight_updates"]
     _run("benchmarks/plot_results.py", str(results), "--output", str(png), timeout=120)
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_sgd_trains_the_papers_net_as_the_gradient_reference(tmp_path):
+    # The gradient reference for the paper's CIFAR-10 net: the same model
+    # (logits out), Adam on the mean cross-entropy.
+    results, saved = tmp_path / "a.json", tmp_path / "a.keras"
+    _run("examples/compare_sgd.py", "--dataset", "cifar10", "--net", "paper",
+         "--optimizer", "adam", "--learning-rate", "0.003", "--epochs", "2",
+         "--limit", "2048", "--validation-size", "512", "--batch-size", "64", "--verbose", "0",
+         "--results", str(results), "--save", str(saved))
+    r = json.loads(results.read_text())
+    assert r["model"] == "paper_cifar10_net" and r["parameters"] == 57104
+    assert r["per_cycle"][-1]["accuracy"] > 0.2, r["per_cycle"]  # chance: 0.1
+    assert r["per_cycle"][-1]["loss"] < r["per_cycle"][0]["loss"]
 
 
 def test_backup_every_must_not_be_negative(capsys):
