@@ -2,8 +2,9 @@
 """Seconds per cycle of the paper's setting, with and without the layer-input pool.
 
 One run, one machine, three ways to run the authors' per-weight trial on
-`keras_rso.models.paper_mnist_net` (one weight per batch of `--batch-size`
-raw training images, `RSO.paper()`, the float64 summed loss):
+`keras_rso.models.paper_mnist_net` (`--net cifar10`: the residual
+`paper_cifar10_net`, on `GraphEvaluator`) (one weight per batch of
+`--batch-size` raw training images, `RSO.paper()`, the float64 summed loss):
 
 * `naive`: `naive_reference.NaiveRSO`, three full forward passes per trial
   (the current weight and both candidates) in one `tf.function`;
@@ -18,10 +19,13 @@ at its first scalar (train-step time only, after a traced first step); a
 cycle is estimated as the sum over variables of scalars x seconds per
 trial there, plus, for the pool, the steps that fill it (timed in the same
 run, once per segment). Training data: the first 50,000 MNIST training
-images (the examples' default validation split keeps the last 10,000 out).
+images, or 45,000 CIFAR-10 images (the examples' default validation splits
+keep the last 10,000 / 5,000 out). `--skip-naive` leaves the naive
+reference out.
 
 Example:
     python -m benchmarks.pool_speed --steps 3 --results docs/results/pool_speed.json
+    python -m benchmarks.pool_speed --net cifar10 --pool-size 45000 --steps 2
 """
 
 import argparse
@@ -51,10 +55,14 @@ class _BatchTimes(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._t0)
 
 
-def paper_trainer(pool_size=None, weights_per_batch=1):
-    """`paper_mnist_net` compiled as the authors' code (`RSO.paper()`)."""
+NETS = {"mnist": keras_rso.models.paper_mnist_net,
+        "cifar10": keras_rso.models.paper_cifar10_net}
+
+
+def paper_trainer(pool_size=None, weights_per_batch=1, net="mnist"):
+    """The paper's `net` compiled as the authors' code (`RSO.paper()`)."""
     keras.utils.set_random_seed(0)
-    model = keras_rso.models.paper_mnist_net()
+    model = NETS[net]()
     trainer = keras_rso.RSOModel(model)
     trainer.compile(optimizer=keras_rso.RSO.paper(seed=0, pool_size=pool_size,
                                                   weights_per_batch=weights_per_batch),
@@ -62,10 +70,10 @@ def paper_trainer(pool_size=None, weights_per_batch=1):
     return trainer
 
 
-def time_keras_rso(ds, steps, pool_size, trainer=None):
+def time_keras_rso(ds, steps, pool_size, trainer=None, net="mnist"):
     """Seconds per step (of K trials) at every searched variable, and per
-    fill step; `trainer` defaults to `paper_trainer(pool_size)`."""
-    trainer = trainer if trainer is not None else paper_trainer(pool_size)
+    fill step; `trainer` defaults to `paper_trainer(pool_size, net=net)`."""
+    trainer = trainer if trainer is not None else paper_trainer(pool_size, net=net)
     trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # traces the step
     opt = trainer.optimizer
     evaluator, plan = trainer._plan()
@@ -87,9 +95,9 @@ def time_keras_rso(ds, steps, pool_size, trainer=None):
     return per_trial, (float(np.mean(fill_times)) if fill_times else 0.0), fills, n_segments
 
 
-def time_naive(ds, steps):
+def time_naive(ds, steps, net="mnist"):
     keras.utils.set_random_seed(0)
-    model = keras_rso.models.paper_mnist_net()
+    model = NETS[net]()
     loss = keras_rso.models.paper_loss()
     batches = iter(ds)
     per_trial = {}
@@ -112,38 +120,43 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--pool-size", type=int, default=50000)
     parser.add_argument("--steps", type=int, default=3, help="timed trials per variable")
+    parser.add_argument("--net", choices=sorted(NETS), default="mnist")
+    parser.add_argument("--skip-naive", action="store_true",
+                        help="leave out the naive reference (three full passes per trial)")
     parser.add_argument("--results", default=None)
     args = parser.parse_args(argv)
-    (x, y), _ = keras_rso.datasets.load_mnist(raw=True)
-    x, y = x[:50000], y[:50000]
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(50000, seed=0).batch(
+    if args.net == "mnist":
+        (x, y), _ = keras_rso.datasets.load_mnist(raw=True)
+        x, y = x[:50000], y[:50000]
+    else:
+        (x, y), _ = keras_rso.datasets.load_cifar10(raw=True)
+        x, y = x[:45000], y[:45000]
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=0).batch(
         args.batch_size).repeat().prefetch(2)
-    scalars = {v.path: int(np.prod(v.shape))
-               for v in keras_rso.models.paper_mnist_net().trainable_variables}
-    naive = time_naive(ds, args.steps)
-    plain, _, _, _ = time_keras_rso(ds, args.steps, None)
-    pooled, fill_step, fills, n_segments = time_keras_rso(ds, args.steps, args.pool_size)
-    rows, cycle = {}, {"naive": 0.0, "keras_rso": 0.0, "pool": fill_step * fills * n_segments}
-    for path, n in scalars.items():
-        rows[path] = {"scalars": n, "naive_s": round(naive[path], 4),
-                      "keras_rso_s": round(plain[path], 4), "pool_s": round(pooled[path], 4)}
-        cycle["naive"] += n * naive[path]
-        cycle["keras_rso"] += n * plain[path]
-        cycle["pool"] += n * pooled[path]
+    scalars = {v.path: int(np.prod(v.shape)) for v in NETS[args.net]().trainable_variables}
+    ways = {} if args.skip_naive else {"naive": time_naive(ds, args.steps, args.net)}
+    ways["keras_rso"] = time_keras_rso(ds, args.steps, None, net=args.net)[0]
+    ways["pool"], fill_step, fills, n_segments = time_keras_rso(ds, args.steps, args.pool_size,
+                                                                net=args.net)
+    base = "naive" if "naive" in ways else "keras_rso"
+    rows = {path: {"scalars": n, **{f"{w}_s": round(t[path], 4) for w, t in ways.items()}}
+            for path, n in scalars.items()}
+    cycle = {w: sum(n * t[path] for path, n in scalars.items()) for w, t in ways.items()}
+    cycle["pool"] += fill_step * fills * n_segments
     results = provenance(args)
     results.update({
         "seconds_per_trial": rows, "fill_step_seconds": round(fill_step, 3),
         "fill_steps_per_cycle": fills * n_segments,
         "seconds_per_cycle": {k: round(v, 1) for k, v in cycle.items()},
-        "speedup_vs_naive": {k: round(cycle["naive"] / v, 2) for k, v in cycle.items()},
+        f"speedup_vs_{base}": {k: round(cycle[base] / v, 2) for k, v in cycle.items()},
     })
-    print(f"{'variable':34s} {'scalars':>7s} {'naive':>8s} {'keras_rso':>9s} {'pool':>8s}  (s/trial)")
+    print(f"{'variable':34s} {'scalars':>7s} " + " ".join(f"{w:>9s}" for w in ways)
+          + "  (s/trial)")
     for path, r in rows.items():
-        print(f"{path:34s} {r['scalars']:7d} {r['naive_s']:8.3f} {r['keras_rso_s']:9.3f} "
-              f"{r['pool_s']:8.3f}")
+        print(f"{path:34s} {r['scalars']:7d} " + " ".join(f"{r[w + '_s']:9.3f}" for w in ways))
     for k, v in cycle.items():
         print(f"cycle, {k:9s}: {v:8.0f} s ({v / 3600:.2f} h), "
-              f"{cycle['naive'] / v:.2f}x the naive reference")
+              f"{cycle[base] / v:.2f}x {base}")
     write_json(results, args.results)
     return results
 

@@ -193,14 +193,14 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
         # The output passes start on a fresh batch.
         breaks = schedule.cycle_parts(all_vars, index, layer_ids, opt.output_passes)[:-1]
         if opt.pool_size is not None:
-            if not isinstance(ev, ChainEvaluator):
+            if not isinstance(ev, (ChainEvaluator, GraphEvaluator)):
                 raise ValueError(
-                    "RSO(pool_size=...) needs a model whose layers form a chain "
-                    "(Sequential, or functional with each layer feeding the next), "
-                    "without weight regularizers, and `RSOModel(fast_path=True)`: "
-                    f"the trials of '{self.model.name}' do not start from one "
-                    "layer's input (the pool does not serve branching graphs such "
-                    "as residual networks yet). Use pool_size=None.")
+                    "RSO(pool_size=...) needs the fast path: a Sequential or "
+                    "functional model (chains and graphs that branch and merge, "
+                    "such as residual networks), without weight regularizers, and "
+                    f"`RSOModel(fast_path=True)`; the trials of '{self.model.name}' "
+                    "run whole forward passes, which have no layer input to pool. "
+                    "Use pool_size=None.")
             # No step spans two segments: each draws from one anchor's pool.
             breaks = sorted(set(breaks) | {g.start for g in pool_segments(ev, visit)[1:]})
         return ev, CycleSchedule(all_vars, visit, opt, breaks,
@@ -312,7 +312,7 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
                 self._pool.anchors) == set(anchors):
             return
         with self.distribute_strategy.scope():  # one pool per replica
-            self._pool = LayerInputPool(ev.layers, anchors, opt.pool_size,
+            self._pool = LayerInputPool(ev, anchors, opt.pool_size,
                                         int(tf.shape(x)[0]), x, y)
 
     # ------------------------------------------------------------- compile

@@ -153,15 +153,18 @@ class RSO(keras.optimizers.Optimizer):
             samples taken from the data (the first `ceil(P / batch)` steps
             of the layer's pass do only that), and every later step draws
             a fresh batch of the fit's batch size from the pool and runs
-            the network from that layer on. It needs a model whose layers
-            form a chain (the fast path), an order that visits one layer
+            the network from that layer on. It needs the fast path (a
+            chain, or a functional graph that branches and merges, such as
+            a residual net, whose pool then also holds every skip that
+            crosses the layer), an order that visits one layer
             after another (`"paper"`, `"output_to_input"` or
             `"input_to_output"`) and no sample weights. Under
             `MirroredStrategy` every replica holds the whole pool (a fill
             step gathers the global batch) and draws its shard of each
             pooled batch, which makes the one-device decisions;
             multi-worker strategies are not supported. Memory: `P` times
-            the widest searched layer's input, in float32, per replica.
+            the widest searched layer's input (plus its skips, in a
+            residual net), in float32, per replica.
         name: Optimizer name.
 
     Example:

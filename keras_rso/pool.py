@@ -13,6 +13,12 @@ Keras fit loop:
   trials reuse the pool of the convolution before it, as in the authors'
   code). The layers before an anchor do not change during its segment,
   because each segment only searches layers at or after it.
+* In a chain the anchor's input is one tensor. In a graph that branches
+  and merges (`GraphEvaluator`: a residual net) it is every value the
+  nodes from the anchor on read from before it: the main path's input and
+  each skip that crosses the anchor (`GraphEvaluator.pool_inputs`). The
+  pool holds them all, row by row, so a pooled batch is the same images on
+  every path.
 * The first `ceil(P / batch)` steps of a segment *fill* the pool: each runs
   the layers before the anchor on the step's mini-batch from the data
   stream (training mode) and stores the result, with the batch's targets.
@@ -31,7 +37,9 @@ decisions (taken on the replica-summed losses) are the same.
 
 Memory: `P` rows for each distinct anchor-input width, per replica, in the model's
 compute dtype (the paper's MNIST net at `P=50,000`: widths 784, 3,136,
-12,544 and 16, 3.3 GB in float32), plus the targets. The pool's contents are not saved: a fit resumed from a
+12,544 and 16, 3.3 GB in float32), plus the targets; an anchor whose
+segment needs several tensors (a residual net's skips) holds one buffer per
+tensor (`LayerInputPool.nbytes` gives the total). The pool's contents are not saved: a fit resumed from a
 backup refills it by replaying the segment's fill steps on the same
 batches (see `TrialLoop`).
 """
@@ -41,7 +49,6 @@ from __future__ import annotations
 import math
 from typing import List, NamedTuple, Sequence
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -81,35 +88,46 @@ class LayerInputPool:
     """Storage for one anchor's input over `size` samples, with their targets.
 
     Args:
-        layers: The model's layer chain (`evaluators.chain_layers`).
-        anchors: Chain indices whose inputs may be pooled.
+        evaluator: The fast-path evaluator (`ChainEvaluator` or
+            `GraphEvaluator`): it says which tensors a pass from an anchor
+            needs (`pool_inputs`) and computes them (`upstream`).
+        anchors: Indices (layers of a chain, nodes of a graph) whose inputs
+            may be pooled.
         size: Number of samples `P` the pool holds.
         batch_size: The data stream's batch size; a segment fills the pool
             in `ceil(size / batch_size)` steps.
         sample_x: A batch of model inputs (at least one sample), to find
-            every anchor's input shape.
+            every anchor's input shapes.
         sample_y: The matching targets, for the targets' shape and dtype.
     """
 
-    def __init__(self, layers: Sequence[keras.layers.Layer], anchors: Sequence[int],
-                 size: int, batch_size: int, sample_x, sample_y):
-        self.layers = list(layers)
+    def __init__(self, evaluator, anchors: Sequence[int], size: int, batch_size: int,
+                 sample_x, sample_y):
+        self.evaluator = evaluator
         self.anchors = sorted(set(int(a) for a in anchors))
         self.size = int(size)
         self.fill_steps = math.ceil(self.size / int(batch_size))
         self.shapes, self.dtypes = self._anchor_specs(sample_x[:1])
-        # One buffer per distinct width (and dtype): anchors of equal width
-        # (in the paper's MNIST net conv1, conv5 and conv6; conv3 and conv4)
-        # share it, since only one segment's pool is live at a time.
-        self.key = {a: (int(np.prod(self.shapes[a])), self.dtypes[a]) for a in self.anchors}
+        # One buffer per distinct width (and dtype), per tensor of an anchor:
+        # anchors of equal width (in the paper's MNIST net conv1, conv5 and
+        # conv6; conv3 and conv4) share it, since only one segment's pool is
+        # live at a time; two tensors of one anchor (a residual net's main
+        # path and skip) each have their own.
+        self.key = {}
+        for a in self.anchors:
+            keys = []
+            for shape, dtype in zip(self.shapes[a], self.dtypes[a]):
+                width = int(np.prod(shape))
+                keys.append((width, dtype, sum(k[:2] == (width, dtype) for k in keys)))
+            self.key[a] = tuple(keys)
         # Under a strategy every replica holds the whole pool (the variables
         # are per-replica, `ON_READ`): a fill step gathers the global batch
         # to every replica, and each replica draws its shard of a pooled
         # batch from its own copy, as one device would (`fill`, `draw`).
         self.buffers = {}
-        for w, dtype in sorted(set(self.key.values())):
-            self.buffers[w, dtype] = _replica_variable(tf.zeros([self.size, w], dtype),
-                                                       f"pool_{w}")
+        for w, dtype, n in sorted(set(k for keys in self.key.values() for k in keys)):
+            name = f"pool_{w}" if n == 0 else f"pool_{w}_{n}"
+            self.buffers[w, dtype, n] = _replica_variable(tf.zeros([self.size, w], dtype), name)
         y = tf.convert_to_tensor(sample_y)
         self.targets = _replica_variable(
             tf.zeros([self.size] + y.shape[1:].as_list(), y.dtype), "pool_targets")
@@ -119,27 +137,18 @@ class LayerInputPool:
     @property
     def nbytes(self) -> int:
         """Bytes the pool's buffers hold."""
-        total = sum(tf.as_dtype(d).size * self.size * w for w, d in self.buffers)
+        total = sum(tf.as_dtype(d).size * self.size * w for w, d, _ in self.buffers)
         return total + self.targets.dtype.size * int(np.prod(self.targets.shape))
 
     def _anchor_specs(self, x):
-        """Each anchor's input shape (without the batch axis) and dtype."""
-        shapes, dtypes, h = {}, {}, tf.convert_to_tensor(x)
-        with keras.StatelessScope():
-            for i, layer in enumerate(self.layers):
-                if i in self.anchors:
-                    shapes[i], dtypes[i] = tuple(h.shape[1:]), h.dtype.name
-                h = layer(h, training=False)
+        """Each anchor's input shapes (without the batch axis) and dtypes,
+        one per tensor a pass from the anchor needs."""
+        shapes, dtypes, x = {}, {}, tf.convert_to_tensor(x)
+        for a in self.anchors:
+            h = self.evaluator.upstream(a, x)
+            shapes[a] = tuple(tuple(t.shape[1:]) for t in h)
+            dtypes[a] = tuple(t.dtype.name for t in h)
         return shapes, dtypes
-
-    def upstream(self, anchor: int, x):
-        """The input of layer `anchor` for the batch `x` (training mode,
-        state updates discarded)."""
-        h = x
-        with keras.StatelessScope():
-            for layer in self.layers[:anchor]:
-                h = layer(h, training=True)
-        return h
 
     def fill(self, anchor: int, x, y, fill_index):
         """Stores the anchor's input of batch `x` (and `y`) as the pool's
@@ -149,19 +158,20 @@ class LayerInputPool:
         the shards are gathered, and every replica stores the global batch.
 
         Returns:
-            `(h, y)`: the anchor input of the batch, and its targets, for
-            the step's base pass.
+            `(h, y)`: the anchor's inputs for the batch (a tuple, one per
+            tensor), and its targets, for the step's base pass.
         """
-        h = tf.cast(self.upstream(anchor, x), self.dtypes[anchor])
-        buffer = distribution.local(self.buffers[self.key[anchor]])
+        h = tuple(tf.cast(t, d) for t, d in
+                  zip(self.evaluator.upstream(anchor, x), self.dtypes[anchor]))
         targets = distribution.local(self.targets)
-        w = self.key[anchor][0]
-        flat = distribution.all_gather(tf.reshape(h, [-1, w]))
         labels = distribution.all_gather(tf.cast(y, self.targets.dtype))
         start = tf.where(tf.equal(fill_index, 0), tf.constant(0, tf.int64), self.rows)
-        n = tf.minimum(tf.shape(flat, out_type=tf.int64)[0], self.size - start)
-        with tf.control_dependencies([buffer[start:start + n].assign(flat[:n]),
-                                      targets[start:start + n].assign(labels[:n])]):
+        n = tf.minimum(tf.shape(labels, out_type=tf.int64)[0], self.size - start)
+        writes = [targets[start:start + n].assign(labels[:n])]
+        for t, key in zip(h, self.key[anchor]):
+            flat = distribution.all_gather(tf.reshape(t, [-1, key[0]]))
+            writes.append(distribution.local(self.buffers[key])[start:start + n].assign(flat[:n]))
+        with tf.control_dependencies(writes):
             distribution.assign(self.rows, start + n)
         return h, y
 
@@ -172,7 +182,8 @@ class LayerInputPool:
         replica takes its own `count` rows of the step's global batch.
 
         Returns:
-            `(h, y)`: the anchor inputs and the targets of those rows.
+            `(h, y)`: the anchor's inputs of those rows (a tuple, one per
+            tensor) and their targets.
         """
         rows = tf.maximum(self.rows, 1)
         perm = tf.random.experimental.stateless_shuffle(
@@ -181,8 +192,9 @@ class LayerInputPool:
         offset = tf.cast(step, tf.int64) * total + before
         at = (offset + tf.range(tf.cast(count, tf.int64))) % rows
         index = tf.gather(perm, at)
-        h = tf.reshape(distribution.local(self.buffers[self.key[anchor]]).sparse_read(index),
-                       [-1, *self.shapes[anchor]])
+        h = tuple(tf.reshape(distribution.local(self.buffers[key]).sparse_read(index),
+                             [-1, *shape])
+                  for key, shape in zip(self.key[anchor], self.shapes[anchor]))
         return h, distribution.local(self.targets).sparse_read(index)
 
 

@@ -197,7 +197,8 @@ class TrialLoop:
                 h, targets = tf.cond(
                     fill, lambda: pool.fill(a, x, y, fill_index),
                     lambda: pool.draw(a, count, seed, trial_steps))
-                h = tf.ensure_shape(h, [None, *pool.shapes[a]])
+                h = tuple(tf.ensure_shape(t, [None, *shape])
+                          for t, shape in zip(h, pool.shapes[a]))
                 return self._step(h, targets, None, start=a, slots=self.anchor_slots[a],
                                   fill=fill, forward_x=x)
             return run
@@ -218,7 +219,8 @@ class TrialLoop:
               forward_x=None) -> StepResult:
         """One step on the batch `(x, y)`.
 
-        Under a pool (see `_pool_step`), `x` is the input of layer `start`,
+        Under a pool (see `_pool_step`), `x` is the input of layer `start`
+        (the tuple of tensors the evaluator's `upstream` gives),
         only the visit `slots` of that anchor are searched, a `fill` step
         makes no trial, and `forward_x` is the step's batch from the data
         (for the end-of-cycle BatchNorm refresh).

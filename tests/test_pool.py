@@ -9,9 +9,25 @@ from conftest import make_toy_data, small_convnet
 from test_resume import InterruptAtBatch
 
 
-def _trainer(pool_size=None, k=32, seed=4, tolerance=0.0, first_bias=True):
+def residual_convnet(seed=1):
+    """A tiny residual net: an identity skip over one convolution, a 1x1
+    projection skip where the channels grow, the second merge pooled."""
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    inputs = keras.Input((8, 8, 1))
+    a = L.BatchNormalization()(L.Conv2D(4, 3, padding="same", use_bias=False)(inputs))
+    b = L.BatchNormalization()(L.Conv2D(4, 3, padding="same", use_bias=False)(L.ReLU()(a)))
+    h = L.ReLU()(L.Add()([b, a]))
+    c = L.BatchNormalization()(L.Conv2D(6, 3, padding="same", use_bias=False)(h))
+    skip = L.BatchNormalization()(L.Conv2D(6, 1, use_bias=False)(h))
+    h = L.AveragePooling2D(2)(L.Add()([c, skip]))
+    outputs = L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(L.ReLU()(h)))
+    return keras.Model(inputs, outputs)
+
+
+def _trainer(pool_size=None, k=32, seed=4, tolerance=0.0, first_bias=True, build=None):
     keras.utils.set_random_seed(0)
-    model = small_convnet(first_bias=first_bias)
+    model = build() if build else small_convnet(first_bias=first_bias)
     trainer = keras_rso.RSOModel(model)
     trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=seed,
                                             pool_size=pool_size, tolerance=tolerance),
@@ -49,31 +65,44 @@ def test_pool_fills_each_segment_then_trains(toy_data):
     # stream that the last cycle's fill steps (its steps 10 and 11) took.
     pool = trainer._pool
     rows = int(pool.rows.numpy())
-    stored = pool.buffers[pool.key[min(pool.anchors)]].numpy()[:rows]
+    (key,) = pool.key[min(pool.anchors)]  # a chain: one tensor per anchor
+    stored = pool.buffers[key].numpy()[:rows]
     start = (3 * steps - 4) * 48 % len(x)
     assert rows == 96
     np.testing.assert_array_equal(stored, x[start:start + rows].reshape(rows, -1))
     np.testing.assert_array_equal(pool.targets.numpy()[:rows], y[start:start + rows])
 
 
-def test_pool_of_the_whole_batch_takes_the_same_decisions(toy_data):
+@pytest.mark.parametrize("build, segments", [(None, 3), (residual_convnet, 5)],
+                         ids=["chain", "residual"])
+def test_pool_of_the_whole_batch_takes_the_same_decisions(toy_data, build, segments):
     """With the pool as large as the data and the batch, every step sees the
     same samples (in another order): the search must end where it ends
     without a pool, in float64 (where reordering a sum cannot flip a
-    decision that a 1e-9 relative tolerance does not already reject)."""
+    decision that a 1e-9 relative tolerance does not already reject).
+    The residual net takes `GraphEvaluator`, whose pool holds every skip
+    that crosses an anchor."""
     x, y = toy_data
     keras.config.set_dtype_policy("float64")
     try:
         results = []
         for pool in (None, len(x)):
-            model, trainer = _trainer(pool, k=10_000, tolerance=1e-9, first_bias=False)
+            model, trainer = _trainer(pool, k=10_000, tolerance=1e-9, first_bias=False,
+                                      build=build)
             trainer.fit(x.astype("float64"), y, batch_size=len(x), epochs=2,
                         shuffle=False, verbose=0)
             results.append((model, trainer))
     finally:
         keras.config.set_dtype_policy("float32")
     (plain, plain_trainer), (pooled, pooled_trainer) = results
-    assert pooled_trainer.steps_per_cycle() == 6 and plain_trainer.steps_per_cycle() == 1
+    assert type(pooled_trainer._plan()[0]).__name__ == (
+        "GraphEvaluator" if build else "ChainEvaluator")
+    assert pooled_trainer.steps_per_cycle() == 2 * segments
+    if build:
+        # Anchors conv2 and the projection are crossed by a skip: their
+        # segments pool two tensors (the main path's input and the skip).
+        assert sorted(len(keys) for keys in pooled_trainer._pool.key.values()) == [1, 1, 1, 2, 2]
+    assert plain_trainer.steps_per_cycle() == 1
     assert int(pooled_trainer.optimizer.weight_updates.numpy()) == \
         int(plain_trainer.optimizer.weight_updates.numpy()) > 0
     for a, b in zip(pooled.trainable_weights, plain.trainable_weights):
@@ -130,15 +159,12 @@ def test_pool_rejects_what_it_cannot_serve(toy_data):
     for w, b in zip(trainer.model.weights, before):
         np.testing.assert_array_equal(w.numpy(), b)
 
-    inputs = keras.Input((8, 8, 1))
-    h = keras.layers.Conv2D(3, 3, padding="same")(inputs)
-    h = keras.layers.Add()([h, keras.layers.Conv2D(3, 1)(inputs)])
-    outputs = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(h))
-    trainer = keras_rso.RSOModel(keras.Model(inputs, outputs))
+    # Whole forward passes (no fast path) have no layer input to pool.
+    trainer = keras_rso.RSOModel(residual_convnet(), fast_path=False)
     trainer.compile(optimizer=keras_rso.RSO(pool_size=64),
                     loss="sparse_categorical_crossentropy")
     before = [w.numpy().copy() for w in trainer.model.weights]
-    with pytest.raises(ValueError, match="chain"):
+    with pytest.raises(ValueError, match="needs the fast path"):
         trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
     for w, b in zip(trainer.model.weights, before):
         np.testing.assert_array_equal(w.numpy(), b)

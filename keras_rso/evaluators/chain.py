@@ -94,6 +94,16 @@ class ChainEvaluator:
         ids = {id(v) for l in layers for v in l.trainable_variables}
         return all(id(v) in ids for v in variables)
 
+    def upstream(self, start: int, x) -> tuple:
+        """What `begin(..., start=start)` takes for the model input `x`: a
+        one-tuple of layer `start`'s input (training mode, state updates
+        discarded), for a layer-input pool (`keras_rso.pool`)."""
+        h = x
+        with keras.StatelessScope():
+            for layer in self.layers[:start]:
+                h = layer(h, training=True)
+        return (h,)
+
     def begin(self, x, y, sample_weight, start: int = 0):
         """Runs the chain once, caching every layer's input.
 
@@ -103,9 +113,10 @@ class ChainEvaluator:
         Args:
             x, y, sample_weight: The batch.
             start: Index of the layer whose input `x` is (a layer-input
-                pool's anchor, `keras_rso.pool`); the layers before it are
-                not run, and their cache entries are empty placeholders
-                that only trials of earlier layers would read.
+                pool's anchor, `keras_rso.pool`), given as `upstream`
+                returns it; the layers before it are not run, and their
+                cache entries are empty placeholders that only trials of
+                earlier layers would read.
 
         Returns:
             `(loss, y_pred, fixed, carried)`: `fixed` holds every layer's
@@ -113,7 +124,7 @@ class ChainEvaluator:
             mixers)`, which trials update.
         """
         inputs, pre = [], []
-        h = x
+        h = x[0] if isinstance(x, tuple) else x
         dtype = self.layers[start].compute_dtype if start < len(self.layers) else None
         if dtype and h.dtype.is_floating and h.dtype != dtype:
             # As a Keras layer autocasts its input: the mixers' cached

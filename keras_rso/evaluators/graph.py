@@ -230,17 +230,50 @@ class GraphEvaluator:
             outputs.append(self._call(k, values))
         return outputs[-1]
 
-    def begin(self, x, y, sample_weight):
+    def pool_inputs(self, start: int) -> Tuple[int, ...]:
+        """The values a pass from node `start` on reads from before it: the
+        nodes before `start` (or `MODEL_INPUT`) that feed a node at or after
+        it, in order. For a residual net, the main path's input and every
+        skip that crosses `start`; what a layer-input pool stores."""
+        if start == 0:
+            return (MODEL_INPUT,)
+        return tuple(sorted({i for node in self.nodes[start:] for i in node.inputs
+                             if i < start}))
+
+    def upstream(self, start: int, x) -> tuple:
+        """What `begin(..., start=start)` takes for the model input `x`: the
+        values of `pool_inputs(start)` (training mode, state updates
+        discarded), for a layer-input pool (`keras_rso.pool`)."""
+        outputs = []
+        with keras.StatelessScope():
+            for k in range(start):
+                outputs.append(self._call(k, [x if i == MODEL_INPUT else outputs[i]
+                                              for i in self.nodes[k].inputs]))
+        return tuple(x if i == MODEL_INPUT else outputs[i] for i in self.pool_inputs(start))
+
+    def begin(self, x, y, sample_weight, start: int = 0):
         """Runs the graph once, caching every node's output.
 
         This is the one pass per batch whose BatchNormalization updates are
         kept (the caller applies them once the loss is known to be finite).
+
+        Args:
+            x, y, sample_weight: The batch.
+            start: The node from which to run (a layer-input pool's anchor,
+                `keras_rso.pool`), with `x` as `upstream(start, ...)` gives
+                it (a tuple); the nodes before `start` are not run, and their
+                cache entries are those values or empty placeholders, which
+                no trial of a node at or after `start` reads.
 
         Returns:
             `(loss, y_pred, fixed, carried)`: `fixed` holds the model input;
             `carried` holds `(output of every node, pre-activation of every
             mixer)`, which trials update.
         """
+        given = {}
+        if isinstance(x, tuple):
+            given = dict(zip(self.pool_inputs(start), x))
+            x = given.get(MODEL_INPUT, tf.zeros([0]))
         first = self.layers[0]
         dtype = getattr(first, "compute_dtype", None)
         if dtype and x.dtype.is_floating and x.dtype != dtype:
@@ -248,6 +281,11 @@ class GraphEvaluator:
             x = tf.cast(x, dtype)
         outputs, pre = [], []
         for k, node in enumerate(self.nodes):
+            if k < start:
+                outputs.append(given.get(k, tf.zeros([0])))
+                if k in self.slot:
+                    pre.append(tf.zeros([0]))
+                continue
             values = [x if i == MODEL_INPUT else outputs[i] for i in node.inputs]
             if k in self.slot:
                 p = _pre_activation(node.layer, values[0])
