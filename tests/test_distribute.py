@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import keras_rso
 from conftest import small_convnet
+from test_pool import residual_convnet
 from test_resume import InterruptAtBatch
 from testing_utils import fit_rso
 
@@ -101,6 +102,41 @@ def test_layer_input_pool_two_replicas_match_one_device(toy_data, tmp_path):
     for key, buffer in t1._pool.buffers.items():
         np.testing.assert_allclose(t2._pool.buffers[key].numpy(), buffer.numpy(), atol=1e-5)
     np.testing.assert_array_equal(t2._pool.targets.numpy(), t1._pool.targets.numpy())
+
+
+def test_residual_pool_two_replicas_match_one_device(toy_data):
+    # A residual net's pool holds, per anchor, the main path's input and the
+    # skips that cross it; under two replicas each is gathered and stored
+    # row by row, and the search takes the one-device decisions.
+    x, y = toy_data
+
+    def build():
+        model = residual_convnet()
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
+        return model
+
+    # In float64, so that the replicas' other summation order cannot flip a
+    # near-tie that the 1e-9 tolerance does not already reject.
+    keras.config.set_dtype_policy("float64")
+    try:
+        runs = [fit_rso(build, x.astype("float64"), y, strategy=strategy, epochs=1,
+                        shuffle=False, weights_per_batch=32, seed=3, tolerance=1e-9,
+                        pool_size=64)
+                for strategy in (tf.distribute.get_strategy(), _mirrored())]
+    finally:
+        keras.config.set_dtype_policy("float32")
+    (single, t1, _), (mirrored, t2, _) = runs
+    assert type(t2._plan()[0]).__name__ == "GraphEvaluator"
+    assert max(len(keys) for keys in t2._pool.key.values()) == 2
+    assert int(t1.optimizer.weight_updates.numpy()) == int(t2.optimizer.weight_updates.numpy()) > 0
+    # The searched weights take the same values; BN's moving statistics
+    # (averaged over the replicas) agree as in the chain's test.
+    for a, b in zip(single.trainable_weights, mirrored.trainable_weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, err_msg=a.path)
+    for a, b in zip(single.weights, mirrored.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
 
 
 def _free_port_block(n):
