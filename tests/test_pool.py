@@ -168,3 +168,28 @@ def test_pool_rejects_what_it_cannot_serve(toy_data):
         trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
     for w, b in zip(trainer.model.weights, before):
         np.testing.assert_array_equal(w.numpy(), b)
+
+
+def test_paper_cifar10_net_pools_every_skip_that_crosses_an_anchor():
+    # The authors' residual net under their preset with a pool: eleven
+    # anchors (the classifier, nine convolutions and the 1x1 shortcut); from
+    # conv2 on, each pools its main path's input and the skip crossing it.
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(200, 32, 32, 3)).astype("uint8")
+    y = rng.integers(0, 10, size=200).astype("int32")
+    keras.utils.set_random_seed(0)
+    model = keras_rso.models.paper_cifar10_net()
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(optimizer=keras_rso.RSO.paper(seed=0, pool_size=100),
+                    loss=keras_rso.models.paper_loss())
+    before = model.get_layer("classifier").kernel.numpy().copy()
+    trainer.fit(x, y, batch_size=50, epochs=1, steps_per_epoch=5, verbose=0)
+    pool = trainer._pool
+    assert type(trainer._plan()[0]).__name__ == "GraphEvaluator"
+    assert sorted(len(keys) for keys in pool.key.values()) == [1, 1] + [2] * 9
+    # Two fills, then three trials of the classifier, one per step.
+    assert int(trainer.optimizer.trials.numpy()) == 3
+    assert not np.array_equal(before, model.get_layer("classifier").kernel.numpy())
+    # Memory is linear in P: rows x (sum of the pooled widths) x 4 bytes + targets.
+    widths = sum(w for w, _, _ in pool.buffers)
+    assert pool.nbytes == 100 * widths * 4 + 100 * 4
