@@ -76,7 +76,8 @@ def paper_trainer(pool_size=None, weights_per_batch=1, net="mnist"):
 def time_keras_rso(ds, steps, pool_size, trainer=None, net="mnist", warmup=1):
     """Seconds per step (of K trials) at every searched variable, and per
     fill step; `trainer` defaults to `paper_trainer(pool_size, net=net)`.
-    The first `warmup` trial steps at each variable are run but not timed."""
+    The first `warmup` trial steps at each variable are run but kept out
+    of the mean (their seconds are returned apart, in `warm`)."""
     trainer = trainer if trainer is not None else paper_trainer(pool_size, net=net)
     trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # traces the step
     opt = trainer.optimizer
@@ -85,7 +86,7 @@ def time_keras_rso(ds, steps, pool_size, trainer=None, net="mnist", warmup=1):
     sizes = [int(np.prod(evaluator.variables[v].shape)) for v in visit]
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
     fills = trainer._pool.fill_steps if pool_size else 0
-    per_trial, fill_times = {}, []
+    per_trial, fill_times, warm = {}, [], {}
     k = int(opt.weights_per_batch)
     for v, start, size in zip(visit, starts, sizes):
         opt.seek(int(start))
@@ -95,9 +96,11 @@ def time_keras_rso(ds, steps, pool_size, trainer=None, net="mnist", warmup=1):
         w = min(warmup, -(-size // k) - n)  # never past the variable's last scalar
         trainer.fit(ds, epochs=1, steps_per_epoch=fills + w + n, verbose=0, callbacks=[timer])
         fill_times += timer.times[:fills]
+        warm[evaluator.variables[v].path] = [round(t, 4) for t in timer.times[fills:fills + w]]
         per_trial[evaluator.variables[v].path] = float(np.mean(timer.times[fills + w:]))
     n_segments = len(segments(evaluator, visit)) if pool_size else 0
-    return per_trial, (float(np.mean(fill_times)) if fill_times else 0.0), fills, n_segments
+    fill = float(np.mean(fill_times)) if fill_times else 0.0
+    return per_trial, fill, fills, n_segments, warm
 
 
 def time_naive(ds, steps, net="mnist"):
@@ -140,9 +143,9 @@ def main(argv=None):
         args.batch_size).repeat().prefetch(2)
     scalars = {v.path: int(np.prod(v.shape)) for v in NETS[args.net]().trainable_variables}
     ways = {} if args.skip_naive else {"naive": time_naive(ds, args.steps, args.net)}
-    ways["keras_rso"] = time_keras_rso(ds, args.steps, None, net=args.net)[0]
-    ways["pool"], fill_step, fills, n_segments = time_keras_rso(ds, args.steps, args.pool_size,
-                                                                net=args.net)
+    ways["keras_rso"], _, _, _, warm_plain = time_keras_rso(ds, args.steps, None, net=args.net)
+    ways["pool"], fill_step, fills, n_segments, warm_pool = time_keras_rso(
+        ds, args.steps, args.pool_size, net=args.net)
     base = "naive" if "naive" in ways else "keras_rso"
     rows = {path: {"scalars": n, **{f"{w}_s": round(t[path], 4) for w, t in ways.items()}}
             for path, n in scalars.items()}
@@ -151,6 +154,7 @@ def main(argv=None):
     results = provenance(args)
     results.update({
         "seconds_per_trial": rows, "fill_step_seconds": round(fill_step, 3),
+        "warmup_seconds": {"keras_rso": warm_plain, "pool": warm_pool},
         "fill_steps_per_cycle": fills * n_segments,
         "seconds_per_cycle": {k: round(v, 1) for k, v in cycle.items()},
         f"speedup_vs_{base}": {k: round(cycle[base] / v, 2) for k, v in cycle.items()},
