@@ -39,7 +39,9 @@ Memory: `P` rows for each distinct anchor-input width, per replica, in the model
 compute dtype (the paper's MNIST net at `P=50,000`: widths 784, 3,136,
 12,544 and 16, 3.3 GB in float32), plus the targets; an anchor whose
 segment needs several tensors (a residual net's skips) holds one buffer per
-tensor (`LayerInputPool.nbytes` gives the total). The pool's contents are not saved: a fit resumed from a
+tensor (`LayerInputPool.nbytes` gives the total). A pool larger than the
+memory the machine has available is refused with an error before it is
+allocated. The pool's contents are not saved: a fit resumed from a
 backup refills it by replaying the segment's fill steps on the same
 batches (see `TrialLoop`).
 """
@@ -120,6 +122,7 @@ class LayerInputPool:
                 width = int(np.prod(shape))
                 keys.append((width, dtype, sum(k[:2] == (width, dtype) for k in keys)))
             self.key[a] = tuple(keys)
+        self._check_memory(tf.convert_to_tensor(sample_y))
         # Under a strategy every replica holds the whole pool (the variables
         # are per-replica, `ON_READ`): a fill step gathers the global batch
         # to every replica, and each replica draws its shard of a pooled
@@ -133,6 +136,26 @@ class LayerInputPool:
             tf.zeros([self.size] + y.shape[1:].as_list(), y.dtype), "pool_targets")
         # Rows filled so far in the live segment (not saved; see module doc).
         self.rows = _replica_variable(tf.constant(0, tf.int64), "pool_rows")
+
+    def _check_memory(self, y) -> None:
+        """Refuses a pool that cannot fit in the memory this machine has
+        free, before any of it is allocated: past that point the kernel's
+        out-of-memory killer would end the process and lose the fit."""
+        widths = {k for keys in self.key.values() for k in keys}
+        row = sum(w * tf.as_dtype(d).size for w, d, _ in widths)
+        row += y.dtype.size * int(np.prod(y.shape[1:]))
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        needed = replicas * self.size * row
+        free = available_memory()
+        if free is not None and needed > free:
+            fits = max(int(free // (replicas * row)), 0)
+            raise ValueError(
+                f"RSO(pool_size={self.size}) needs {needed / 1e9:.2f} GB for its "
+                f"layer-input pool ({row:,} bytes per row x {self.size:,} rows"
+                + (f" x {replicas} replicas" if replicas > 1 else "")
+                + f"), but this machine has {free / 1e9:.2f} GB available. "
+                f"Use a pool_size below {fits:,} (the trials also need memory "
+                "for the batch's activations), or pool_size=None.")
 
     @property
     def nbytes(self) -> int:
@@ -196,6 +219,19 @@ class LayerInputPool:
                              [-1, *shape])
                   for key, shape in zip(self.key[anchor], self.shapes[anchor]))
         return h, distribution.local(self.targets).sparse_read(index)
+
+
+def available_memory():
+    """Bytes of memory available to new allocations (Linux `MemAvailable`),
+    or None where the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _replica_variable(initial_value, name: str) -> tf.Variable:

@@ -193,3 +193,20 @@ def test_paper_cifar10_net_pools_every_skip_that_crosses_an_anchor():
     # Memory is linear in P: rows x (sum of the pooled widths) x 4 bytes + targets.
     widths = sum(w for w, _, _ in pool.buffers)
     assert pool.nbytes == 100 * widths * 4 + 100 * 4
+
+
+def test_a_pool_larger_than_free_memory_is_refused_before_anything_changes(toy_data):
+    x, y = toy_data
+    _, trainer = _trainer(pool_size=64)
+    before = [w.numpy().copy() for w in trainer.model.weights]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keras_rso.pool, "available_memory", lambda: 1000)
+        with pytest.raises(ValueError, match=r"pool_size=64\) needs .* GB available"):
+            trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    for w, b in zip(trainer.model.weights, before):
+        np.testing.assert_array_equal(w.numpy(), b)
+    assert trainer._pool is None
+    # With the memory there, the same fit runs.
+    trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    assert trainer._pool is not None and trainer._pool.nbytes > 1000
+    assert keras_rso.pool.available_memory() > trainer._pool.nbytes
