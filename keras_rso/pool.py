@@ -122,29 +122,31 @@ class LayerInputPool:
                 width = int(np.prod(shape))
                 keys.append((width, dtype, sum(k[:2] == (width, dtype) for k in keys)))
             self.key[a] = tuple(keys)
-        self._check_memory(tf.convert_to_tensor(sample_y))
+        buffer_keys = sorted({k for keys in self.key.values() for k in keys})
+        y = tf.convert_to_tensor(sample_y)
+        # Bytes of one pooled sample: a row of every buffer, and its target.
+        self.row_bytes = (sum(w * tf.as_dtype(d).size for w, d, _ in buffer_keys)
+                          + y.dtype.size * int(np.prod(y.shape[1:])))
+        self._check_memory()
         # Under a strategy every replica holds the whole pool (the variables
         # are per-replica, `ON_READ`): a fill step gathers the global batch
         # to every replica, and each replica draws its shard of a pooled
         # batch from its own copy, as one device would (`fill`, `draw`).
         self.buffers = {}
-        for w, dtype, n in sorted(set(k for keys in self.key.values() for k in keys)):
+        for w, dtype, n in buffer_keys:
             name = f"pool_{w}" if n == 0 else f"pool_{w}_{n}"
             self.buffers[w, dtype, n] = _replica_variable(tf.zeros([self.size, w], dtype), name)
-        y = tf.convert_to_tensor(sample_y)
         self.targets = _replica_variable(
             tf.zeros([self.size] + y.shape[1:].as_list(), y.dtype), "pool_targets")
         # Rows filled so far in the live segment (not saved; see module doc).
         self.rows = _replica_variable(tf.constant(0, tf.int64), "pool_rows")
 
-    def _check_memory(self, y) -> None:
+    def _check_memory(self) -> None:
         """Refuses a pool that cannot fit in the memory this machine has
         free, before any of it is allocated: past that point the kernel's
         out-of-memory killer would end the process and lose the fit."""
-        widths = {k for keys in self.key.values() for k in keys}
-        row = sum(w * tf.as_dtype(d).size for w, d, _ in widths)
-        row += y.dtype.size * int(np.prod(y.shape[1:]))
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        row = self.row_bytes
+        replicas = distribution.num_replicas()
         needed = replicas * self.size * row
         free = available_memory()
         if free is not None and needed > free:
@@ -159,9 +161,8 @@ class LayerInputPool:
 
     @property
     def nbytes(self) -> int:
-        """Bytes the pool's buffers hold."""
-        total = sum(tf.as_dtype(d).size * self.size * w for w, d, _ in self.buffers)
-        return total + self.targets.dtype.size * int(np.prod(self.targets.shape))
+        """Bytes the pool's buffers hold (per replica)."""
+        return self.size * self.row_bytes
 
     def _anchor_specs(self, x):
         """Each anchor's input shapes (without the batch axis) and dtypes,
