@@ -33,6 +33,7 @@ Example:
 
 import argparse
 import time
+from typing import Dict, List, NamedTuple
 
 import keras
 import numpy as np
@@ -73,9 +74,33 @@ def paper_trainer(pool_size=None, weights_per_batch=1, net="mnist"):
     return trainer
 
 
-def time_keras_rso(ds, steps, pool_size, trainer=None, net="mnist", warmup=1):
-    """Seconds per step (of K trials) at every searched variable, and per
-    fill step; `trainer` defaults to `paper_trainer(pool_size, net=net)`.
+class StepTimes(NamedTuple):
+    """What `time_keras_rso` measured.
+
+    Attributes:
+        per_step: Mean seconds per step (of K trials) for each searched
+            variable, by path.
+        fill_step: Mean seconds of a step that fills the pool (0 without one).
+        fills: Fill steps per pool segment (0 without a pool).
+        segments: Pool segments per cycle (0 without a pool).
+        warm: The untimed warm-up steps' seconds, by path.
+    """
+
+    per_step: Dict[str, float]
+    fill_step: float
+    fills: int
+    segments: int
+    warm: Dict[str, List[float]]
+
+    @property
+    def fill_seconds(self) -> float:
+        """Seconds per cycle spent filling the pool."""
+        return self.fill_step * self.fills * self.segments
+
+
+def time_keras_rso(ds, steps, pool_size, trainer=None, net="mnist", warmup=1) -> StepTimes:
+    """Times the train step at every searched variable (and the pool's fill
+    steps); `trainer` defaults to `paper_trainer(pool_size, net=net)`.
     The first `warmup` trial steps at each variable are run but kept out
     of the mean (their seconds are returned apart, in `warm`)."""
     trainer = trainer if trainer is not None else paper_trainer(pool_size, net=net)
@@ -100,7 +125,7 @@ def time_keras_rso(ds, steps, pool_size, trainer=None, net="mnist", warmup=1):
         per_trial[evaluator.variables[v].path] = float(np.mean(timer.times[fills + w:]))
     n_segments = len(segments(evaluator, visit)) if pool_size else 0
     fill = float(np.mean(fill_times)) if fill_times else 0.0
-    return per_trial, fill, fills, n_segments, warm
+    return StepTimes(per_trial, fill, fills, n_segments, warm)
 
 
 def time_naive(ds, steps, net="mnist"):
@@ -143,19 +168,19 @@ def main(argv=None):
         args.batch_size).repeat().prefetch(2)
     scalars = {v.path: int(np.prod(v.shape)) for v in NETS[args.net]().trainable_variables}
     ways = {} if args.skip_naive else {"naive": time_naive(ds, args.steps, args.net)}
-    ways["keras_rso"], _, _, _, warm_plain = time_keras_rso(ds, args.steps, None, net=args.net)
-    ways["pool"], fill_step, fills, n_segments, warm_pool = time_keras_rso(
-        ds, args.steps, args.pool_size, net=args.net)
+    plain = time_keras_rso(ds, args.steps, None, net=args.net)
+    pooled = time_keras_rso(ds, args.steps, args.pool_size, net=args.net)
+    ways["keras_rso"], ways["pool"] = plain.per_step, pooled.per_step
     base = "naive" if "naive" in ways else "keras_rso"
     rows = {path: {"scalars": n, **{f"{w}_s": round(t[path], 4) for w, t in ways.items()}}
             for path, n in scalars.items()}
     cycle = {w: sum(n * t[path] for path, n in scalars.items()) for w, t in ways.items()}
-    cycle["pool"] += fill_step * fills * n_segments
+    cycle["pool"] += pooled.fill_seconds
     results = provenance(args)
     results.update({
-        "seconds_per_trial": rows, "fill_step_seconds": round(fill_step, 3),
-        "warmup_seconds": {"keras_rso": warm_plain, "pool": warm_pool},
-        "fill_steps_per_cycle": fills * n_segments,
+        "seconds_per_trial": rows, "fill_step_seconds": round(pooled.fill_step, 3),
+        "warmup_seconds": {"keras_rso": plain.warm, "pool": pooled.warm},
+        "fill_steps_per_cycle": pooled.fills * pooled.segments,
         "seconds_per_cycle": {k: round(v, 1) for k, v in cycle.items()},
         f"speedup_vs_{base}": {k: round(cycle[base] / v, 2) for k, v in cycle.items()},
     })

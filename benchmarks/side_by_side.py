@@ -62,14 +62,13 @@ def mnist_rows(steps: int, pool_size: int) -> dict:
     rows = {}
     naive = time_naive(b5000, steps)
     rows["naive"] = {"k": 1, "batch": 5000, "per_step": naive}
-    plain, _, _, _, _ = time_keras_rso(b5000, steps, None)
-    rows["k1_b5000"] = {"k": 1, "batch": 5000, "per_step": plain}
-    pooled, fill_step, fills, n_segments, _ = time_keras_rso(b5000, steps, pool_size)
-    rows["k1_b5000_pool"] = {"k": 1, "batch": 5000, "per_step": pooled,
-                             "fill_seconds": fill_step * fills * n_segments}
-    wide, _, _, _, _ = time_keras_rso(b2048, steps, None,
-                                      trainer=paper_trainer(weights_per_batch=64))
-    rows["k64_b2048"] = {"k": 64, "batch": 2048, "per_step": wide}
+    plain = time_keras_rso(b5000, steps, None)
+    rows["k1_b5000"] = {"k": 1, "batch": 5000, "per_step": plain.per_step}
+    pooled = time_keras_rso(b5000, steps, pool_size)
+    rows["k1_b5000_pool"] = {"k": 1, "batch": 5000, "per_step": pooled.per_step,
+                             "fill_seconds": pooled.fill_seconds}
+    wide = time_keras_rso(b2048, steps, None, trainer=paper_trainer(weights_per_batch=64))
+    rows["k64_b2048"] = {"k": 64, "batch": 2048, "per_step": wide.per_step}
     for name, row in rows.items():
         row["seconds_per_cycle"] = (_cycle(row["per_step"], scalars, row["k"])
                                     + row.get("fill_seconds", 0.0))

@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from benchmarks import raw_pixel_models
 from benchmarks.flop_limit import counted_ops, limit_seconds
-from keras_rso import datasets
+from benchmarks.pool_speed import time_keras_rso
+from keras_rso import datasets, models
 
 
 def test_flops_are_counted_from_static_shapes():
@@ -49,3 +50,21 @@ def test_raw_pixel_models_resaves_a_standardized_model_and_refuses_twice(tmp_pat
     assert written["saved_model_test_accuracy"] == accuracy == pytest.approx(recorded, abs=3e-4)
     with pytest.raises(SystemExit):  # it already takes raw pixels
         raw_pixel_models.main(["--dataset", "mnist", path, str(results)])
+
+
+def test_pool_speed_times_every_variable_and_the_pool_fills():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8)
+    y = rng.integers(0, 10, (64,))
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
+    paths = [v.path for v in models.paper_mnist_net().trainable_variables]
+    plain = time_keras_rso(ds, 1, None)
+    pooled = time_keras_rso(ds, 1, 32)
+    for times in (plain, pooled):
+        assert sorted(times.per_step) == sorted(paths)
+        assert all(t > 0 for t in times.per_step.values())
+        assert all(len(w) == 1 for w in times.warm.values())
+    assert (plain.fills, plain.segments, plain.fill_seconds) == (0, 0, 0.0)
+    assert pooled.fills == 2 and pooled.segments >= 1  # 32 pooled rows, batches of 16
+    assert pooled.fill_seconds == pytest.approx(pooled.fill_step * 2 * pooled.segments)
+    assert pooled.fill_seconds > 0
