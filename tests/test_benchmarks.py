@@ -68,3 +68,32 @@ def test_pool_speed_times_every_variable_and_the_pool_fills():
     assert pooled.fills == 2 and pooled.segments >= 1  # 32 pooled rows, batches of 16
     assert pooled.fill_seconds == pytest.approx(pooled.fill_step * 2 * pooled.segments)
     assert pooled.fill_seconds > 0
+
+
+def test_plots_say_which_held_out_data_each_run_is_measured_on(tmp_path):
+    from benchmarks import plot_results
+
+    def run(method, **args):
+        rows = [{"epoch": 1, "val_accuracy": 0.9, "weight_updates": 10},
+                {"epoch": 2, "val_accuracy": 0.95, "weight_updates": 20}]
+        return {"method": method, "per_cycle": rows,
+                "args": {"batch_size": 5000, "weights_per_batch": 1, "cycles": 5, "seed": 1,
+                         "learning_rate": 0.01, **args}}
+
+    paper = run("rso", preset="paper", schedule_cycles=50, validation_size=10000)
+    older = run("rso", sigma_scale=3.0, final_fraction=0.3333)  # validated on the test set
+    assert plot_results.held_out(paper) == "validation"
+    assert plot_results.held_out(older) == "test"
+    assert plot_results.label(paper) == (
+        "RSO, paper preset (batch 5000, K=1, 5 cycles of a 50-cycle schedule, seed 1)")
+    assert plot_results.label(older, mixed=True).endswith("seed 1) [test]")
+    files = []
+    for n, r in enumerate((paper, older)):
+        files.append(tmp_path / f"{n}.json")
+        files[-1].write_text(json.dumps(r))
+    png = tmp_path / "p.png"
+    plot_results.main([str(f) for f in files] + ["--reference", "98", "paper",
+                                                 "--output", str(png)])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):  # a reference needs its label
+        plot_results.main([str(files[0]), "--reference", "98", "--output", str(png)])
