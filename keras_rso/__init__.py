@@ -8,6 +8,7 @@ from keras_rso import callbacks
 from keras_rso import constraints
 from keras_rso import datasets
 from keras_rso import losses
+from keras_rso import memory
 from keras_rso import models
 from keras_rso.errors import NonFiniteLossError
 from keras_rso.model import RSOModel
@@ -16,4 +17,4 @@ from keras_rso.optimizer import RSO
 __version__ = "0.1.0"
 
 __all__ = ["RSO", "RSOModel", "NonFiniteLossError", "callbacks", "constraints", "datasets",
-           "losses", "models"]
+           "losses", "memory", "models"]

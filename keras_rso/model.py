@@ -24,6 +24,7 @@ from keras_rso.evaluators import (ChainEvaluator, FullForwardEvaluator, GraphEva
                                   chain_layers, flat_biases, graph_nodes)
 from keras_rso.evaluators.topology import owner_layers
 from keras_rso.fit_hooks import CycleKeeper, EpochMark
+from keras_rso.memory import check_step_memory
 from keras_rso.metrics import AcceptRate
 from keras_rso.optimizer import RSO
 from keras_rso.pool import LayerInputPool
@@ -500,6 +501,15 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
                 first = next(iter(adapter.get_tf_dataset()))
                 first = first if isinstance(first, tuple) else (first,)
             self._build_pool(first)
+        if first is not None:
+            # After the pool: the memory it took is no longer available.
+            x0, _, _ = keras.utils.unpack_x_y_sample_weight(first)
+            ev, plan = self._plan()
+            # Under a pool a step caches from its segment's anchor on, at or
+            # before the first searched layer; without one, from the input.
+            start = (min(ev.layer_of[v] for v in plan.visit)
+                     if self._pool is not None and plan.visit else 0)
+            check_step_memory(ev, int(tf.shape(tf.nest.flatten(x0)[0])[0]), start)
         self._build_batch = first
         if steps_per_epoch is None:
             steps_per_epoch = self.steps_per_cycle()

@@ -55,6 +55,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rso import distribution
+from keras_rso.memory import available_memory
 
 
 class Segment(NamedTuple):
@@ -220,19 +221,6 @@ class LayerInputPool:
                              [-1, *shape])
                   for key, shape in zip(self.key[anchor], self.shapes[anchor]))
         return h, distribution.local(self.targets).sparse_read(index)
-
-
-def available_memory():
-    """Bytes of memory available to new allocations (Linux `MemAvailable`),
-    or None where the system does not say."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _replica_variable(initial_value, name: str) -> tf.Variable:
