@@ -316,6 +316,16 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
             self._pool = LayerInputPool(ev, anchors, opt.pool_size,
                                         int(tf.shape(x)[0]), x, y)
 
+    def _check_step_memory(self, batch) -> None:
+        """Refuses a batch too large for the memory left (`keras_rso.memory`)."""
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+        ev, plan = self._plan()
+        # Under a pool a step caches from its segment's anchor on, at or
+        # before the first searched layer; without one, from the input.
+        start = (min(ev.layer_of[v] for v in plan.visit)
+                 if self._pool is not None and plan.visit else 0)
+        check_step_memory(ev, int(tf.shape(tf.nest.flatten(x)[0])[0]), start)
+
     # ------------------------------------------------------------- compile
     def compile(self, optimizer: Union[RSO, str, dict, None] = None, **kwargs):
         """Configures the model for RSO training.
@@ -502,14 +512,7 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
                 first = first if isinstance(first, tuple) else (first,)
             self._build_pool(first)
         if first is not None:
-            # After the pool: the memory it took is no longer available.
-            x0, _, _ = keras.utils.unpack_x_y_sample_weight(first)
-            ev, plan = self._plan()
-            # Under a pool a step caches from its segment's anchor on, at or
-            # before the first searched layer; without one, from the input.
-            start = (min(ev.layer_of[v] for v in plan.visit)
-                     if self._pool is not None and plan.visit else 0)
-            check_step_memory(ev, int(tf.shape(tf.nest.flatten(x0)[0])[0]), start)
+            self._check_step_memory(first)  # after the pool took its memory
         self._build_batch = first
         if steps_per_epoch is None:
             steps_per_epoch = self.steps_per_cycle()
