@@ -8,7 +8,7 @@ a softmax classifier), kept for the runs recorded with them.
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -236,9 +236,12 @@ def paper_cifar10_net(mean: Sequence[float] = CIFAR10_MEAN, num_classes: int = 1
         if i in skip_from:
             skip = bn_out[skip_from[i]]
             if skip.shape[-1] != width:
-                # The authors' code draws this kernel with std sqrt(2 / C_in).
+                # The authors' code draws this kernel with std sqrt(2 / C),
+                # C the input channels of the 3x3 convolution it joins (not
+                # its own fan-in), and searches it with that convolution's
+                # sigma (`paper_sigmas`).
                 skip = layers.Conv2D(width, 1, use_bias=False,
-                                     kernel_initializer=_he(skip.shape[-1]),
+                                     kernel_initializer=_he(channels),
                                      name=f"conv{i + 1}_shortcut")(skip)
                 skip = layers.BatchNormalization(name=f"bn{i + 1}_shortcut")(skip)
             out = layers.Add(name=f"add{i + 1}")([out, skip])
@@ -251,6 +254,39 @@ def paper_cifar10_net(mean: Sequence[float] = CIFAR10_MEAN, num_classes: int = 1
     outputs = layers.Dense(num_classes, use_bias=False, kernel_initializer=_he(widths[-1]),
                            name="classifier")(h)
     return keras.Model(inputs, outputs, name=name)
+
+
+def paper_sigmas(model: keras.Model) -> Dict[str, float]:
+    """The sigmas in which the authors' code departs from the He rule, for
+    `RSO(sigma_overrides=...)`.
+
+    Their CIFAR-10 code searches the 1x1 shortcut kernel of a residual
+    block (`conv<i>_shortcut` in `paper_cifar10_net`) with the sigma of
+    the block's 3x3 convolution `conv<i>`, sqrt(2 / (9 C)), not with its
+    own He std; `RSO.paper()`'s `sigma_rule="he"` gives every other
+    variable of both paper networks their sigma already.
+
+    Args:
+        model: `paper_cifar10_net()` (or `paper_mnist_net()`, which has no
+            shortcut: the result is then empty).
+
+    Returns:
+        `{shortcut kernel path: sigma}`.
+
+    Example:
+
+    ```python
+    model = keras_rso.models.paper_cifar10_net()
+    optimizer = keras_rso.RSO.paper(sigma_overrides=keras_rso.models.paper_sigmas(model))
+    ```
+    """
+    sigmas = {}
+    for layer in model.layers:
+        if layer.name.endswith("_shortcut") and isinstance(layer, layers.Conv2D):
+            block = model.get_layer(layer.name[:-len("_shortcut")])
+            fan_in = int(np.prod(block.kernel.shape[:-1]))
+            sigmas[layer.kernel.path] = float(np.sqrt(2.0 / fan_in))
+    return sigmas
 
 
 def paper_loss() -> keras.losses.Loss:

@@ -18,7 +18,7 @@ through which all other modules change it.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import keras
 import numpy as np
@@ -120,6 +120,14 @@ class RSO(keras.optimizers.Optimizer):
             `batchnorm_sigma`; anything else falls back to `"std"`.
         batchnorm_sigma: Sigma of BatchNormalization gamma and beta under
             `sigma_rule="he"` (the authors' 0.167).
+        sigma_overrides: Starting sigmas of named variables, `{variable
+            path: sigma}`, in place of what `sigma_rule` gives them (the
+            sigma scale and `SigmaBalancing`'s factors still apply). For
+            the authors' residual CIFAR-10 net, whose code searches the 1x1
+            shortcut with the sigma of the 3x3 convolution it joins,
+            `keras_rso.models.paper_sigmas(model)` gives the entries.
+            A path that names none of the model's trainable variables is an
+            error when training starts. `None` (default): none.
         weight_decay: Per-trial weight decay: before its trial, the weight is
             multiplied by `1 - weight_decay`, the candidates are built around
             that decayed value, and the decay stays even when both
@@ -197,6 +205,7 @@ class RSO(keras.optimizers.Optimizer):
         step_rule: str = "argmin",
         sigma_rule: str = "std",
         batchnorm_sigma: float = 0.167,
+        sigma_overrides: Optional[Dict[str, float]] = None,
         weight_decay: float = 0.0,
         kernel_order: str = "keras",
         pool_size: Optional[int] = None,
@@ -263,6 +272,14 @@ class RSO(keras.optimizers.Optimizer):
         if not (np.isfinite(batchnorm_sigma) and batchnorm_sigma > 0):
             raise ValueError(
                 f"`batchnorm_sigma` must be a positive finite float. Received: {batchnorm_sigma}")
+        overrides = dict(sigma_overrides or {})
+        bad = {k: v for k, v in overrides.items()
+               if not isinstance(k, str) or isinstance(v, bool)
+               or not isinstance(v, (int, float, np.number)) or not (np.isfinite(v) and v > 0)}
+        if bad:
+            raise ValueError(
+                "`sigma_overrides` maps variable paths (str) to positive finite "
+                f"sigmas. Received these entries that do not: {bad}")
         if not (np.isfinite(weight_decay) and 0.0 <= weight_decay < 1.0):
             raise ValueError(
                 "`weight_decay` must be a float in [0, 1) (the fraction a weight "
@@ -298,6 +315,7 @@ class RSO(keras.optimizers.Optimizer):
         self.step_rule = step_rule
         self.sigma_rule = sigma_rule
         self.batchnorm_sigma = float(batchnorm_sigma)
+        self.sigma_overrides = {k: float(v) for k, v in overrides.items()}
         self.weight_decay = float(weight_decay)
         self.kernel_order = kernel_order
         self.pool_size = None if pool_size is None else int(pool_size)
@@ -316,7 +334,10 @@ class RSO(keras.optimizers.Optimizer):
         summed in float64 (`keras_rso.models.paper_loss()`), the sigma
         schedule (`keras_rso.callbacks.SigmaAnnealing(0.1, rule="paper",
         total_cycles=50)`) and the networks (`keras_rso.models.
-        paper_mnist_net`, `paper_cifar10_net`).
+        paper_mnist_net`, `paper_cifar10_net`). On `paper_cifar10_net`, also
+        pass `sigma_overrides=keras_rso.models.paper_sigmas(model)`: the
+        authors search its 1x1 shortcut with the sigma of the convolution it
+        joins.
 
         Args:
             **overrides: Any `RSO` argument, replacing the preset's value.
@@ -445,6 +466,15 @@ class RSO(keras.optimizers.Optimizer):
                     sigmas[i] = self.batchnorm_sigma
                 elif len(v.shape) >= 2:
                     sigmas[i] = np.sqrt(2.0 / np.prod(v.shape[:-1]))
+        if self.sigma_overrides:
+            index = {v.path: i for i, v in enumerate(variables)}
+            unknown = sorted(set(self.sigma_overrides) - set(index))
+            if unknown:
+                raise ValueError(
+                    f"`sigma_overrides` names {unknown}, which are not trainable "
+                    f"variables of the model. Its variables are: {sorted(index)}")
+            for path, sigma in self.sigma_overrides.items():
+                sigmas[index[path]] = sigma
         factors = self.sigma_factors.numpy()[:len(sigmas)]
         self.sigmas.assign((sigmas * factors).astype(np.float32))
         self.sigmas_ready.assign(1)
@@ -576,6 +606,7 @@ class RSO(keras.optimizers.Optimizer):
             "step_rule": self.step_rule,
             "sigma_rule": self.sigma_rule,
             "batchnorm_sigma": self.batchnorm_sigma,
+            "sigma_overrides": dict(self.sigma_overrides) or None,
             "weight_decay": self.weight_decay,
             "kernel_order": self.kernel_order,
             "pool_size": self.pool_size,

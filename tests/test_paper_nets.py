@@ -88,3 +88,55 @@ def test_paper_order_visits_each_kernel_then_its_batchnorm_from_the_output():
                 + ["conv5_shortcut/kernel", "bn5_shortcut/beta", "bn5_shortcut/gamma"]
                 + sum((block(i) for i in (4, 3, 2, 1)), []))
     assert names == expected
+
+
+def test_the_cifar10_preset_starts_every_variable_at_the_authors_sigma():
+    import keras_rso
+
+    # The authors' train.py: a 3x3 kernel's sigma is sqrt(2 / (9 C_in)),
+    # the dense kernel's sqrt(2 / 32), gamma and beta 0.167, and the 1x1
+    # shortcut of block 5 takes block 5's own 3x3 sigma.
+    widths = [16, 16, 16, 32, 32, 32, 32, 32, 32]
+    inputs = [3] + widths[:-1]
+    expected = {"classifier/kernel": np.sqrt(2 / 32),
+                "conv5_shortcut/kernel": np.sqrt(2 / (9 * 32)),
+                "bn5_shortcut/gamma": 0.167, "bn5_shortcut/beta": 0.167}
+    for i, c in enumerate(inputs, start=1):
+        expected.update({f"conv{i}/kernel": np.sqrt(2 / (9 * c)),
+                         f"bn{i}/gamma": 0.167, f"bn{i}/beta": 0.167})
+    model = models.paper_cifar10_net()
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(optimizer=keras_rso.RSO.paper(
+        sigma_overrides=models.paper_sigmas(model)), loss=models.paper_loss())
+    trainer(np.zeros((1, 32, 32, 3), "uint8"))
+    trainer.optimizer.build(trainer.trainable_variables)
+    trainer._initialize_sigmas()
+    got = dict(zip([v.path for v in trainer.trainable_variables],
+                   trainer.optimizer.sigmas.numpy()))
+    assert got.keys() == expected.keys()
+    for path, sigma in expected.items():
+        assert got[path] == pytest.approx(sigma, rel=1e-6), path
+    assert models.paper_sigmas(models.paper_mnist_net()) == {}
+
+
+def test_the_cifar10_shortcut_starts_with_the_authors_std():
+    # Their code draws the 1x1 projection with std sqrt(2 / C), C = 32 the
+    # input channels of convolution 5, not sqrt(2 / 16), its own fan-in.
+    keras.utils.set_random_seed(0)
+    kernel = models.paper_cifar10_net().get_layer("conv5_shortcut").kernel.numpy()
+    assert kernel.shape == (1, 1, 16, 32)
+    assert np.std(kernel) == pytest.approx(np.sqrt(2 / 32), rel=0.1)
+
+
+def test_sigma_overrides_are_checked_and_serialized():
+    import keras_rso
+
+    with pytest.raises(ValueError, match="positive finite"):
+        keras_rso.RSO(sigma_overrides={"dense/kernel": -1.0})
+    opt = keras_rso.RSO(sigma_overrides={"nope/kernel": 0.1})
+    assert keras_rso.RSO.from_config(opt.get_config()).sigma_overrides == {"nope/kernel": 0.1}
+    trainer = keras_rso.RSOModel(models.paper_mnist_net())
+    trainer.compile(optimizer=opt, loss=models.paper_loss())
+    x = np.zeros((8, 28, 28, 1), "uint8")
+    with pytest.raises(ValueError, match=r"names \['nope/kernel'\].*paper_mnist_net/conv1/kernel"):
+        trainer.fit(x, np.zeros(8, "int64"), batch_size=8, epochs=1, verbose=0)
