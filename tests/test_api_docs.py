@@ -3,8 +3,6 @@
 import pathlib
 import sys
 
-import pytest
-
 import keras_rso
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

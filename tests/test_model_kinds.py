@@ -2,7 +2,6 @@
 
 import keras
 import numpy as np
-import pytest
 
 import keras_rso
 from conftest import mnist_subset, small_convnet

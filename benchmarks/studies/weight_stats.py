@@ -20,7 +20,6 @@ import argparse
 import os
 
 import keras
-import numpy as np
 
 import keras_rso  # noqa: F401  (registers the saved classes)
 from keras_rso import models
