@@ -324,7 +324,9 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
         # before the first searched layer; without one, from the input.
         start = (min(ev.layer_of[v] for v in plan.visit)
                  if self._pool is not None and plan.visit else 0)
-        check_step_memory(ev, int(tf.shape(tf.nest.flatten(x)[0])[0]), start)
+        # Under a multi-worker strategy each process holds its share of the batch.
+        rows = int(tf.shape(tf.nest.flatten(x)[0])[0])
+        check_step_memory(ev, -(-rows // _compat.num_workers(self.distribute_strategy)), start)
 
     # ------------------------------------------------------------- compile
     def compile(self, optimizer: Union[RSO, str, dict, None] = None, **kwargs):
