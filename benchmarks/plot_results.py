@@ -93,7 +93,8 @@ def main(argv=None):
         ax.grid(alpha=0.3)
     # One legend under both panels: inside them it hid data points.
     handles, labels = ax1.get_legend_handles_labels()
-    columns = 2 if len(labels) > 4 else 1
+    # Two columns unless a label is too long to share the figure's width.
+    columns = 2 if len(labels) > 4 and max(map(len, labels)) <= 90 else 1
     fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8,
                frameon=False)
     if args.title:
