@@ -22,9 +22,9 @@ import numpy as np
 from keras_rso.evaluators.topology import _is_mixer
 
 # What a step's peak grows by per row of the batch, in multiples of the
-# row's cached activations, measured 1.5x on
-# `paper_mnist_net` (chain) and 2.8x on `paper_cifar10_net` (graph):
-# `benchmarks/step_memory.py`, docs/results.md "Memory of a step".
+# row's cached activations, measured 1.50x on `paper_mnist_net` (chain)
+# and 2.91x on `paper_cifar10_net` (graph): `benchmarks/step_memory.py`,
+# docs/results.md "Memory of a step".
 TYPICAL_STEP_ACTIVATIONS = 3.0
 
 

@@ -319,11 +319,10 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
     def _check_step_memory(self, batch) -> None:
         """Refuses a batch too large for the memory left (`keras_rso.memory`)."""
         x, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
-        ev, plan = self._plan()
-        # Under a pool a step caches from its segment's anchor on, at or
-        # before the first searched layer; without one, from the input.
-        start = (min(ev.layer_of[v] for v in plan.visit)
-                 if self._pool is not None and plan.visit else 0)
+        ev, _ = self._plan()
+        # Under a pool a step caches from its segment's anchor on (the
+        # widest from the first anchor); without one, from the input.
+        start = min(self._pool.anchors) if self._pool is not None else 0
         # Under a multi-worker strategy each process holds its share of the batch.
         rows = int(tf.shape(tf.nest.flatten(x)[0])[0])
         check_step_memory(ev, -(-rows // _compat.num_workers(self.distribute_strategy)), start)
