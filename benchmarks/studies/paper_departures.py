@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Two departures from the authors' code, measured without training.
+"""Three departures from the authors' code, measured without training.
 
 The README's Fidelity table lists where keras_rso's defaults depart from the
-authors' `train.py`. Two of them can be measured on the paper's MNIST net
+authors' `train.py`. Three of them can be measured on the paper's MNIST net
 without a training run:
 
 * **sigma** (`sigma_rule`): the sigma each searched variable of
@@ -20,6 +20,10 @@ without a training run:
   mode, as a trial evaluates) go through both losses, and the two argmins are
   compared. The logits are the same float32 numbers for both: only the
   reduction's precision differs.
+* **weight decay** (`weight_decay`): in the same trials, which candidate the
+  authors' loss takes around `w` (keras_rso's default, no decay) and around
+  `w * (1 - --weight-decay)` (the authors' code decays the weight before
+  building its three candidates), compared by position (-, 0, +).
 
 Example:
     python -m benchmarks.studies.paper_departures \\
@@ -68,8 +72,9 @@ def _losses(logits: tf.Tensor, y: np.ndarray) -> tuple:
     return float(default), float(models.paper_loss()(y, logits))
 
 
-def decisions(weights: str, trials: int, batch_size: int, seed: int) -> dict:
-    """How often the two losses take different candidates."""
+def decisions(weights: str, trials: int, batch_size: int, seed: int,
+              weight_decay: float = 1e-4) -> dict:
+    """How often the two losses, and decay or none, take different candidates."""
     trainer = _trainer("he", seed)
     with tempfile.TemporaryDirectory() as tmp:
         # A copy: the running fit may rewrite its backup at any moment.
@@ -84,7 +89,7 @@ def decisions(weights: str, trials: int, batch_size: int, seed: int) -> dict:
     he = {v.path: (2.0 / np.prod(v.shape[:-1])) ** 0.5 for v in kernels}
     rng = np.random.default_rng(seed)
     forward = tf.function(lambda images: model(images, training=True), autograph=False)
-    rows, differ = [], 0
+    rows, differ, decay_differ = [], 0, 0
     for _ in range(trials):
         var = kernels[rng.choice(len(kernels), p=sizes / sizes.sum())]
         j = int(rng.integers(int(np.prod(var.shape))))
@@ -93,22 +98,34 @@ def decisions(weights: str, trials: int, batch_size: int, seed: int) -> dict:
         xb, yb = x[pick], y[pick]
         w = var.numpy()
         flat = w.reshape(-1).copy()
-        losses = []
-        for value in (flat[j] - dw, flat[j], flat[j] + dw):
-            trial = flat.copy()
-            trial[j] = value
-            var.assign(trial.reshape(w.shape))
-            losses.append(_losses(forward(xb), yb))
+
+        def evaluate(center):
+            losses = []
+            for value in (center - dw, center, center + dw):
+                trial = flat.copy()
+                trial[j] = value
+                var.assign(trial.reshape(w.shape))
+                losses.append(_losses(forward(xb), yb))
+            return losses
+
+        losses = evaluate(flat[j])
+        # The authors' decay, in float32 as their weights are.
+        decayed = evaluate(np.float32(flat[j] * np.float32(1.0 - weight_decay)))
         var.assign(w)
         default = int(np.argmin([a for a, _ in losses]))
         authors = int(np.argmin([b for _, b in losses]))
+        with_decay = int(np.argmin([b for _, b in decayed]))
         differ += default != authors
+        decay_differ += with_decay != authors
         gaps = sorted(b for _, b in losses)
         rows.append({"variable": var.path, "index": j, "dw": dw,
                      "default_choice": default, "authors_choice": authors,
+                     "decayed_choice": with_decay, "weight": float(flat[j]),
                      "smallest_gap_summed": gaps[1] - gaps[0]})
     return {"trials": trials, "batch_size": batch_size, "different_choices": int(differ),
-            "agreement": 1.0 - differ / trials, "rows": rows}
+            "agreement": 1.0 - differ / trials, "weight_decay": weight_decay,
+            "decay_different_choices": int(decay_differ),
+            "decay_agreement": 1.0 - decay_differ / trials, "rows": rows}
 
 
 def main(argv=None):
@@ -119,14 +136,20 @@ def main(argv=None):
     parser.add_argument("--trials", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weight-decay", type=float, default=1e-4,
+                        help="the authors' per-trial decay factor (default 1e-4)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     table = sigmas(args.seed)
     for path, s in table.items():
         print(f"{path:32s} std {s['std']:.4f}  he {s['he']:.4f}")
-    result = decisions(args.weights, args.trials, args.batch_size, args.seed)
-    print(f"{result['different_choices']} of {result['trials']} trials take a different "
-          f"candidate (agreement {result['agreement']:.4f})")
+    result = decisions(args.weights, args.trials, args.batch_size, args.seed,
+                       args.weight_decay)
+    print(f"loss: {result['different_choices']} of {result['trials']} trials take a "
+          f"different candidate (agreement {result['agreement']:.4f})")
+    print(f"weight decay {args.weight_decay:g}: {result['decay_different_choices']} of "
+          f"{result['trials']} trials take a different candidate "
+          f"(agreement {result['decay_agreement']:.4f})")
     from examples.experiment import provenance, write_json
     out = {**provenance(args), "sigmas": table, "loss_decisions": result}
     if args.output:
