@@ -54,40 +54,77 @@ class EpochRecorder(keras.callbacks.Callback):
             ones. Put it inside the backup directory: it then disappears
             with the backup when training ends.
 
+        progress_every: With `state_path`, also keep the time spent so far
+            in the running epoch (`<state_path>.progress`), rewritten at
+            most every this many seconds, so that a fit resumed in the
+            middle of an epoch counts the time the interrupted process
+            spent in it.
+
     Rows of epochs that a resumed fit runs again (the backup predates them)
-    are replaced. After a resume, `seconds` continues from the last kept row:
-    the part of an epoch lost to the interruption is not counted.
+    are replaced. After a resume, `seconds` continues from the last time
+    kept: the interrupted epoch's progress if the fit resumes inside that
+    epoch, else the last kept row. The steps between the backup and the
+    interruption are then counted twice (once lost, once redone), so across
+    a resume `seconds` is an upper bound of an uninterrupted run's time, by
+    at most the backup interval plus `progress_every`.
     """
 
     def __init__(self, on_row: Optional[Callable[[list], None]] = None,
                  annotate: Optional[Callable[[dict], None]] = None,
-                 state_path: Optional[str] = None):
+                 state_path: Optional[str] = None, progress_every: float = 10.0):
         super().__init__()
         self.rows = []
         self.on_row = on_row
         self.annotate = annotate
         self.state_path = state_path
+        self.progress_every = progress_every
+
+    @property
+    def progress_path(self) -> Optional[str]:
+        return self.state_path + ".progress" if self.state_path else None
+
+    def _elapsed(self) -> float:
+        return round(self._offset + time.perf_counter() - self._start, 2)
 
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
         self._offset = 0.0
+        self._epoch = 0
+        self._last_progress = self._start
         self._resuming = bool(self.state_path) and file_utils.exists(self.state_path)
         if self._resuming:
             with file_utils.File(self.state_path) as f:
                 self.rows = json.loads(f.read())
 
+    def _read_progress(self) -> Optional[dict]:
+        if not (self.progress_path and file_utils.exists(self.progress_path)):
+            return None
+        with file_utils.File(self.progress_path) as f:
+            return json.loads(f.read())
+
     def on_epoch_begin(self, epoch, logs=None):
-        if self._resuming:
+        self._epoch = epoch
+        progress = self._read_progress() if self.state_path else None
+        if self._resuming or (progress and progress["epoch"] == epoch):
             # The fit restarts at the backup's epoch: later rows are stale
             # (written after the backup the fit resumed from).
             self._resuming = False
             self.rows = [row for row in self.rows if row["epoch"] <= epoch]
             self._offset = self.rows[-1]["seconds"] if self.rows else 0.0
+            if progress and progress["epoch"] == epoch:
+                # Resumed inside the epoch the interrupted process was in.
+                self._offset = max(self._offset, progress["seconds"])
             self._start = time.perf_counter()
 
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        if self.progress_path and now - self._last_progress >= self.progress_every:
+            self._last_progress = now
+            write_json({"epoch": self._epoch, "seconds": self._elapsed()},
+                       self.progress_path, announce=False)
+
     def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch + 1,
-               "seconds": round(self._offset + time.perf_counter() - self._start, 2)}
+        row = {"epoch": epoch + 1, "seconds": self._elapsed()}
         row.update({k: float(v) for k, v in (logs or {}).items()})
         if self.annotate is not None:
             self.annotate(row)

@@ -40,6 +40,39 @@ def test_rows_survive_a_resume_in_a_remote_backup_dir(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_resume_inside_an_epoch_counts_the_interrupted_process_time(tmp_path,
+                                                                     monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("examples.experiment.time.perf_counter", lambda: clock[0])
+    path = str(tmp_path / "backup" / "results_rows.json")
+    first = EpochRecorder(state_path=path, progress_every=5.0)
+    first.on_train_begin()
+    first.on_epoch_begin(0)
+    clock[0] += 30.0
+    first.on_epoch_end(0, {"loss": 0.9})
+    first.on_epoch_begin(1)
+    for _ in range(4):  # 4 steps of 3 s: progress written 3 s and 9 s in
+        clock[0] += 3.0
+        first.on_train_batch_end(0)
+    # Killed here, 12 s into epoch 1 (9 s of them on record). The new
+    # process resumes inside epoch 1 and takes 20 s more to finish it.
+    clock[0] += 1000.0  # time between the two processes is not counted
+    resumed = EpochRecorder(state_path=path)
+    resumed.on_train_begin()
+    resumed.on_epoch_begin(1)
+    clock[0] += 20.0
+    resumed.on_epoch_end(1, {"loss": 0.5})
+    assert [r["seconds"] for r in resumed.rows] == [30.0, 59.0]
+    # A resume at an epoch's start (the progress is of an earlier epoch)
+    # continues from the last row, as before.
+    again = EpochRecorder(state_path=path)
+    again.on_train_begin()
+    again.on_epoch_begin(2)
+    clock[0] += 7.0
+    again.on_epoch_end(2, {"loss": 0.4})
+    assert [r["seconds"] for r in again.rows] == [30.0, 59.0, 66.0]
+
+
 def test_gradient_baseline_cosine_decay_reaches_zero_at_the_last_step():
     opt = gradient_optimizer("sgd", 0.05, "cosine", total_steps=100)
     rates = []
