@@ -29,8 +29,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TF start-up logs
 
 from keras_rso import datasets, models
-from experiment import (RawPixels, add_rso_flags, load_data, parse_rso_args, run_rso,
-                        train_mean)
+from experiment import (RawPixels, add_net_flag, add_rso_flags, load_data, parse_rso_args,
+                        resolve_net, run_rso, train_mean)
 
 
 def main(argv=None):
@@ -40,10 +40,8 @@ def main(argv=None):
                   validation_size=5000)
     parser.add_argument("--filters", default="16,16,16",
                         help="channels of the three stages, comma separated")
-    parser.add_argument("--net", choices=["cifar10_net", "paper"], default=None,
-                        help="cifar10_net (keras_rso.models.cifar10_net) or paper (the "
-                             "authors' residual net, models.paper_cifar10_net); default: "
-                             "paper under --preset paper, else cifar10_net")
+    add_net_flag(parser, "cifar10_net", "keras_rso.models.cifar10_net; the authors' is "
+                 "the residual models.paper_cifar10_net")
     parser.add_argument("--dataset", default="cifar10",
                         help="cifar10 (keras.datasets) or tfds:NAME for any TFDS "
                              "image-classification data set, streamed through tf.data "
@@ -52,15 +50,7 @@ def main(argv=None):
     if args.dataset != "cifar10" and not args.dataset.startswith("tfds:"):
         parser.error(f"--dataset must be cifar10 or tfds:NAME; got {args.dataset!r}")
     filters = tuple(int(f) for f in args.filters.split(","))
-    if args.net is None:
-        args.net = "paper" if args.preset == "paper" else "cifar10_net"
-    if args.preset == "paper" and args.net != "paper":
-        parser.error("--preset paper trains the paper's network; drop --net")
-    paper = args.net == "paper"
-    if paper and args.dataset.startswith("tfds:"):
-        parser.error("--net paper trains on keras.datasets arrays; drop --dataset tfds:...")
-    if paper and args.filters != parser.get_default("filters"):
-        parser.error("--net paper has the paper's channels; drop --filters")
+    paper = resolve_net(parser, args, "cifar10_net")
     data = load_data(args, lambda: datasets.load_cifar10(raw=paper))
     build = functools.partial(models.cifar10_net, filters=filters)
     raw_pixels, loss = None, "sparse_categorical_crossentropy"

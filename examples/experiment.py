@@ -610,6 +610,30 @@ def parse_rso_args(parser, argv=None):
     return args
 
 
+def add_net_flag(parser, variant: str, help_variant: str) -> None:
+    """Adds `--net {variant, paper}`: the script's own network, or the
+    authors' (`paper`) under whatever search settings the flags give."""
+    parser.add_argument("--net", choices=[variant, "paper"], default=None,
+                        help=f"{variant} ({help_variant}) or paper (the authors' network "
+                             "as their code builds it, raw pixels in); default: paper "
+                             f"under --preset paper, else {variant}")
+
+
+def resolve_net(parser, args, variant: str) -> bool:
+    """Settles `--net` against `--preset`, `--dataset` and `--filters`;
+    returns True when the authors' network is trained."""
+    if args.net is None:
+        args.net = "paper" if args.preset == "paper" else variant
+    if args.preset == "paper" and args.net != "paper":
+        parser.error("--preset paper trains the paper's network; drop --net")
+    paper = args.net == "paper"
+    if paper and args.dataset.startswith("tfds:"):
+        parser.error("--net paper trains on keras.datasets arrays; drop --dataset tfds:...")
+    if paper and args.filters != parser.get_default("filters"):
+        parser.error("--net paper has the paper's channels; drop --filters")
+    return paper
+
+
 def add_gradient_flags(parser, methods: str, optimizer: str, learning_rate: float,
                        decay: str = "cosine", epochs: int = 5) -> None:
     """Adds the flags of a script's gradient baseline (`--epochs`,

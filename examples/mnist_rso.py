@@ -9,9 +9,11 @@ Defaults: batch 1024, 64 weights per batch, the paper's sigma schedule of
 change each of these (--batch-size, --weights-per-batch, --sigma-scale,
 --final-fraction, --balance-sigma, --order, --step-rule, --output-passes);
 docs/results.md records what each setting measured, with its command.
---preset paper runs the authors' code instead (keras_rso.models.paper_mnist_net
-on raw pixels, batch 5000, one weight per batch, RSO.paper(), the float64
-summed loss, the first --cycles of their 50-cycle sigma schedule).
+--net paper trains the authors' network instead (keras_rso.models.paper_mnist_net:
+raw pixels in, logits out, their float64 summed loss) under the search
+settings the flags give; --preset paper runs the authors' code (their
+network, batch 5000, one weight per batch, RSO.paper(), the first --cycles
+of their 50-cycle sigma schedule).
 Add --backup-dir to make a long run resumable. --dataset tfds:NAME trains
 the same network on any TFDS image-classification data set (its shape and
 classes), streamed through tf.data, with the standardization inside the
@@ -30,8 +32,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TF start-up logs
 
 from keras_rso import datasets, models
-from experiment import (RawPixels, add_rso_flags, load_data, parse_rso_args, run_rso,
-                        train_mean)
+from experiment import (RawPixels, add_net_flag, add_rso_flags, load_data, parse_rso_args,
+                        resolve_net, run_rso, train_mean)
 
 
 def main(argv=None):
@@ -40,6 +42,9 @@ def main(argv=None):
     add_rso_flags(parser, cycles=5, batch_size=1024, weights_per_batch=64)
     parser.add_argument("--filters", type=int, default=16,
                         help="channels of every conv layer (paper: 16)")
+    add_net_flag(parser, "mnist_paper_net", "keras_rso.models.mnist_paper_net: ReLU after "
+                 "BatchNorm, a bias in the classifier, standardized inputs; the authors' is "
+                 "models.paper_mnist_net")
     parser.add_argument("--dataset", default="mnist",
                         help="mnist, fashion_mnist (keras.datasets), or tfds:NAME for any "
                              "TFDS image-classification data set, streamed through tf.data "
@@ -51,18 +56,15 @@ def main(argv=None):
         args.dataset = "fashion_mnist"
     if args.dataset not in ("mnist", "fashion_mnist") and not args.dataset.startswith("tfds:"):
         parser.error(f"--dataset must be mnist, fashion_mnist or tfds:NAME; got {args.dataset!r}")
-    paper = args.preset == "paper"
-    if paper and args.dataset.startswith("tfds:"):
-        parser.error("--preset paper trains on keras.datasets arrays; drop --dataset tfds:...")
+    paper = resolve_net(parser, args, "mnist_paper_net")
     data = load_data(args, lambda: datasets.load_mnist(
         fashion=args.dataset == "fashion_mnist", raw=paper))
     build = functools.partial(models.mnist_paper_net, filters=args.filters)
-    raw_pixels = None
+    raw_pixels, loss = None, "sparse_categorical_crossentropy"
     if paper:
-        if args.filters != 16:
-            parser.error("--preset paper uses the paper's 16 channels; drop --filters")
         build = functools.partial(models.paper_mnist_net,
                                   mean=float(train_mean(data, args, per_channel=False)))
+        loss = models.paper_loss()
     elif isinstance(data, datasets.TFDSData):
         build = functools.partial(
             build, data.image_shape, data.num_classes,
@@ -72,7 +74,7 @@ def main(argv=None):
         # standardization, so that the saved model takes raw pixels.
         raw_pixels = RawPixels(datasets.standardization_layer(args.dataset), datasets.load_mnist(
             fashion=args.dataset == "fashion_mnist", raw=True)[1])
-    return run_rso(build, data, args, raw_pixels=raw_pixels)
+    return run_rso(build, data, args, loss=loss, raw_pixels=raw_pixels)
 
 
 if __name__ == "__main__":

@@ -226,12 +226,41 @@ def test_cifar_example_trains_the_papers_residual_net_with_chosen_settings(monke
     assert x_train.max() > 1 and handed["raw_pixels"] is None
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--preset", "paper", "--net", "cifar10_net"], "--preset paper trains the paper's network"),
-    (["--net", "paper", "--filters", "8,8,8"], "--net paper has the paper's channels"),
+def test_mnist_example_trains_the_papers_net_with_chosen_settings(monkeypatch):
+    # --net paper without --preset: the authors' MNIST net under the
+    # validated search settings (the networks side by side, issue 24).
+    mnist_rso = importlib.import_module("examples.mnist_rso")
+    handed = {}
+
+    def capture(build, data, args, loss, raw_pixels):
+        handed.update(model=build(), data=data, args=args, loss=loss, raw_pixels=raw_pixels)
+
+    monkeypatch.setattr(mnist_rso, "run_rso", capture)
+    mnist_rso.main(["--net", "paper", "--batch-size", "2048", "--sigma-scale", "3",
+                    "--order", "random", "--balance-sigma"])
+    model, args = handed["model"], handed["args"]
+    assert model.name == "paper_mnist_net"
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 12016
+    assert (args.weights_per_batch, args.batch_size, args.order) == (64, 2048, "random")
+    assert args.preset is None and args.balance_sigma
+    assert handed["loss"].get_config()["from_logits"] and handed["loss"].dtype == "float64"
+    (x_train, _), _ = handed["data"]
+    assert x_train.max() > 1 and handed["raw_pixels"] is None
+    # Without --net: keras_rso's variant on standardized arrays, saved
+    # behind the standardization.
+    mnist_rso.main(["--batch-size", "2048"])
+    assert handed["model"].name != "paper_mnist_net" and handed["raw_pixels"] is not None
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("cifar10_rso.py", ["--preset", "paper", "--net", "cifar10_net"],
+     "--preset paper trains the paper's network"),
+    ("cifar10_rso.py", ["--net", "paper", "--filters", "8,8,8"],
+     "--net paper has the paper's channels"),
+    ("mnist_rso.py", ["--net", "paper", "--filters", "8"], "--net paper has the paper's channels"),
 ])
-def test_cifar_example_rejects_flags_that_contradict_the_papers_net(argv, message):
-    out = subprocess.run([*_command("examples/cifar10_rso.py"), *argv], cwd=ROOT, env=ENV,
+def test_examples_reject_flags_that_contradict_the_papers_net(script, argv, message):
+    out = subprocess.run([*_command(f"examples/{script}"), *argv], cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
 
