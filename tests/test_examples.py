@@ -200,21 +200,29 @@ def test_cifar_example_end_to_end(tmp_path):
     assert "validation_accuracy" in r and r["validation_size"] == 5000
 
 
+def _handed_to_run_rso(monkeypatch, script: str, argv: list) -> dict:
+    """What `examples/<script>.py` hands to the training loop (`run_rso`),
+    with the model built: the network, data, flags, loss, raw-pixel saving."""
+    module = importlib.import_module(f"examples.{script}")
+    handed = {}
+
+    def capture(build, data, args, loss, raw_pixels):
+        handed.update(model=build(), data=data, args=args, loss=loss, raw_pixels=raw_pixels)
+
+    monkeypatch.setattr(module, "run_rso", capture)
+    module.main(argv)
+    return handed
+
+
 def test_cifar_example_trains_the_papers_residual_net_with_chosen_settings(monkeypatch):
     # --net paper: the authors' network (raw pixels in, logits out, their
     # summed float64 loss) under the flags' own search settings. A cycle of
     # its 57,104 weights takes minutes even on tiny data, so this checks what
     # the script hands to `run_rso` (the training loop is the same as for
     # every other net).
-    cifar10_rso = importlib.import_module("examples.cifar10_rso")
-    handed = {}
-
-    def capture(build, data, args, loss, raw_pixels):
-        handed.update(model=build(), data=data, args=args, loss=loss, raw_pixels=raw_pixels)
-
-    monkeypatch.setattr(cifar10_rso, "run_rso", capture)
-    cifar10_rso.main(["--net", "paper", "--weights-per-batch", "64", "--batch-size", "512",
-                      "--sigma-rule", "he", "--order", "random"])
+    handed = _handed_to_run_rso(monkeypatch, "cifar10_rso", [
+        "--net", "paper", "--weights-per-batch", "64", "--batch-size", "512",
+        "--sigma-rule", "he", "--order", "random"])
     model, args = handed["model"], handed["args"]
     assert model.name == "paper_cifar10_net"
     assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 57104
@@ -229,15 +237,9 @@ def test_cifar_example_trains_the_papers_residual_net_with_chosen_settings(monke
 def test_mnist_example_trains_the_papers_net_with_chosen_settings(monkeypatch):
     # --net paper without --preset: the authors' MNIST net under the
     # validated search settings (the networks side by side, issue 24).
-    mnist_rso = importlib.import_module("examples.mnist_rso")
-    handed = {}
-
-    def capture(build, data, args, loss, raw_pixels):
-        handed.update(model=build(), data=data, args=args, loss=loss, raw_pixels=raw_pixels)
-
-    monkeypatch.setattr(mnist_rso, "run_rso", capture)
-    mnist_rso.main(["--net", "paper", "--batch-size", "2048", "--sigma-scale", "3",
-                    "--order", "random", "--balance-sigma"])
+    handed = _handed_to_run_rso(monkeypatch, "mnist_rso", [
+        "--net", "paper", "--batch-size", "2048", "--sigma-scale", "3", "--order", "random",
+        "--balance-sigma"])
     model, args = handed["model"], handed["args"]
     assert model.name == "paper_mnist_net"
     assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 12016
@@ -248,7 +250,7 @@ def test_mnist_example_trains_the_papers_net_with_chosen_settings(monkeypatch):
     assert x_train.max() > 1 and handed["raw_pixels"] is None
     # Without --net: keras_rso's variant on standardized arrays, saved
     # behind the standardization.
-    mnist_rso.main(["--batch-size", "2048"])
+    handed = _handed_to_run_rso(monkeypatch, "mnist_rso", ["--batch-size", "2048"])
     assert handed["model"].name != "paper_mnist_net" and handed["raw_pixels"] is not None
 
 
