@@ -4,6 +4,10 @@ import os
 import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One thread per op: the suite runs in two worker processes (setup.cfg,
+# `-n 2`) on two cores, and each worker's own op pool of two threads
+# oversubscribed them.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 _shared = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "keras"
 if "KERAS_HOME" not in os.environ and _shared.is_dir():
     os.environ["KERAS_HOME"] = str(_shared)
