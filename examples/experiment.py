@@ -91,29 +91,26 @@ class EpochRecorder(keras.callbacks.Callback):
         self._offset = 0.0
         self._epoch = 0
         self._last_progress = self._start
-        self._resuming = bool(self.state_path) and file_utils.exists(self.state_path)
-        if self._resuming:
-            with file_utils.File(self.state_path) as f:
-                self.rows = json.loads(f.read())
-
-    def _read_progress(self) -> Optional[dict]:
-        if not (self.progress_path and file_utils.exists(self.progress_path)):
-            return None
-        with file_utils.File(self.progress_path) as f:
-            return json.loads(f.read())
+        # What an interrupted process left in the backup directory: its rows
+        # and the time it had spent in the epoch it was in. (Read once: a
+        # fit resumes only when it starts.)
+        rows = read_json(self.state_path)
+        self._progress = read_json(self.progress_path)
+        self._resuming = rows is not None or self._progress is not None
+        if rows is not None:
+            self.rows = rows
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
-        progress = self._read_progress() if self.state_path else None
-        if self._resuming or (progress and progress["epoch"] == epoch):
+        if self._resuming:
             # The fit restarts at the backup's epoch: later rows are stale
             # (written after the backup the fit resumed from).
             self._resuming = False
             self.rows = [row for row in self.rows if row["epoch"] <= epoch]
             self._offset = self.rows[-1]["seconds"] if self.rows else 0.0
-            if progress and progress["epoch"] == epoch:
+            if self._progress and self._progress["epoch"] == epoch:
                 # Resumed inside the epoch the interrupted process was in.
-                self._offset = max(self._offset, progress["seconds"])
+                self._offset = max(self._offset, self._progress["seconds"])
             self._start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -145,6 +142,15 @@ def _partial_writer(args, fields: dict) -> Callable[[list], None]:
                         "seconds": rows[-1]["seconds"]})
         write_json(results, args.results, announce=False)
     return write
+
+
+def read_json(path: Optional[str]):
+    """The JSON data in `path` (any filesystem Keras' file helpers reach),
+    or None if no path is given or no such file exists."""
+    if not (path and file_utils.exists(path)):
+        return None
+    with file_utils.File(path) as f:
+        return json.loads(f.read())
 
 
 def write_json(data, path: Optional[str], announce: bool = True):
