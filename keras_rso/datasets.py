@@ -20,22 +20,43 @@ import tensorflow as tf
 
 Split = Tuple[np.ndarray, np.ndarray]
 
-
-def _statistics(x: np.ndarray, per_channel: bool):
-    """Mean and std of pixels already scaled to [0, 1] (float32)."""
-    axes = tuple(range(x.ndim - 1)) if per_channel else None
-    return x.mean(axis=axes, keepdims=per_channel), x.std(axis=axes, keepdims=per_channel)
-
-
-def _standardize(x_train: np.ndarray, x_test: np.ndarray, per_channel: bool):
-    x_train = x_train.astype("float32") / 255.0
-    x_test = x_test.astype("float32") / 255.0
-    mean, std = _statistics(x_train, per_channel)
-    return (x_train - mean) / std, (x_test - mean) / std
-
-
 # Per-channel statistics for colour images, one mean and std for grey ones.
 _PER_CHANNEL = {"mnist": False, "fashion_mnist": False, "cifar10": True}
+
+
+def _scaled(x: np.ndarray) -> np.ndarray:
+    """Pixels as float32 in [0, 1], in `x`'s memory layout (the statistics'
+    float32 sums run in that order, so it decides their last bits)."""
+    scaled = x.astype("float32")
+    # In place: no second array of the whole training set (allocating one
+    # costs as much as the division itself).
+    scaled /= 255.0
+    return scaled
+
+
+@functools.lru_cache(maxsize=None)
+def _train_statistics(dataset: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Mean and std of `dataset`'s training pixels scaled to [0, 1] (float32):
+    per channel for colour images, one of each for grey ones. Computed once
+    per process: the loaders and `standardization_layer` share them."""
+    (x_train, _), _ = _raw_images(dataset)
+    x = _scaled(x_train)
+    axes = tuple(range(x.ndim - 1)) if _PER_CHANNEL[dataset] else None
+    keepdims = _PER_CHANNEL[dataset]
+    mean = np.asarray(x.mean(axis=axes, keepdims=keepdims))
+    std = np.asarray(x.std(axis=axes, keepdims=keepdims))
+    for array in (mean, std):
+        array.flags.writeable = False
+    return mean, std
+
+
+def _standardized(x: np.ndarray, dataset: str) -> np.ndarray:
+    """`x` (raw pixels) standardized with the training statistics."""
+    mean, std = _train_statistics(dataset)
+    x = _scaled(x)
+    x -= mean
+    x /= std
+    return x
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,15 +96,23 @@ def standardization_layer(dataset: str, name: str = "standardize") -> keras.laye
     """
     if dataset not in _PER_CHANNEL:
         raise ValueError(f"`dataset` must be one of {sorted(_PER_CHANNEL)}; received {dataset!r}.")
-    (x_train, _), _ = _raw_images(dataset)
-    mean, std = _statistics(x_train.astype("float32") / 255.0, _PER_CHANNEL[dataset])
+    mean, std = _train_statistics(dataset)
     mean = np.reshape(mean, -1).astype("float64")
     std = np.reshape(std, -1).astype("float64")
     return keras.layers.Normalization(mean=255.0 * mean, variance=(255.0 * std) ** 2, name=name)
 
 
-def _limit(split: Split, limit: Optional[int]) -> Split:
-    return split if limit is None else (split[0][:limit], split[1][:limit])
+def _load(dataset: str, limit: Optional[int], raw: bool) -> Tuple[Split, Split]:
+    """The loaders' arrays: the first `limit` training images and the whole
+    test set, as float32 raw pixels or standardized; labels copied (the
+    cached ones are read-only)."""
+    (x_train, y_train), (x_test, y_test) = _raw_images(dataset)
+    if limit is not None:
+        # Before any conversion, which then touches only the kept images
+        # (the statistics still come from the whole training set).
+        x_train, y_train = x_train[:limit], y_train[:limit]
+    convert = (lambda x: x.astype("float32")) if raw else (lambda x: _standardized(x, dataset))
+    return (convert(x_train), y_train.copy()), (convert(x_test), y_test.copy())
 
 
 def load_mnist(limit: Optional[int] = None, fashion: bool = False, raw: bool = False
@@ -100,13 +129,7 @@ def load_mnist(limit: Optional[int] = None, fashion: bool = False, raw: bool = F
     Returns:
         `((x_train, y_train), (x_test, y_test))`.
     """
-    (x_train, y_train), (x_test, y_test) = _raw_images("fashion_mnist" if fashion else "mnist")
-    if raw:
-        x_train, x_test = x_train.astype("float32"), x_test.astype("float32")
-    else:
-        x_train, x_test = _standardize(x_train, x_test, _PER_CHANNEL["mnist"])
-    # Copies of the labels: the cached ones are read-only.
-    return _limit((x_train, y_train.copy()), limit), (x_test, y_test.copy())
+    return _load("fashion_mnist" if fashion else "mnist", limit, raw)
 
 
 def _cifar10_raw():
@@ -148,12 +171,7 @@ def load_cifar10(limit: Optional[int] = None, raw: bool = False) -> Tuple[Split,
     Returns:
         `((x_train, y_train), (x_test, y_test))`, labels as int32 vectors.
     """
-    (x_train, y_train), (x_test, y_test) = _raw_images("cifar10")
-    if raw:
-        x_train, x_test = x_train.astype("float32"), x_test.astype("float32")
-    else:
-        x_train, x_test = _standardize(x_train, x_test, _PER_CHANNEL["cifar10"])
-    return _limit((x_train, y_train.copy()), limit), (x_test, y_test.copy())
+    return _load("cifar10", limit, raw)
 
 
 class TFDSData(NamedTuple):

@@ -25,3 +25,21 @@ def test_standardization_layer_gives_the_loaders_arrays(name, load):
 def test_standardization_layer_names_an_unknown_dataset():
     with pytest.raises(ValueError, match="cifar100"):
         datasets.standardization_layer("cifar100")
+
+
+def test_a_limited_load_is_the_first_images_of_the_whole_load():
+    # `limit` keeps images, not statistics: the kept images are standardized
+    # with the whole training set's mean and std, bit for bit.
+    (x, y), (x_test, y_test) = datasets.load_mnist(limit=300)
+    (x_all, y_all), (x_test_all, _) = datasets.load_mnist()
+    assert x.shape == (300, 28, 28, 1) and x_test.shape == (10000, 28, 28, 1)
+    np.testing.assert_array_equal(x, x_all[:300])
+    np.testing.assert_array_equal(y, y_all[:300])
+    np.testing.assert_array_equal(x_test, x_test_all)
+    assert abs(float(x_all.mean())) < 1e-4 and abs(float(x_all.std()) - 1) < 1e-4
+    # The returned arrays are the caller's to change; the cache is not.
+    x[0] = 0.0
+    y[0] = -1
+    (x_again, y_again), _ = datasets.load_mnist(limit=300)
+    np.testing.assert_array_equal(x_again, x_all[:300])
+    assert y_again[0] == y_all[0]
