@@ -254,12 +254,41 @@ def test_mnist_example_trains_the_papers_net_with_chosen_settings(monkeypatch):
     assert handed["model"].name != "paper_mnist_net" and handed["raw_pixels"] is not None
 
 
+def test_mnist_fastest_preset_is_the_validated_command(monkeypatch):
+    # --preset fastest hands the training loop exactly the flags of the
+    # validated runs' command (docs/results.md), with the sigma schedule's
+    # length fixed at their 5 cycles, so that fewer --cycles stop early on
+    # the same schedule.
+    validated = ["--cycles", "5", "--batch-size", "2048", "--sigma-scale", "3",
+                 "--final-fraction", "0.3333", "--balance-sigma", "--order", "random",
+                 "--step-rule", "parabolic", "--seed", "1", "--validation-size", "10000"]
+    preset = _handed_to_run_rso(monkeypatch, "mnist_rso", ["--preset", "fastest", "--seed", "1"])
+    explicit = _handed_to_run_rso(monkeypatch, "mnist_rso", validated)
+    a, b = vars(preset["args"]), vars(explicit["args"])
+    assert (a.pop("preset"), b.pop("preset")) == ("fastest", None)
+    assert (a.pop("schedule_cycles"), b.pop("schedule_cycles")) == (5, None)
+    assert a == b
+    assert preset["model"].name == explicit["model"].name == "rso_mnist_net"
+    assert preset["loss"] == explicit["loss"] and preset["raw_pixels"] is not None
+    shorter = _handed_to_run_rso(monkeypatch, "mnist_rso", ["--preset", "fastest", "--cycles", "2"])
+    assert (shorter["args"].cycles, shorter["args"].schedule_cycles) == (2, 5)
+
+
 @pytest.mark.parametrize("script, argv, message", [
     ("cifar10_rso.py", ["--preset", "paper", "--net", "cifar10_net"],
      "--preset paper trains the paper's network"),
     ("cifar10_rso.py", ["--net", "paper", "--filters", "8,8,8"],
      "--net paper has the paper's channels"),
     ("mnist_rso.py", ["--net", "paper", "--filters", "8"], "--net paper has the paper's channels"),
+    ("mnist_rso.py", ["--preset", "fastest", "--batch-size", "1024"],
+     "--preset fastest fixes --batch-size"),
+    ("mnist_rso.py", ["--preset", "fastest", "--step-rule", "argmin", "--order", "paper"],
+     "--preset fastest fixes --order, --step-rule"),
+    ("mnist_rso.py", ["--preset", "fastest", "--net", "paper"],
+     "--preset fastest trains mnist_paper_net"),
+    ("mnist_rso.py", ["--preset", "fastest", "--filters", "8"],
+     "--preset fastest trains mnist_paper_net"),
+    ("cifar10_rso.py", ["--preset", "fastest"], "invalid choice: 'fastest'"),
 ])
 def test_examples_reject_flags_that_contradict_the_papers_net(script, argv, message,
                                                              capsys):
