@@ -94,3 +94,32 @@ def test_plots_say_which_held_out_data_each_run_is_measured_on(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit):  # a reference needs its label
         plot_results.main([str(files[0]), "--reference", "98", "--output", str(png)])
+
+
+def test_seed_summary_reports_the_last_cycle_and_when_the_target_was_reached(tmp_path, capsys):
+    from benchmarks import seed_summary
+
+    def result(seed, vals, test, complete=True):
+        rows = [{"epoch": i + 1, "seconds": 100.0 * (i + 1), "val_accuracy": v}
+                for i, v in enumerate(vals)]
+        r = {"command": f"python examples/mnist_rso.py --seed {seed} --results r_seed{seed}.json",
+             "args": {"seed": seed}, "per_cycle": rows, "complete": complete,
+             "seconds": rows[-1]["seconds"], "machine": {"cpu": "a CPU"}}
+        if complete:
+            r["test_accuracy"] = test
+        path = tmp_path / f"r{seed}.json"
+        path.write_text(json.dumps(r))
+        return str(path)
+
+    # Seed 0 reaches 98% at cycle 2 and falls back: the final cycle counts.
+    paths = [result(0, [0.97, 0.981, 0.975], 0.978), result(1, [0.96, 0.979, 0.982], 0.984),
+             result(2, [0.95, 0.985], None, complete=False)]
+    seed_summary.main(paths)
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "| 0 | 97.00 / 98.10 / 97.50 | 97.80% | 300 | 2 (200) | a CPU |" in lines
+    assert "| 1 | 96.00 / 97.90 / 98.20 | 98.40% | 300 | 3 (300) | a CPU |" in lines
+    assert "| 2 | 95.00 / 98.50 (running) | - | 200 | 2 (200) | a CPU |" in lines
+    # Mean ± sample sd of the two finished seeds' last cycles.
+    assert lines[-1] == "| mean ± sd (2 finished) | 97.85 ± 0.49% after the last cycle | 98.10 ± 0.42% | | | |"
+    assert "different commands" not in out
