@@ -15,14 +15,13 @@ Example:
 """
 
 import argparse
-import json
 import os
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from benchmarks.run_labels import rso_settings  # noqa: E402
+from benchmarks.run_labels import read_results, rso_settings  # noqa: E402
 
 
 def held_out(r) -> str:
@@ -58,10 +57,7 @@ def main(argv=None):
                         metavar=("PERCENT", "LABEL"),
                         help="a horizontal line at PERCENT accuracy (repeatable)")
     args = parser.parse_args(argv)
-    runs = []
-    for path in args.results:
-        with open(path) as f:
-            runs.append(json.load(f))
+    runs = read_results(args.results)
     kinds = {held_out(r) for r in runs}
     mixed = len(kinds) > 1
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5.5))

@@ -1,7 +1,10 @@
-"""Labels for results files, shared by `results_table.py` and `plot_results.py`.
+"""Labels for results files and their reading, shared by `results_table.py`,
+`plot_results.py` and `seed_summary.py`.
 
 Kept free of TensorFlow imports so that the table and plot scripts start fast.
 """
+
+import json
 
 
 def sigma_scales(args: dict) -> tuple:
@@ -39,3 +42,13 @@ def is_paper_settings(args: dict) -> bool:
             and not args.get("balance_sigma") and not args.get("output_passes")
             and args.get("step_rule", "argmin") == "argmin"
             and args.get("order", "output_to_input") == "output_to_input")
+
+
+def read_results(paths) -> list:
+    """The results dictionaries (examples' `--results` JSON files) in `paths`,
+    in order."""
+    results = []
+    for path in paths:
+        with open(path) as f:
+            results.append(json.load(f))
+    return results

@@ -17,10 +17,11 @@ Example:
 """
 
 import argparse
-import json
 import re
 import statistics
 from typing import List, Optional, Sequence
+
+from benchmarks.run_labels import read_results
 
 
 def first_reaching(rows: Sequence[dict], target: float) -> Optional[dict]:
@@ -70,10 +71,7 @@ def main(argv=None) -> None:
     parser.add_argument("--target", type=float, default=0.98,
                         help="validation accuracy to report the first cycle reaching it")
     args = parser.parse_args(argv)
-    results = []
-    for path in args.results:
-        with open(path) as f:
-            results.append(json.load(f))
+    results = read_results(args.results)
     commands = {re.sub(r"seed[ _]?\d+", "seedN", r["command"]) for r in results if "command" in r}
     print(summarize(results, args.target))
     if len(commands) > 1:
