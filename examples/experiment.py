@@ -384,7 +384,8 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
     keras.utils.set_random_seed(args.seed)
     model = build_model()
     trainer = RSOModel(model)
-    paper = getattr(args, "preset", None) == "paper"
+    preset = preset_of(args)
+    paper = bool(preset and preset.authors_code)
     pool_size = _pool_size(args, splits[0], paper)
     if paper:
         # The authors' sigma for a residual net's 1x1 shortcut (none on MNIST).
@@ -603,12 +604,18 @@ class Preset(NamedTuple):
 
     `defaults` replace the script's defaults; the flags in `fixed` must then
     keep them (an explicit other value is an error, so that a preset always
-    reruns as recorded); the other flags stay free.
+    reruns as recorded); the other flags stay free. `network` is the network
+    the preset was measured on: `"paper"` (the authors') or `"own"` (the
+    script's own at its default `--filters`); `authors_code` trains with
+    `RSO.paper()`, `paper_loss()` and the authors' sigma schedule instead of
+    the search flags.
     """
 
     help: str
     defaults: dict
     fixed: Tuple[str, ...]
+    network: str
+    authors_code: bool = False
 
 
 PRESETS = {
@@ -617,7 +624,7 @@ PRESETS = {
              "weight per batch, RSO.paper(), float64 summed loss, the first --cycles of "
              "their 50-cycle sigma schedule)",
         defaults=dict(batch_size=5000, weights_per_batch=1, schedule_cycles=50),
-        fixed=PRESET_FIXED),
+        fixed=PRESET_FIXED, network="paper", authors_code=True),
     # Chosen on validation accuracy (docs/results.md, "Validated runs": the
     # parabolic step against the argmin one at the same settings).
     "fastest": Preset(
@@ -627,8 +634,13 @@ PRESETS = {
         defaults=dict(batch_size=2048, weights_per_batch=64, sigma_scale=3.0,
                       final_fraction=0.3333, balance_sigma=True, order="random",
                       step_rule="parabolic", cycles=5, schedule_cycles=5),
-        fixed=PRESET_FIXED + ("batch_size", "schedule_cycles")),
+        fixed=PRESET_FIXED + ("batch_size", "schedule_cycles"), network="own"),
 }
+
+
+def preset_of(args) -> Optional[Preset]:
+    """The `Preset` the parsed flags name, or None."""
+    return PRESETS.get(getattr(args, "preset", None))
 
 
 def parse_rso_args(parser, argv=None):
@@ -661,13 +673,16 @@ def add_net_flag(parser, variant: str, help_variant: str) -> None:
 def resolve_net(parser, args, variant: str) -> bool:
     """Settles `--net` against `--preset`, `--dataset` and `--filters`;
     returns True when the authors' network is trained."""
-    if args.net is None:
-        args.net = "paper" if args.preset == "paper" else variant
-    if args.preset == "paper" and args.net != "paper":
-        parser.error("--preset paper trains the paper's network; drop --net")
-    if args.preset == "fastest" and (args.net != variant
-                                     or args.filters != parser.get_default("filters")):
-        parser.error(f"--preset fastest trains {variant} as measured; drop --net and --filters")
+    preset = preset_of(args)
+    if preset and preset.network == "paper":
+        if args.net not in (None, "paper"):
+            parser.error(f"--preset {args.preset} trains the paper's network; drop --net")
+        args.net = "paper"
+    elif preset:
+        if args.net not in (None, variant) or args.filters != parser.get_default("filters"):
+            parser.error(f"--preset {args.preset} trains {variant} as measured; "
+                         "drop --net and --filters")
+    args.net = args.net or variant
     paper = args.net == "paper"
     if paper and args.dataset.startswith("tfds:"):
         parser.error("--net paper trains on keras.datasets arrays; drop --dataset tfds:...")
