@@ -123,3 +123,21 @@ def test_seed_summary_reports_the_last_cycle_and_when_the_target_was_reached(tmp
     # Mean ± sample sd of the two finished seeds' last cycles.
     assert lines[-1] == "| mean ± sd (2 finished) | 97.85 ± 0.49% after the last cycle | 98.10 ± 0.42% | | | |"
     assert "different commands" not in out
+
+
+def test_pool_departure_caches_differ_only_by_the_batchnorm_statistics():
+    # The authors' cache (inference-mode BatchNorm on the first images'
+    # statistics) and keras_rso's pool (training mode per fill batch) are
+    # the same numbers when the fill batch *is* those first images, and
+    # differ when it is not.
+    from benchmarks.studies import pool_departure
+    keras.utils.set_random_seed(0)
+    model = models.paper_mnist_net()
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 256, size=(64, 28, 28, 1)).astype("uint8")
+    other = rng.integers(0, 128, size=(64, 28, 28, 1)).astype("uint8")
+    pool, authors = pool_departure.caches(model, "conv4", first, first, fill_batch=64)
+    assert pool.shape == authors.shape == (64, 14, 14, 16)
+    np.testing.assert_allclose(pool, authors, atol=2e-5)
+    pool, authors = pool_departure.caches(model, "conv4", other, first, fill_batch=64)
+    assert np.max(np.abs(pool - authors)) > 0.1
