@@ -172,6 +172,15 @@ def write_json(data, path: Optional[str], announce: bool = True):
         print(f"Results written to {path}")
 
 
+def write_or_print(data: dict, path: Optional[str], brief: dict) -> None:
+    """Writes `data` as JSON to `path`; without a path, prints `brief` (the
+    part of it worth reading on a terminal) instead."""
+    if path:
+        write_json(data, path)
+    else:
+        print(json.dumps(brief, indent=1))
+
+
 # Environment variables that TensorFlow reads at start-up and that change
 # how fast the same command runs (docs/results.md, "A CPU without AVX-512").
 SPEED_SETTINGS = ("TF_CPU_ALLOCATOR_USE_BFC", "TF_ENABLE_ONEDNN_OPTS",

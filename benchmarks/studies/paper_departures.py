@@ -32,7 +32,6 @@ Example:
 """
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -150,12 +149,9 @@ def main(argv=None):
     print(f"weight decay {args.weight_decay:g}: {result['decay_different_choices']} of "
           f"{result['trials']} trials take a different candidate "
           f"(agreement {result['decay_agreement']:.4f})")
-    from examples.experiment import provenance, write_json
+    from examples.experiment import provenance, write_or_print
     out = {**provenance(args), "sigmas": table, "loss_decisions": result}
-    if args.output:
-        write_json(out, args.output)
-    else:
-        print(json.dumps({k: v for k, v in out.items() if k != "loss_decisions"}, indent=1))
+    write_or_print(out, args.output, {k: v for k, v in out.items() if k != "loss_decisions"})
     return out
 
 

@@ -33,7 +33,6 @@ Example:
 """
 
 import argparse
-import json
 import time
 
 import keras
@@ -170,12 +169,9 @@ def main(argv=None):
           f"{result['agreement']:.4f}); two independent batches of the authors' cache: "
           f"{result['other_batch_different_choices']} (agreement "
           f"{result['other_batch_agreement']:.4f}); {time.time() - start:.0f} s")
-    from examples.experiment import provenance, write_json
+    from examples.experiment import provenance, write_or_print
     out = {**provenance(args), "pool_decisions": result}
-    if args.output:
-        write_json(out, args.output)
-    else:
-        print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
+    write_or_print(out, args.output, {k: v for k, v in result.items() if k != "rows"})
     return out
 
 
