@@ -656,7 +656,7 @@ def parse_rso_args(parser, argv=None):
     """Parses the flags, applying the `--preset`'s defaults (`PRESETS`) and
     refusing a flag that contradicts the preset."""
     known, _ = parser.parse_known_args(argv)
-    preset = PRESETS.get(getattr(known, "preset", None))
+    preset = preset_of(known)
     if preset:
         parser.set_defaults(**preset.defaults)
     args = parser.parse_args(argv)

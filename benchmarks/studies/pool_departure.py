@@ -72,6 +72,8 @@ def caches(model: keras.Model, name: str, images: np.ndarray, first: np.ndarray,
                          reduce_retracing=True)
     pool = np.concatenate([prefix(images[i:i + fill_batch], True).numpy()
                            for i in range(0, len(images), fill_batch)])
+    # Set here, for each layer, and not once per study: every training-mode
+    # pass (the pool above, each trial's tail) moves the moving statistics.
     _set_statistics_from(before, first)
     authors = np.concatenate([prefix(images[i:i + fill_batch], False).numpy()
                               for i in range(0, len(images), fill_batch)])
