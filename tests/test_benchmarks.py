@@ -141,3 +141,37 @@ def test_pool_departure_caches_differ_only_by_the_batchnorm_statistics():
     np.testing.assert_allclose(pool, authors, atol=2e-5)
     pool, authors = pool_departure.caches(model, "conv4", other, first, fill_batch=64)
     assert np.max(np.abs(pool - authors)) > 0.1
+
+
+def test_paper_ablation_reads_changes_and_summarizes_paired_seeds(tmp_path, capsys):
+    from benchmarks.studies import paper_ablation
+    assert paper_ablation.parse_setting("kernel_order=keras") == {"kernel_order": "keras"}
+    assert paper_ablation.parse_setting("weight_decay=0") == {"weight_decay": 0}
+    assert paper_ablation.parse_setting("pool_size=0") == {"pool_size": None}
+    with pytest.raises(Exception, match="expected KEY=VALUE"):
+        paper_ablation.parse_setting("kernel_order")
+    runs = [{"variant": v, "seed": s, "validation_accuracy": a}
+            for v, s, a in (("paper", 0, 0.60), ("kernel_order=keras", 0, 0.62),
+                            ("paper", 1, 0.64), ("kernel_order=keras", 1, 0.61))]
+    summary = paper_ablation.summarize(runs)
+    assert list(summary) == ["paper", "kernel_order=keras"]
+    assert summary["paper"]["mean"] == pytest.approx(0.62)
+    assert summary["paper"]["sd"] == pytest.approx(0.0282843, rel=1e-5)
+    # Files from two cores combine; a run in both, or other settings, is refused.
+    args = {"batch_size": 500, "cycles": 1, "base": [], "validation_size": 10000, "limit": None}
+    paths = []
+    for i, part in enumerate((runs[:2], runs[2:])):
+        paths.append(tmp_path / f"part{i}.json")
+        paths[-1].write_text(json.dumps({"args": args, "runs": part}))
+    assert paper_ablation.main(["--summarize", *map(str, paths)])["summary"] == summary
+    assert "paper                    62.00 ± 2.83% validation over 2 seed(s)" in capsys.readouterr().out
+    twice = tmp_path / "twice.json"
+    twice.write_text(paths[0].read_text())
+    with pytest.raises(SystemExit):
+        paper_ablation.main(["--summarize", str(paths[0]), str(twice)])
+    assert "runs appear twice: kernel_order=keras seed 0, paper seed 0" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"args": {**args, "batch_size": 5000}, "runs": runs[2:]}))
+    with pytest.raises(SystemExit):
+        paper_ablation.main(["--summarize", str(paths[0]), str(other)])
+    assert "the files ran different settings" in capsys.readouterr().err
