@@ -59,3 +59,31 @@ def test_committed_model_gives_its_recorded_test_accuracy(raw_mnist_test, model_
     assert accuracy == pytest.approx(recorded["test_accuracy"], abs=3e-4)
     if "saved_model_test_accuracy" in recorded:
         assert accuracy == pytest.approx(recorded["saved_model_test_accuracy"], abs=1e-6)
+
+
+# The CIFAR-10 runs on the authors' residual net (`paper_cifar10_net`,
+# which subtracts the per-channel training mean inside): raw CIFAR-10 test
+# images in, the recorded test accuracy out.
+CIFAR10 = [
+    ("cifar10_paper_net_adam_lr0.003_cosine_e20_seed1.keras",
+     "cifar10_paper_net_adam_lr0.003_cosine_e20_seed1.json"),
+    ("cifar10_paper_net_adam_lr0.003_cosine_e20_seed2.keras",
+     "cifar10_paper_net_adam_lr0.003_cosine_e20_seed2.json"),
+]
+
+
+@pytest.fixture(scope="module")
+def raw_cifar10_test():
+    return datasets.load_cifar10(limit=1, raw=True)[1]
+
+
+@pytest.mark.parametrize("model_file, results_file", CIFAR10)
+def test_committed_cifar10_model_gives_its_recorded_test_accuracy(raw_cifar10_test,
+                                                                  model_file, results_file):
+    with open(os.path.join(RESULTS, results_file)) as f:
+        recorded = json.load(f)
+    assert recorded["complete"]
+    model = keras.models.load_model(os.path.join(RESULTS, "models", model_file))
+    x, y = raw_cifar10_test
+    accuracy = float(np.mean(np.argmax(model.predict(x, batch_size=500, verbose=0), 1) == y))
+    assert accuracy == pytest.approx(recorded["test_accuracy"], abs=3e-4)
