@@ -175,3 +175,6 @@ def test_paper_ablation_reads_changes_and_summarizes_paired_seeds(tmp_path, caps
     with pytest.raises(SystemExit):
         paper_ablation.main(["--summarize", str(paths[0]), str(other)])
     assert "the files ran different settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        paper_ablation.main(["--changes-only"])
+    assert "--changes-only needs at least one --change" in capsys.readouterr().err

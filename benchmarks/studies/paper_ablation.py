@@ -109,6 +109,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
     parser.add_argument("--validation-size", type=int, default=10000)
     parser.add_argument("--limit", type=int, default=None,
                         help="train on the first N training images only (smoke runs)")
+    parser.add_argument("--changes-only", action="store_true",
+                        help="train only the --change variants, not the preset itself "
+                             "(its runs for these seeds are in another --output file)")
     parser.add_argument("--output", default=None)
     parser.add_argument("--summarize", nargs="+", metavar="FILE", default=None,
                         help="print mean ± sd per variant over the runs of these "
@@ -130,6 +133,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
         summary = summarize(runs)
         _print_summary(summary)
         return {"runs": runs, "summary": summary}
+    if args.changes_only and not args.change:
+        parser.error("--changes-only needs at least one --change")
     if args.validation_size <= 0:
         parser.error("--validation-size must be positive: the study scores on it")
     for change in args.change:
@@ -140,7 +145,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     train, validation, _ = split_validation(datasets.load_mnist(raw=True),
                                             args.validation_size, args.limit)
     base = {k: v for b in args.base for k, v in b.items()}
-    variants = [("paper", {})] + [
+    variants = [] if args.changes_only else [("paper", {})]
+    variants += [
         ("{}={}".format(*next(iter(c.items()))), c) for c in args.change]
     out = {**provenance(args), "runs": []}
     for seed in args.seeds:
