@@ -65,6 +65,8 @@ def test_committed_model_gives_its_recorded_test_accuracy(raw_mnist_test, model_
 # which subtracts the per-channel training mean inside): raw CIFAR-10 test
 # images in, the recorded test accuracy out.
 CIFAR10 = [
+    ("cifar10_paper_net_b512_k64_balanced_random_seed0.keras",
+     "cifar10_paper_net_b512_k64_c5_s3_ff033_balanced_random_seed0.json"),
     ("cifar10_paper_net_adam_lr0.003_cosine_e20_seed1.keras",
      "cifar10_paper_net_adam_lr0.003_cosine_e20_seed1.json"),
     ("cifar10_paper_net_adam_lr0.003_cosine_e20_seed2.keras",
