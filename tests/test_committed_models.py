@@ -40,27 +40,6 @@ HEADLINE = [
 ]
 
 
-@pytest.fixture(scope="module")
-def raw_mnist_test():
-    return datasets.load_mnist(limit=1, raw=True)[1]
-
-
-@pytest.mark.parametrize("model_file, results_file", HEADLINE)
-def test_committed_model_gives_its_recorded_test_accuracy(raw_mnist_test, model_file,
-                                                          results_file):
-    with open(os.path.join(RESULTS, results_file)) as f:
-        recorded = json.load(f)
-    assert recorded["complete"]
-    model = keras.models.load_model(os.path.join(RESULTS, "models", model_file))
-    x, y = raw_mnist_test
-    accuracy = float(np.mean(np.argmax(model.predict(x, batch_size=1000, verbose=0), 1) == y))
-    # The trained model's accuracy, up to images whose top two scores swap
-    # under the float32 rounding of standardizing inside the model.
-    assert accuracy == pytest.approx(recorded["test_accuracy"], abs=3e-4)
-    if "saved_model_test_accuracy" in recorded:
-        assert accuracy == pytest.approx(recorded["saved_model_test_accuracy"], abs=1e-6)
-
-
 # The CIFAR-10 runs on the authors' residual net (`paper_cifar10_net`,
 # which subtracts the per-channel training mean inside): raw CIFAR-10 test
 # images in, the recorded test accuracy out.
@@ -74,18 +53,35 @@ CIFAR10 = [
 ]
 
 
+
+_LOADERS = {"mnist": datasets.load_mnist, "cifar10": datasets.load_cifar10}
+
+
 @pytest.fixture(scope="module")
-def raw_cifar10_test():
-    return datasets.load_cifar10(limit=1, raw=True)[1]
+def raw_test_sets():
+    """Each data set's raw test split, loaded on first use."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = _LOADERS[name](limit=1, raw=True)[1]
+        return cache[name]
+    return get
 
 
-@pytest.mark.parametrize("model_file, results_file", CIFAR10)
-def test_committed_cifar10_model_gives_its_recorded_test_accuracy(raw_cifar10_test,
-                                                                  model_file, results_file):
+@pytest.mark.parametrize("dataset, model_file, results_file",
+                         [("mnist", *pair) for pair in HEADLINE]
+                         + [("cifar10", *pair) for pair in CIFAR10])
+def test_committed_model_gives_its_recorded_test_accuracy(raw_test_sets, dataset, model_file,
+                                                          results_file):
     with open(os.path.join(RESULTS, results_file)) as f:
         recorded = json.load(f)
     assert recorded["complete"]
     model = keras.models.load_model(os.path.join(RESULTS, "models", model_file))
-    x, y = raw_cifar10_test
+    x, y = raw_test_sets(dataset)
     accuracy = float(np.mean(np.argmax(model.predict(x, batch_size=500, verbose=0), 1) == y))
+    # The trained model's accuracy, up to images whose top two scores swap
+    # under the float32 rounding of standardizing inside the model.
     assert accuracy == pytest.approx(recorded["test_accuracy"], abs=3e-4)
+    if "saved_model_test_accuracy" in recorded:
+        assert accuracy == pytest.approx(recorded["saved_model_test_accuracy"], abs=1e-6)
