@@ -53,7 +53,6 @@ CIFAR10 = [
 ]
 
 
-
 _LOADERS = {"mnist": datasets.load_mnist, "cifar10": datasets.load_cifar10}
 
 

@@ -72,10 +72,11 @@ def train_once(split, seed: int, batch_size: int, cycles: int,
     seconds = time.time() - start
     predicted = np.argmax(model.predict(x_val, batch_size=1000, verbose=0), -1)
     optimizer = trainer.optimizer
+    config = optimizer.get_config()
     return {"seed": seed, "validation_accuracy": float(np.mean(predicted == y_val)),
             "weight_updates": int(optimizer.weight_updates.numpy()),
             "trials": int(optimizer.trials.numpy()), "seconds": round(seconds, 1),
-            "rso": {k: optimizer.get_config()[k] for k in
+            "rso": {k: config[k] for k in
                     sorted(set(arguments) | {"kernel_order", "sigma_rule", "weight_decay"})}}
 
 
