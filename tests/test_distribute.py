@@ -42,13 +42,16 @@ def test_two_replicas_match_one_device(toy_data):
     np.testing.assert_allclose(h1.history["accuracy"], h2.history["accuracy"])
 
 
-@pytest.mark.parametrize("options", [{}, {"output_passes": 2}, {"step_rule": "parabolic"}])
+# Output passes and the parabolic step share one run: each fit of a
+# mirrored model spends most of its time tracing the step.
+@pytest.mark.parametrize("options", [{}, {"output_passes": 2, "step_rule": "parabolic"}],
+                         ids=["argmin", "parabolic_with_output_passes"])
 def test_replicas_never_diverge_with_batchnorm(toy_data, options):
     # Per-replica BN statistics and the paper's exact argmin (tolerance 0):
     # decisions are still taken on the gathered global loss, identical on
     # both replicas, and BN moving statistics are averaged. The same holds
-    # with output passes and with the parabolic step (whose offset is
-    # computed from the gathered losses).
+    # with output passes and the parabolic step (whose offset is computed
+    # from the gathered losses).
     x, y = toy_data
     model, trainer, history = _fit(_mirrored(), x, y, bn=True, tolerance=0.0,
                                    options=options)

@@ -307,7 +307,7 @@ def test_binary_mnist_exports_a_binary_model_that_reloads(tmp_path):
     # through the same `run_gradient` as the sign-activation test's SGD.)
     results, saved = tmp_path / "b.json", tmp_path / "b.keras"
     _run("examples/binary_mnist.py", "--cycles", "1", "--limit", "128",
-         "--validation-size", "32", "--batch-size", "16", "--weights-per-batch", "1024",
+         "--validation-size", "32", "--batch-size", "4", "--weights-per-batch", "1024",
          "--verbose", "0", "--results", str(results), "--save", str(saved))
     r = json.loads(results.read_text())
     assert r["trials_per_cycle"] == 12016 and r["weight_updates"] > 0
@@ -372,7 +372,7 @@ def test_compare_sgd_trains_the_papers_net_as_the_gradient_reference(tmp_path):
     results, saved = tmp_path / "a.json", tmp_path / "a.keras"
     _run("examples/compare_sgd.py", "--dataset", "cifar10", "--net", "paper",
          "--optimizer", "adam", "--learning-rate", "0.003", "--epochs", "2",
-         "--limit", "2048", "--validation-size", "512", "--batch-size", "64", "--verbose", "0",
+         "--limit", "1024", "--validation-size", "512", "--batch-size", "64", "--verbose", "0",
          "--results", str(results), "--save", str(saved))
     r = json.loads(results.read_text())
     assert r["model"] == "paper_cifar10_net" and r["parameters"] == 57104

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import keras_rso
-from conftest import small_convnet
+from conftest import make_toy_data, small_convnet
 
 
 class Interrupt(keras.callbacks.Callback):
@@ -79,16 +79,32 @@ def _run(x, y, callbacks, shuffle, output_passes=0):
     return model, trainer
 
 
-@pytest.mark.parametrize("shuffle", [True])
-def test_backup_and_restore_resumes_to_identical_weights(toy_data, tmp_path, shuffle):
+@pytest.fixture(scope="module")
+def uninterrupted():
+    """The uninterrupted run (shuffled, on `toy_data`) that every resumed run
+    must equal, per number of output passes: `(model, trainer, EpochLogs)`.
+    Run once per module (recording logs changes nothing it computes)."""
+    runs = {}
+
+    def run(passes: int = 0):
+        if passes not in runs:
+            x, y = make_toy_data()
+            logs = EpochLogs()
+            runs[passes] = (*_run(x, y, [logs], True, passes), logs)
+        return runs[passes]
+
+    return run
+
+
+def test_backup_and_restore_resumes_to_identical_weights(toy_data, tmp_path, uninterrupted):
     x, y = toy_data
-    reference, ref_trainer = _run(x, y, [], shuffle)
+    reference, ref_trainer, _ = uninterrupted()
     backup = str(tmp_path / "backup")
-    killed, _ = _run(x, y, [keras.callbacks.BackupAndRestore(backup), Interrupt(at=2)], shuffle)
+    killed, _ = _run(x, y, [keras.callbacks.BackupAndRestore(backup), Interrupt(at=2)], True)
     assert not all(np.array_equal(a.numpy(), b.numpy())
                    for a, b in zip(killed.weights, reference.weights))
     # A fresh process would rebuild everything from scratch: so do we.
-    resumed, trainer = _run(x, y, [keras.callbacks.BackupAndRestore(backup)], shuffle)
+    resumed, trainer = _run(x, y, [keras.callbacks.BackupAndRestore(backup)], True)
     assert int(trainer.optimizer.cycle.numpy()) == int(ref_trainer.optimizer.cycle.numpy()) == 2
     assert int(trainer.optimizer.trials.numpy()) == 3 * trainer.trials_per_cycle
     for a, b in zip(resumed.weights, reference.weights):
@@ -108,11 +124,10 @@ def test_model_checkpoint_keeps_working(toy_data, tmp_path):
 # the 15 classifier weights, step 8 runs them. Killed after step 3, or
 # after the sweep's last step, just before the passes.
 @pytest.mark.parametrize("shuffle,passes,killed_after", [(True, 0, 2), (True, 2, 6)])
-def test_resume_from_a_mid_cycle_backup_is_exact(toy_data, tmp_path, shuffle, passes,
-                                                 killed_after):
+def test_resume_from_a_mid_cycle_backup_is_exact(toy_data, tmp_path, uninterrupted, shuffle,
+                                                 passes, killed_after):
     x, y = toy_data
-    ref_logs = EpochLogs()
-    reference, ref_trainer = _run(x, y, [ref_logs], shuffle, passes)
+    reference, ref_trainer, ref_logs = uninterrupted(passes)
     backup = str(tmp_path / "backup")
     killed, killed_trainer = _run(
         x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1),
@@ -139,13 +154,13 @@ def test_resume_from_a_mid_cycle_backup_is_exact(toy_data, tmp_path, shuffle, pa
                                    rtol=1e-6, err_msg=key)
 
 
-def test_a_second_kill_in_the_resumed_epoch_resumes_exactly(toy_data, tmp_path):
+def test_a_second_kill_in_the_resumed_epoch_resumes_exactly(toy_data, tmp_path, uninterrupted):
     # Killed in cycle 2, resumed, killed again in cycle 2: the second backup
     # must still say epoch 1 (Keras 3.15's BackupAndRestore forgets the
     # restored epoch until the epoch ends), so the third fit ends after
     # cycle 3 with the reference's weights, not one cycle later.
     x, y = toy_data
-    reference, ref_trainer = _run(x, y, [], True)
+    reference, ref_trainer, _ = uninterrupted()
     backup = str(tmp_path / "backup")
     for kill_after in (1, 4):
         _run(x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1),

@@ -192,12 +192,12 @@ def _small_convnet_without_flat_bias():
 
 # The frozen-BN case is also the K=64 case of `deeper_convnet` (its first
 # BatchNormalization stays trainable): a separate unfrozen run at K=64 took
-# the same paths and 12 s of the suite.
+# the same paths and 12 s of the suite. Output passes run in the random
+# order's two cycles (a separate run in the default order took 15 s).
 @pytest.mark.parametrize("build,k,passes,order", [
     (_small_convnet_without_flat_bias, 8, 0, "output_to_input"),
     (_deeper_convnet_with_frozen_bn, 64, 0, "output_to_input"),
-    (deeper_convnet, 16, 3, "output_to_input"),
-    (deeper_convnet, 16, 0, "input_to_output"), (deeper_convnet, 16, 2, "random")])
+    (deeper_convnet, 16, 0, "input_to_output"), (deeper_convnet, 16, 3, "random")])
 def test_fast_path_matches_full_forward_path(toy_data, build, k, passes, order):
     x, y = toy_data
     weights = {}
