@@ -31,10 +31,21 @@ def _command(script):
 
 
 def _run(script, *args, timeout=400, env=ENV):
+    """Runs `script` in a new process, as a user does; returns its stdout."""
     out = subprocess.run([*_command(script), *args], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
+
+
+def _run_here(script, *args):
+    """Runs `script` as `python script args` does (`__main__`, `sys.argv`),
+    inside this process: TensorFlow is already imported, which saves each
+    run the seconds a new process takes to import it. (Runs that must be a
+    process of their own, to be killed, use `_run`.)"""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [script, *args])
+        runpy.run_path(str(ROOT / script), run_name="__main__")
 
 
 def _scripts():
@@ -177,9 +188,9 @@ def test_mnist_example_end_to_end_through_a_kill_and_resume(tmp_path):
 
 def test_cifar_example_end_to_end(tmp_path):
     results, saved = tmp_path / "c.json", tmp_path / "c.keras"
-    _run("examples/cifar10_rso.py", "--cycles", "1", "--limit", "300", "--filters", "4,4,4",
-         "--weights-per-batch", "256", "--batch-size", "16", "--verbose", "0",
-         "--output-passes", "2", "--results", str(results), "--save", str(saved))
+    _run_here("examples/cifar10_rso.py", "--cycles", "1", "--limit", "300", "--filters", "4,4,4",
+              "--weights-per-batch", "256", "--batch-size", "16", "--verbose", "0",
+              "--output-passes", "2", "--results", str(results), "--save", str(saved))
     r = json.loads(results.read_text())
     # Every weight once, then the Dense 4->10 classifier twice more.
     searched = sum(int(np.prod(v.shape))
@@ -306,9 +317,9 @@ def test_binary_mnist_exports_a_binary_model_that_reloads(tmp_path):
     # identically. (The script's straight-through baseline is plain Keras
     # through the same `run_gradient` as the sign-activation test's SGD.)
     results, saved = tmp_path / "b.json", tmp_path / "b.keras"
-    _run("examples/binary_mnist.py", "--cycles", "1", "--limit", "128",
-         "--validation-size", "32", "--batch-size", "4", "--weights-per-batch", "1024",
-         "--verbose", "0", "--results", str(results), "--save", str(saved))
+    _run_here("examples/binary_mnist.py", "--cycles", "1", "--limit", "128",
+              "--validation-size", "32", "--batch-size", "4", "--weights-per-batch", "1024",
+              "--verbose", "0", "--results", str(results), "--save", str(saved))
     r = json.loads(results.read_text())
     assert r["trials_per_cycle"] == 12016 and r["weight_updates"] > 0
     model = keras.models.load_model(saved)
@@ -331,19 +342,19 @@ def test_sign_activations_train_under_rso_and_not_under_sgd(tmp_path):
                                    "--batch-size", "512"]),
                           ("sgd", ["--epochs", "1", "--batch-size", "128"])):
         results = tmp_path / f"{method}.json"
-        _run("examples/sign_activations.py", "--method", method, "--units", "4",
-             "--limit", "2048", "--validation-size", "512", "--verbose", "0",
-             "--results", str(results), *extra)
+        _run_here("examples/sign_activations.py", "--method", method, "--units", "4",
+                  "--limit", "2048", "--validation-size", "512", "--verbose", "0",
+                  "--results", str(results), *extra)
         changes[method] = json.loads(results.read_text())["hidden_kernel_max_change"]
     assert changes["sgd"] == 0.0 and changes["rso"] > 0.0, changes
 
 
 def test_imbalanced_objective_reports_balanced_error_and_f1(tmp_path):
     results = tmp_path / "r.json"
-    _run("examples/imbalanced_objective.py", "--units", "8", "--cycles", "1",
-         "--weights-per-batch", "64", "--batch-size", "1024", "--limit", "8192",
-         "--smoothing", "0.01", "--validation-size", "2048", "--verbose", "0",
-         "--results", str(results))
+    _run_here("examples/imbalanced_objective.py", "--units", "8", "--cycles", "1",
+              "--weights-per-batch", "64", "--batch-size", "1024", "--limit", "8192",
+              "--smoothing", "0.01", "--validation-size", "2048", "--verbose", "0",
+              "--results", str(results))
     objective = json.loads(results.read_text())["objective"]
     # Always answering "rest" scores a balanced error of 0.5.
     assert objective["validation"]["balanced_error"] < 0.45, objective
@@ -353,8 +364,8 @@ def test_imbalanced_objective_reports_balanced_error_and_f1(tmp_path):
 
 def test_compare_sgd_and_plot(tmp_path):
     results, png = tmp_path / "s.json", tmp_path / "p.png"
-    _run("examples/compare_sgd.py", "--epochs", "2", "--limit", "2048", "--verbose", "0",
-         "--decay", "cosine", "--results", str(results))
+    _run_here("examples/compare_sgd.py", "--epochs", "2", "--limit", "2048", "--verbose", "0",
+              "--decay", "cosine", "--results", str(results))
     r = json.loads(results.read_text())
     assert r["args"]["decay"] == "cosine"
     # Training accuracy: 32 SGD steps are too few for BN's moving averages.
@@ -370,10 +381,10 @@ def test_compare_sgd_trains_the_papers_net_as_the_gradient_reference(tmp_path):
     # The gradient reference for the paper's CIFAR-10 net: the same model
     # (logits out), Adam on the mean cross-entropy.
     results, saved = tmp_path / "a.json", tmp_path / "a.keras"
-    _run("examples/compare_sgd.py", "--dataset", "cifar10", "--net", "paper",
-         "--optimizer", "adam", "--learning-rate", "0.003", "--epochs", "2",
-         "--limit", "1024", "--validation-size", "512", "--batch-size", "64", "--verbose", "0",
-         "--results", str(results), "--save", str(saved))
+    _run_here("examples/compare_sgd.py", "--dataset", "cifar10", "--net", "paper",
+              "--optimizer", "adam", "--learning-rate", "0.003", "--epochs", "2",
+              "--limit", "1024", "--validation-size", "512", "--batch-size", "64",
+              "--verbose", "0", "--results", str(results), "--save", str(saved))
     r = json.loads(results.read_text())
     assert r["model"] == "paper_cifar10_net" and r["parameters"] == 57104
     assert r["per_cycle"][-1]["accuracy"] > 0.2, r["per_cycle"]  # chance: 0.1
