@@ -56,14 +56,13 @@ def _scripts():
             if 'if __name__ == "__main__"' in p.read_text()]
 
 
-def test_every_script_has_help(capsys, monkeypatch):
+def test_every_script_has_help(capsys):
     # In-process (TF is already imported): `--help` prints usage and exits 0.
     scripts, failed = _scripts(), []
     assert "examples/mnist_rso.py" in scripts and "benchmarks/studies/trial_noise.py" in scripts
     for script in scripts:
-        monkeypatch.setattr(sys, "argv", [script, "--help"])
         try:
-            runpy.run_path(str(ROOT / script), run_name="__main__")
+            _run_here(script, "--help")
             failed.append((script, "did not exit"))
         except SystemExit as exit_info:
             out = capsys.readouterr().out
