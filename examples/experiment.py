@@ -363,9 +363,14 @@ def _fit(model: keras.Model, splits, args, epochs: int, callbacks: list):
     if args.logdir:
         callbacks = callbacks + [keras.callbacks.TensorBoard(args.logdir)]
     batch_size = args.batch_size if isinstance(train, tuple) else None
+    # Each cycle's validation pass uses the final evaluation's batch
+    # (`_finish`), not the search's: a pass is then a few large batches even
+    # when the search runs on small ones, and the last cycle's validation
+    # numbers are the final ones.
     model.fit(*_xy(train), batch_size=batch_size, epochs=epochs,
-              validation_data=validation, callbacks=callbacks,
-              verbose=args.verbose)
+              validation_data=validation,
+              validation_batch_size=None if validation is None else _eval_batch(validation),
+              callbacks=callbacks, verbose=args.verbose)
 
 
 def run_rso(build_model: Callable[[], keras.Model], data, args,
