@@ -128,7 +128,8 @@ def test_mnist_example_end_to_end_through_a_kill_and_resume(tmp_path):
     # already takes much of each process's time.
     # With a layer-input pool of 256 images, in the paper's order (each
     # segment fills it in 8 steps of 32 first).
-    args = ["--cycles", "2", "--limit", "2048", "--filters", "4",
+    # Validation on 512 images: 10,000 after each cycle cost more than it checks.
+    args = ["--cycles", "2", "--limit", "2048", "--filters", "4", "--validation-size", "512",
             "--weights-per-batch", "128", "--batch-size", "32", "--verbose", "2",
             "--pool-size", "256", "--order", "paper",
             "--results", str(results), "--save", str(saved), "--logdir", str(logdir),
@@ -367,8 +368,10 @@ def test_imbalanced_objective_reports_balanced_error_and_f1(tmp_path):
 
 def test_compare_sgd_and_plot(tmp_path):
     results, png = tmp_path / "s.json", tmp_path / "p.png"
+    # Validation on 512 images: scoring 10,000 after each epoch cost more
+    # than the training it checks.
     _run_here("examples/compare_sgd.py", "--epochs", "2", "--limit", "2048", "--verbose", "0",
-              "--decay", "cosine", "--results", str(results))
+              "--validation-size", "512", "--decay", "cosine", "--results", str(results))
     r = json.loads(results.read_text())
     assert r["args"]["decay"] == "cosine"
     # Training accuracy: 32 SGD steps are too few for BN's moving averages.
