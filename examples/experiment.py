@@ -369,7 +369,7 @@ def _fit(model: keras.Model, splits, args, epochs: int, callbacks: list):
     # numbers are the final ones.
     model.fit(*_xy(train), batch_size=batch_size, epochs=epochs,
               validation_data=validation,
-              validation_batch_size=None if validation is None else _eval_batch(validation),
+              validation_batch_size=_eval_batch(validation),
               callbacks=callbacks, verbose=args.verbose)
 
 

@@ -131,12 +131,13 @@ def test_resume_from_a_mid_cycle_backup_is_exact(toy_data, tmp_path, uninterrupt
     backup = str(tmp_path / "backup")
     killed, killed_trainer = _run(
         x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1),
-               InterruptAtBatch(epoch=1, batch=killed_after)], True, passes)
+               InterruptAtBatch(epoch=1, batch=killed_after)], shuffle=True, output_passes=passes)
     # Stopped in the middle of cycle 2.
     assert 0 < int(killed_trainer.optimizer.position.numpy()) < killed_trainer.trials_per_cycle
     logs = EpochLogs()
     resumed, trainer = _run(
-        x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1), logs], True, passes)
+        x, y, [keras.callbacks.BackupAndRestore(backup, save_freq=1), logs], shuffle=True,
+        output_passes=passes)
     assert trainer.steps_per_cycle() == 7 + (passes > 0)
     assert int(trainer.optimizer.iterations.numpy()) == int(ref_trainer.optimizer.iterations.numpy())
     assert int(trainer.optimizer.trials.numpy()) == 3 * trainer.trials_per_cycle
