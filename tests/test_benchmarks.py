@@ -178,3 +178,29 @@ def test_paper_ablation_reads_changes_and_summarizes_paired_seeds(tmp_path, caps
     with pytest.raises(SystemExit):
         paper_ablation.main(["--changes-only"])
     assert "--changes-only needs at least one --change" in capsys.readouterr().err
+
+
+def test_fit_first_calls_separates_the_traced_call_from_the_later_ones():
+    from benchmarks.fit_first_calls import FitTimes
+    import keras_rso
+
+    original = (keras_rso.RSOModel.fit, keras_rso.RSOModel.make_train_function)
+    times = FitTimes()
+    times.install()
+    try:
+        keras.utils.set_random_seed(0)
+        trainer = keras_rso.RSOModel(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
+        trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=4, seed=0),
+                        loss="sparse_categorical_crossentropy")
+        rng = np.random.default_rng(0)
+        x, y = rng.normal(size=(32, 4)).astype("float32"), rng.integers(0, 2, 32)
+        times.key = "fit"
+        trainer.fit(x, y, batch_size=8, epochs=2, verbose=0)  # 10 weights: 3 steps a cycle
+    finally:
+        times.uninstall()
+    assert (keras_rso.RSOModel.fit, keras_rso.RSOModel.make_train_function) == original
+    row = times.per_key["fit"]
+    assert row["fits"] == 1 and row["later_calls"] == 2 * 3 - 1
+    assert 0 < row["later_call_seconds"] < row["first_call_seconds"]
+    assert row["first_call_seconds"] + row["later_call_seconds"] < row["fit_seconds"]
+    assert times.totals()["fits"] == 1
