@@ -5,10 +5,12 @@ An RSO train step unrolls a trial loop with one branch per searched
 variable (the fast chain path adds per-layer code), so its graph is large
 and the first step of a fit, which traces and compiles it, can cost more
 than the steps of a short run together. This times the first train step
-and two steady-state steps of `keras_rso.models.mnist_paper_net` or
-`cifar10_net` on random data, counts how often the search step was traced
+and two steady-state steps of `keras_rso.models.mnist_paper_net`,
+`cifar10_net`, or the paper's own nets (`paper_mnist_net`,
+`paper_cifar10_net`) on random data, counts how often the search step was traced
 (it should be once per fit) and the nodes of the traced graph, a measure of
-its size that does not depend on the machine's load, and the first step's
+its size that does not depend on the machine's load, the branches of its
+switch over the searched variables, and the first step's
 CPU seconds, which a loaded machine changes much less than its wall-clock
 seconds.
 
@@ -70,17 +72,23 @@ def measure(net: str, filters: int, k: int, batch: int) -> dict:
     keras.utils.set_random_seed(0)
     if net == "mnist":
         model, shape = keras_rso.models.mnist_paper_net(filters=filters), (28, 28, 1)
-    else:
+    elif net == "cifar10":
         model, shape = keras_rso.models.cifar10_net(filters=(filters,) * 3), (32, 32, 3)
+    elif net == "paper_mnist":
+        model, shape = keras_rso.models.paper_mnist_net(), (28, 28, 1)
+    else:
+        model, shape = keras_rso.models.paper_cifar10_net(), (32, 32, 3)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4 * batch, *shape)).astype("float32")
     y = rng.integers(0, 10, size=4 * batch).astype("int32")
 
     traces = []  # the graph each trace of the search step was built in
+    branches = []  # its switch's branches (one per variable before trial groups)
     original = keras_rso.search.TrialLoop.__call__
 
     def counting(self, *args, **kwargs):
         traces.append(tf.compat.v1.get_default_graph())
+        branches.append(len(getattr(self, "groups", self.visit)))
         return original(self, *args, **kwargs)
 
     keras_rso.search.TrialLoop.__call__ = counting
@@ -100,6 +108,7 @@ def measure(net: str, filters: int, k: int, batch: int) -> dict:
         "searched_weights": trainer.trials_per_cycle,
         "search_step_traces": len(traces),
         "graph_nodes": graph_nodes(traces[0]),
+        "trial_branches": branches[0],
         "first_step_seconds": round(timer.seconds[0], 2),
         "first_step_cpu_seconds": round(timer.cpu_seconds[0], 2),
         "later_step_seconds": [round(s, 3) for s in timer.seconds[1:]],
@@ -110,9 +119,10 @@ def measure(net: str, filters: int, k: int, batch: int) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--net", choices=["mnist", "cifar10"], default="cifar10")
+    parser.add_argument("--net", choices=["mnist", "cifar10", "paper_mnist", "paper_cifar10"],
+                        default="cifar10")
     parser.add_argument("--filters", type=int, default=16,
-                        help="channels of every conv layer")
+                        help="channels of every conv layer (mnist, cifar10)")
     parser.add_argument("--weights-per-batch", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--output", default=None, help="write the result JSON here")

@@ -7,7 +7,10 @@ at K=1, a residual graph with weight decay on the fast path and the same on
 the full path; then the paper's MNIST net (`paper_mnist_net`, 200 steps on
 MNIST-shaped noise) in each order (`output_to_input`, `random`, `paper`),
 on the fast path and the full path, with binary kernels, and under
-`RSO(pool_size=...)`. Run it on two checkouts and compare:
+`RSO(pool_size=...)`; then the chain and the residual graph on two
+replicas (`MirroredStrategy` on two logical CPUs, synchronized
+BatchNormalization in the chain), with output passes, and the residual
+graph from a layer-input pool. Run it on two checkouts and compare:
 
     git worktree add /tmp/before <commit>
     PYTHONPATH=/tmp/before python benchmarks/same_weights.py before.npz
@@ -30,6 +33,11 @@ if sys.argv[1:2] == ["--compare"]:
 if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
     print(__doc__)
     sys.exit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPUs for the two-replica runs (before any op runs).
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras  # noqa: E402
 import keras_rso  # noqa: E402
 
@@ -42,6 +50,11 @@ def chain():
     return keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(4, 3, padding="same", use_bias=False),
         L.BatchNormalization(), L.ReLU(), L.AveragePooling2D(2), L.Conv2D(5, 3, activation="relu"),
         L.GlobalAveragePooling2D(), L.Dense(3)])
+def sync_chain():
+    keras.utils.set_random_seed(1)
+    return keras.Sequential([keras.Input((8, 8, 1)), L.Conv2D(4, 3, padding="same", use_bias=False),
+        L.BatchNormalization(synchronized=True), L.ReLU(), L.AveragePooling2D(2),
+        L.Conv2D(5, 3, activation="relu"), L.GlobalAveragePooling2D(), L.Dense(3)])
 def residual():
     keras.utils.set_random_seed(1)
     i = keras.Input((8, 8, 1)); a = L.BatchNormalization()(L.Conv2D(4, 3, padding="same", use_bias=False)(i))
@@ -79,4 +92,23 @@ for order in ("output_to_input", "random", "paper"):
             t.fit(xm, ym, batch_size=64, epochs=1, steps_per_epoch=200, verbose=0)
             for k, v in enumerate(m.weights):
                 out[f"{name}/{k}"] = v.numpy()
+
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+for name, build, strategy, fast, opt in [
+        ("chain_two_replicas", sync_chain, mirrored, True,
+         dict(weights_per_batch=16, seed=2, weight_decay=1e-3)),
+        ("res_two_replicas_passes", residual, mirrored, True,
+         dict(weights_per_batch=16, seed=2, output_passes=1)),
+        ("res_full_two_replicas", residual, mirrored, False, dict(weights_per_batch=16, seed=2)),
+        ("res_pool_k1_decay", residual, tf.distribute.get_strategy(), True,
+         dict(weights_per_batch=1, seed=2, weight_decay=1e-3, pool_size=128, order="paper"))]:
+    with strategy.scope():
+        m = build()
+        t = keras_rso.RSOModel(m, fast_path=fast)
+        t.compile(optimizer=keras_rso.RSO(**opt),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    t.fit(x, y, batch_size=64, epochs=1, steps_per_epoch=(120 if "pool" in name else None),
+          verbose=0)
+    for k, v in enumerate(m.weights):
+        out[f"{name}/{k}"] = v.numpy()
 np.savez(sys.argv[1], **out)

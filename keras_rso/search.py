@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rso import _compat, constraints, distribution
-from keras_rso.evaluators import replace_scalar, split_offsets
+from keras_rso.evaluators import OneOf, replace_scalar, split_offsets
 from keras_rso.optimizer import RSO
 from keras_rso.pool import anchor_of as pool_anchor_of
 from keras_rso.pool import segments as pool_segments
@@ -109,6 +109,10 @@ class TrialLoop:
         # its trials stay inside it, and weight decay, which would leave a
         # discrete set or a unit sphere, does not apply to it.
         self.constrained = [constraints.of(var) for var in self.variables]
+        # One `tf.switch_case` branch per group of visit slots whose trials
+        # share their code (see `trial_groups`).
+        self.groups, self.group_of_slot, self.member_of_slot = trial_groups(
+            evaluator, self.visit, self.constrained)
         self.pool = pool
         if pool is not None:
             segs = pool_segments(evaluator, self.visit)
@@ -332,15 +336,16 @@ class TrialLoop:
             [], seed=tf.stack([tf.constant(self.opt.seed, tf.int64), ctx.first_trial + k]),
             dtype=tf.float32)
         state = (loss, y_pred, carried)
-        if slots is None:
-            branch_index = slot
-            branches = [self._variable_trial(ctx, v, j, noise, state) for v in self.visit]
-        else:
-            local = np.zeros(len(self.visit), np.int64)
-            local[list(slots)] = np.arange(len(slots))
-            branch_index = tf.gather(tf.constant(local), slot)
-            branches = [self._variable_trial(ctx, self.visit[s], j, noise, state)
-                        for s in slots]
+        # The branches of the groups this step can visit (all, or those of
+        # a pool anchor's `slots`), in the order of their first slot.
+        here = list(range(len(self.visit))) if slots is None else list(slots)
+        groups = list(dict.fromkeys(self.group_of_slot[s] for s in here))
+        local = np.zeros(len(self.visit), np.int64)
+        local[here] = [groups.index(self.group_of_slot[s]) for s in here]
+        branch_index = tf.gather(tf.constant(local), slot)
+        member = tf.gather(tf.constant(self.member_of_slot, tf.int64), slot)
+        branches = [self._variable_trial(ctx, self.groups[g], member, j, noise, state)
+                    for g in groups]
         new_loss, new_y_pred, new_carried, acc = tf.switch_case(
             tf.cast(branch_index, tf.int32), branches)
         v_index = tf.reshape(tf.gather(self.visit_t, slot), [1, 1])
@@ -348,29 +353,35 @@ class TrialLoop:
         tried_vec = tf.tensor_scatter_nd_add(tried_vec, v_index, tf.ones([1], tf.int64))
         return k + 1, new_loss, new_y_pred, new_carried, accepted_vec, tried_vec
 
-    def _variable_trial(self, ctx, v, j, noise, state):
-        """The trial of scalar `j` of variable `v`, as a `tf.switch_case`
-        branch: decay, candidates, losses, choice, commit."""
+    def _variable_trial(self, ctx, group, member, j, noise, state):
+        """The trial of scalar `j` of the variable of `group` (a tuple of
+        variable indices, `trial_groups`) that `member` (an int tensor)
+        names, as a `tf.switch_case` branch: decay, candidates, losses,
+        choice, commit."""
         opt = self.opt
-        var = self.variables[v]
-        constraint = self.constrained[v]
+        v = group[0] if len(group) == 1 else OneOf(group, member)
+        constraint = self.constrained[group[0]]
 
         def branch():
             loss, y_pred, carried = state
-            dw = noise * ctx.sigmas[v] * ctx.scale
+            if len(group) == 1:
+                sigma = ctx.sigmas[group[0]]
+            else:
+                sigma = tf.gather(ctx.sigmas, tf.gather(tf.constant(group, tf.int64), member))
+            dw = noise * sigma * ctx.scale
             loss_w, y_pred_w, carried_w = loss, y_pred, carried
             if constraint is None and self.decay_in_base:
                 # The base pass already ran at the decayed weight
                 # (`_decayed_mapping`); commit it.
-                distribution.assign(var, _decayed(var.value, j, opt.weight_decay))
+                self._assign(v, lambda value: _decayed(value, j, opt.weight_decay))
             elif constraint is None and opt.weight_decay:
                 loss_w, y_pred_w, carried_w = self._decay(
-                    var, v, j, ctx.fixed, carried, ctx.x, ctx.y, ctx.sample_weight)
+                    v, j, ctx.fixed, carried, ctx.x, ctx.y, ctx.sample_weight)
             if constraint is None:
                 offsets = dw  # the symmetric trial
                 differs = (tf.constant(True), tf.constant(True))
             else:
-                offsets, differs = domain_offsets(var, j, dw)
+                offsets, differs = domain_offsets(self.variables[v], j, dw)
             pairs = [self._candidates(ctx, v, j, offsets, carried_w, differs, loss.dtype)]
             if opt.step_rule == "parabolic" and constraint is None:
                 t = parabolic_offset(loss_w, pairs[0][2], pairs[0][3], dw)
@@ -412,32 +423,48 @@ class TrialLoop:
         return trial, split_offsets(offsets), loss_plus, loss_minus
 
     def _commit(self, v, j, choice, trial, offset, loss_plus, loss_minus):
-        """The `tf.switch_case` branch that writes a pair's chosen candidate.
+        """The `tf.switch_case` branch that writes a pair's chosen candidate
+        of variable `v` (an index or a `OneOf`).
 
         `choose` numbers pair i's candidates 2i + 1 (`w + d_plus`) and
         2i + 2 (`w - d_minus`): one branch per pair, not per candidate,
         halves the traced code. Returns the branch.
         """
-        var = self.variables[v]
-        constraint = self.constrained[v]
+        constraint = None if isinstance(v, OneOf) else self.constrained[v]
 
         def apply():
             minus = tf.equal(choice % 2, 0)
+
             # Later trials read the committed weight: the next iteration
             # runs on this switch's outputs.
-            value = tf.convert_to_tensor(var.value)
-            w = tf.gather(tf.reshape(value, [-1]), j)
-            step = tf.cast(tf.where(minus, -offset[1], offset[0]), value.dtype)
-            new = replace_scalar(value, j, w + step)
-            if constraint is not None:
-                # The value evaluated (projected as the evaluator did; a
-                # discrete level exactly).
-                new = constraint(new)
-            distribution.assign(var, new)
+            def candidate(value):
+                w = tf.gather(tf.reshape(value, [-1]), j)
+                step = tf.cast(tf.where(minus, -offset[1], offset[0]), value.dtype)
+                new = replace_scalar(value, j, w + step)
+                if constraint is not None:
+                    # The value evaluated (projected as the evaluator did; a
+                    # discrete level exactly).
+                    new = constraint(new)
+                return new
+
+            self._assign(v, candidate)
             return (tf.where(minus, loss_minus, loss_plus), trial.y_pred(minus),
                     trial.entries(minus))
 
         return apply
+
+    def _assign(self, v, new_value):
+        """Writes `new_value(current value)` to the variable `v` names (an
+        index, or a `OneOf`, whose other parameters are written back
+        unchanged: a write under a tensor's choice)."""
+        if not isinstance(v, OneOf):
+            var = self.variables[v]
+            distribution.assign(var, new_value(tf.convert_to_tensor(var.value)))
+            return
+        for k, index in enumerate(v.indices):
+            var = self.variables[index]
+            value = tf.convert_to_tensor(var.value)
+            distribution.assign(var, tf.where(tf.equal(v.chosen, k), new_value(value), value))
 
     def _decayed_mapping(self, current, position, n, perm):
         """`current` with the step's one trial weight decayed, if it has a
@@ -454,20 +481,25 @@ class TrialLoop:
             mapped.append((var, tf.where(tf.equal(chosen, v), decayed, value)))
         return mapped
 
-    def _decay(self, var, v, j, fixed, carried, x, y, sample_weight):
-        """Shrinks weight `j` of `var` by `RSO(weight_decay=...)` and returns
-        the loss, predictions and caches at the decayed weight.
+    def _decay(self, v, j, fixed, carried, x, y, sample_weight):
+        """Shrinks weight `j` of the variable `v` names (an index or a
+        `OneOf`) by `RSO(weight_decay=...)` and returns the loss,
+        predictions and caches at the decayed weight.
 
         The decayed value is evaluated as a trial's `w + dw` candidate with
         `dw = -weight_decay * w` and committed whatever the trial then
         decides, as the authors' code does.
         """
-        value = tf.convert_to_tensor(var.value)
+        if isinstance(v, OneOf):
+            value = tf.gather(tf.stack([tf.convert_to_tensor(self.variables[k].value)
+                                        for k in v.indices]), v.chosen)
+        else:
+            value = tf.convert_to_tensor(self.variables[v].value)
         w = tf.gather(tf.reshape(value, [-1]), j)
         shrink = -w * tf.cast(self.opt.weight_decay, value.dtype)
         decayed = self.ev.trial(v, j, shrink, fixed, carried, x, y, sample_weight)
         plus = tf.constant(False)
-        distribution.assign(var, _decayed(value, j, self.opt.weight_decay))
+        self._assign(v, lambda value: _decayed(value, j, self.opt.weight_decay))
         return (distribution.cross_replica_sum(decayed.loss_plus), decayed.y_pred(plus),
                 decayed.merge(decayed.entries(plus)))
 
@@ -486,6 +518,45 @@ class TrialLoop:
                 value = distribution.cross_replica_mean(value)
             old = tf.convert_to_tensor(v.value)
             distribution.assign(v, tf.where(condition, tf.cast(value, old.dtype), old))
+
+
+def trial_groups(evaluator, visit, constrained):
+    """Groups the visit slots whose trials share one traced branch.
+
+    Each searched variable needs its own trial code in the step's graph, a
+    `tf.switch_case` branch, and a step's start-up (tracing and graph
+    optimisation) grows with their number. A BatchNormalization layer's
+    gamma and beta differ only in the parameter perturbed, so when both are
+    searched and neither is constrained they share one branch, in which the
+    parameter is a tensor (`keras_rso.evaluators.OneOf`); a variable visited
+    twice (output passes) has one branch.
+
+    Args:
+        evaluator: The evaluator (its `variables` and `batchnorms`).
+        visit: The variable index of each visit slot (`keras_rso.schedule.CycleSchedule`).
+        constrained: Each variable's constraint, or None.
+
+    Returns:
+        `(groups, group_of_slot, member_of_slot)`: the groups (tuples of
+        variable indices), each slot's group and its position in it.
+    """
+    index = {id(var): k for k, var in enumerate(evaluator.variables)}
+    visited = set(visit)
+    group_of_variable = {}
+    for bn in evaluator.batchnorms:
+        if not (bn.scale and bn.center):
+            continue
+        pair = tuple(index.get(id(p)) for p in (bn.gamma, bn.beta))
+        if (None in pair or not visited.issuperset(pair)
+                or any(constrained[k] is not None for k in pair)
+                or bn.gamma.shape != bn.beta.shape or bn.gamma.dtype != bn.beta.dtype):
+            continue
+        for k in pair:
+            group_of_variable[k] = pair
+    groups = list(dict.fromkeys(group_of_variable.get(v, (v,)) for v in visit))
+    group_of_slot = [groups.index(group_of_variable.get(v, (v,))) for v in visit]
+    member_of_slot = [groups[g].index(v) for g, v in zip(group_of_slot, visit)]
+    return groups, group_of_slot, member_of_slot
 
 
 def _decayed(value, j, weight_decay: float) -> tf.Tensor:

@@ -222,6 +222,8 @@ def traced_loops(monkeypatch):
 
     def recording(self, *args, **kwargs):
         loops.append(self)
+        # The graph the step is traced into, for tests of its structure.
+        self.traced_graph = tf.compat.v1.get_default_graph()
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(keras_rso.search.TrialLoop, "__call__", recording)
@@ -238,12 +240,14 @@ def test_fit_traces_the_search_step_once(toy_data, traced_loops):
     assert len(traced_loops) == 1
 
 
-def test_trials_share_one_trace_of_each_tail_piece(toy_data, traced_loops):
+def test_trials_share_tail_pieces_and_batchnorm_branches(toy_data, traced_loops):
     # Every variable's trial runs the rest of the network; the fast path
     # traces that tail once per piece (cut after each mixer) and calls it
     # from every variable's branch, instead of one inline copy per variable.
     x, y = toy_data
-    trainer = _trainer(deeper_convnet(), k=64)
+    model = deeper_convnet()
+    before = _weights(model)
+    trainer = _trainer(model, k=64)
     trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
     (loop,) = traced_loops
     ev = loop.ev
@@ -254,6 +258,23 @@ def test_trials_share_one_trace_of_each_tail_piece(toy_data, traced_loops):
     # the last.
     assert sorted(ev._tails) == [m + 1 for m in ev.mixers[1:-1]] == [5, 8, 11]
     assert [p.experimental_get_tracing_count() for p in ev._tails.values()] == [1, 1, 1]
+    # A BatchNormalization's gamma and beta share one trial branch: the
+    # step's switch over variables has 10 branches for 12 variables.
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    paths = [[loop.variables[k].path for k in group] for group in loop.groups]
+    assert len(loop.visit) == 12 and len(paths) == 10
+    for bn in bns:
+        assert [bn.gamma.path, bn.beta.path] in paths
+    library = loop.traced_graph.as_graph_def().library.function
+    branches = [len(node.attr["branches"].list.func) for f in library for node in f.node_def
+                if node.op in ("Case", "StatelessCase")]
+    assert max(branches) == 10
+    # ... and both parameters of each pair are searched through it.
+    after = _weights(model)
+    for bn in bns:
+        for var in (bn.gamma, bn.beta):
+            k = next(i for i, w in enumerate(model.weights) if w is var)
+            assert not np.array_equal(before[k], after[k]), var.path
 
 
 def test_sigma_annealing_reaches_final_fraction_on_last_epoch(toy_data):

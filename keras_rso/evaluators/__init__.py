@@ -33,7 +33,8 @@ candidate values), `full_forward`, `chain`, `graph` (the residual fast path),
 `rank_one` (the layer math of a one-weight change).
 """
 
-from keras_rso.evaluators.base import (LossFn, Trial, batchnorm_layers, candidate_values,
+from keras_rso.evaluators.base import (LossFn, OneOf, Trial, VariableChoice, batchnorm_layers,
+                                       candidate_mapping, candidate_values, indices_of,
                                        is_local, replace_scalar, seed_states, split_offsets)
 from keras_rso.evaluators.chain import ChainEvaluator
 from keras_rso.evaluators.full_forward import FullForwardEvaluator
@@ -41,6 +42,6 @@ from keras_rso.evaluators.graph import GraphEvaluator, GraphNode, graph_nodes
 from keras_rso.evaluators.topology import PER_SAMPLE_LAYERS, chain_layers, flat_biases
 
 __all__ = ["ChainEvaluator", "FullForwardEvaluator", "GraphEvaluator", "GraphNode", "LossFn",
-           "PER_SAMPLE_LAYERS", "Trial", "batchnorm_layers", "candidate_values", "chain_layers",
-           "flat_biases", "graph_nodes", "is_local", "replace_scalar", "seed_states",
-           "split_offsets"]
+           "OneOf", "PER_SAMPLE_LAYERS", "Trial", "VariableChoice", "batchnorm_layers",
+           "candidate_mapping", "candidate_values", "chain_layers", "flat_biases", "graph_nodes",
+           "indices_of", "is_local", "replace_scalar", "seed_states", "split_offsets"]

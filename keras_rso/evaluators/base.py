@@ -8,7 +8,7 @@ carried)`) and `trial(v, j, dw, fixed, carried, x, y, sample_weight)`
 (a `Trial`).
 """
 
-from typing import Callable, List, NamedTuple, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Sequence, Tuple, Union
 
 import keras
 import tensorflow as tf
@@ -107,6 +107,53 @@ def candidate_values(var: keras.Variable, j: tf.Tensor, dw
     if not is_local(var):
         plus, minus = var.constraint(plus), var.constraint(minus)
     return w, plus, minus
+
+
+class OneOf(NamedTuple):
+    """Names, in a trial, one of several parameters of one layer, chosen by a tensor.
+
+    A BatchNormalization layer's gamma and beta are searched by the same
+    code but for the parameter perturbed. `TrialLoop` traces one trial for
+    the pair, with the parameter as a tensor, where it would trace one per
+    parameter: fewer branches in the step's graph, so less to trace and to
+    optimise when a fit starts. An evaluator's `trial` takes a `OneOf`
+    where it takes a variable's index.
+
+    Attributes:
+        indices: The parameters' indices in the evaluator's `variables`:
+            all of one layer, of one shape and dtype, without constraints.
+        chosen: Scalar int tensor: the position in `indices` of the
+            parameter the trial perturbs; the others keep their values.
+    """
+
+    indices: Tuple[int, ...]
+    chosen: tf.Tensor
+
+
+VariableChoice = Union[int, OneOf]
+
+
+def indices_of(v: VariableChoice) -> Tuple[int, ...]:
+    """The variable indices a trial's `v` (an index or a `OneOf`) may perturb."""
+    return tuple(v.indices) if isinstance(v, OneOf) else (v,)
+
+
+def candidate_mapping(variables: Sequence[keras.Variable], v: VariableChoice, j: tf.Tensor,
+                      dw) -> List[Tuple[keras.Variable, tf.Tensor, tf.Tensor]]:
+    """`[(variable, value for w + d_plus, value for w - d_minus), ...]` for
+    every variable `v` names (`candidate_values`): under a `OneOf`, the
+    parameters not chosen map to their current values."""
+    if not isinstance(v, OneOf):
+        _, plus, minus = candidate_values(variables[v], j, dw)
+        return [(variables[v], plus, minus)]
+    mapping = []
+    for k, index in enumerate(v.indices):
+        var = variables[index]
+        value = tf.convert_to_tensor(var.value)
+        _, plus, minus = candidate_values(var, j, dw)
+        chosen = tf.equal(v.chosen, k)
+        mapping.append((var, tf.where(chosen, plus, value), tf.where(chosen, minus, value)))
+    return mapping
 
 
 def seed_states(variables: Sequence[keras.Variable]) -> List[keras.Variable]:

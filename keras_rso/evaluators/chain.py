@@ -6,8 +6,9 @@ import keras
 import tensorflow as tf
 
 from keras_rso import distribution
-from keras_rso.evaluators.base import (LossFn, batchnorm_layers, cached_trial, candidate_values,
-                                       is_local, seed_states, split_offsets)
+from keras_rso.evaluators.base import (LossFn, OneOf, VariableChoice, batchnorm_layers,
+                                       cached_trial, candidate_mapping, indices_of, is_local,
+                                       seed_states, split_offsets)
 from keras_rso.evaluators.rank_one import (_activate, _candidates_batchnorm, _channel,
                                            _channel_delta, _half, _output_channel,
                                            _pre_activation, _replace_channel,
@@ -208,15 +209,16 @@ class ChainEvaluator:
                                               jit_compile=self.jit_tails)
         return self._tails[start](h, batch)
 
-    def _whole_layer(self, v: int, j, dw, h_in, batch, m):
-        """Trial of a weight without a rank-one rule: the owning layer runs
-        on both candidates (stacked), then the layers after it."""
-        i = self.layer_of[v]
-        layer, var = self.layers[i], self.variables[v]
-        _, plus, minus = candidate_values(var, j, dw)
+    def _whole_layer(self, v: VariableChoice, j, dw, h_in, batch, m):
+        """Trial of a weight without a rank-one rule (`v`: an index or a
+        `OneOf`): the owning layer runs on both candidates (stacked), then
+        the layers after it."""
+        i = self.layer_of[indices_of(v)[0]]
+        layer = self.layers[i]
+        mapping = candidate_mapping(self.variables, v, j, dw)
         outs = []
-        for value in (plus, minus):
-            with keras.StatelessScope(state_mapping=[(var, value)]):
+        for half in (1, 2):  # w + d_plus, then w - d_minus
+            with keras.StatelessScope(state_mapping=[(c[0], c[half]) for c in mapping]):
                 outs.append(layer(h_in, training=True))
         return self._run(i + 1, tf.concat(outs, 0), batch, m)
 
@@ -259,10 +261,12 @@ class ChainEvaluator:
         y_pred, _ = self._run(m + 1, _activate(mixer, p_m), batch, None)
         return y_pred
 
-    def trial(self, v: int, j, dw, fixed, carried, x, y, sample_weight):
+    def trial(self, v: VariableChoice, j, dw, fixed, carried, x, y, sample_weight):
+        """The `Trial` of scalar `j` of variable `v` (an index, or a `OneOf`
+        of whole-layer parameters) at offset `dw`."""
         inputs = fixed
         mix_in, pre = carried
-        i = self.layer_of[v]
+        i = self.layer_of[indices_of(v)[0]]
         h_in = mix_in[self.slot[i]] if i in self.slot else inputs[i]
         batch = tf.shape(h_in)[0]
         m = self.next_mixer[i]
@@ -273,7 +277,7 @@ class ChainEvaluator:
         new = dict()
         seen = None
         with keras.StatelessScope():
-            if self.kind[v] is None:
+            if isinstance(v, OneOf) or self.kind[v] is None:
                 y_pred, seen = self._whole_layer(v, j, dw, h_in, batch, m)
             else:
                 c, p_c = self._channel_candidates(v, j, dw, h_in, pre, new)

@@ -5,8 +5,8 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from keras_rso.evaluators.base import (LossFn, Trial, batchnorm_layers,
-                                       candidate_values, seed_states)
+from keras_rso.evaluators.base import (LossFn, Trial, VariableChoice, batchnorm_layers,
+                                       candidate_mapping, seed_states)
 
 
 class FullForwardEvaluator:
@@ -38,17 +38,18 @@ class FullForwardEvaluator:
         y_pred = self.forward(x)
         return self.loss_fn(y, y_pred, sample_weight), y_pred, (), ()
 
-    def trial(self, v: int, j, dw, fixed, carried, x, y, sample_weight):
-        var = self.variables[v]
-        _, plus, minus = candidate_values(var, j, dw)
+    def trial(self, v: VariableChoice, j, dw, fixed, carried, x, y, sample_weight):
+        """The `Trial` of scalar `j` of variable `v` (an index, or a `OneOf`)
+        at offset `dw`: two full forward passes."""
+        candidates = {id(c[0]): c for c in candidate_mapping(self.variables, v, j, dw)}
         results = []
-        for value in (plus, minus):
+        for half in (1, 2):  # w + d_plus, then w - d_minus
             # The scope substitutes the candidate for the variable and
             # swallows every state update (BN moving statistics, seeds).
             # Every trainable variable is mapped, so that weight regularizers
             # (which read variables through the scope) see the candidate.
-            mapping = [(w, value if w is var else tf.convert_to_tensor(w.value))
-                       for w in self.variables]
+            mapping = [(w, candidates[id(w)][half] if id(w) in candidates
+                        else tf.convert_to_tensor(w.value)) for w in self.variables]
             with keras.StatelessScope(state_mapping=mapping):
                 y_pred = self.forward(x)
                 loss = self.loss_fn(y, y_pred, sample_weight)

@@ -34,8 +34,9 @@ import keras
 import tensorflow as tf
 
 from keras_rso import _compat, distribution
-from keras_rso.evaluators.base import (LossFn, batchnorm_layers, cached_trial, candidate_values,
-                                       is_local, seed_states, split_offsets)
+from keras_rso.evaluators.base import (LossFn, VariableChoice, batchnorm_layers, cached_trial,
+                                       candidate_mapping, indices_of, is_local, seed_states,
+                                       split_offsets)
 from keras_rso.evaluators.rank_one import (_activate, _candidates_batchnorm, _channel,
                                            _channel_delta, _half, _output_channel,
                                            _pre_activation, _replace_channel, channel_layer)
@@ -407,15 +408,18 @@ class GraphEvaluator:
                 lambda *args: self._downstream(i, sparse, *args), autograph=False)
         return self._tails[i, sparse](stacked, outputs, pre, x, batch, c)
 
-    def _first(self, v: int, j, dw, values, pre):
-        """Node `i` of variable `v` for both candidates, stacked.
+    def _first(self, v: VariableChoice, j, dw, values, pre):
+        """Node `i` of variable `v` (an index, or a `OneOf` of whole-layer
+        parameters) for both candidates, stacked.
 
         Returns `(stacked, stacked pre-activation or None, c)`, where `c`
         is the one channel that differs from the cache, or None if the
         whole output is given.
         """
-        i = self.layer_of[v]
-        layer, var, kind = self.layers[i], self.variables[v], self.kind[v]
+        first = indices_of(v)[0]
+        i = self.layer_of[first]
+        layer, var = self.layers[i], self.variables[first]
+        kind = self.kind[first] if len(indices_of(v)) == 1 else None
         if kind is not None:
             # A weight of a Dense/Conv2D changes one channel of its output.
             k = self.slot[i]
@@ -430,16 +434,16 @@ class GraphEvaluator:
             p = tf.concat([_replace_channel(pre[k], c, p_c[:tf.shape(base_c)[0]]),
                            _replace_channel(pre[k], c, p_c[tf.shape(base_c)[0]:])], 0)
             return _activate(layer, p), p, None
-        _, plus, minus = candidate_values(var, j, dw)
+        mapping = candidate_mapping(self.variables, v, j, dw)
         if (self.plain_bn[i] and self.channelwise[i] and len(var.shape) == 1
-                and is_local(var)):
+                and all(is_local(c[0]) for c in mapping)):
             # gamma or beta of channel j: only that channel changes.
             h_c = _channel(values[0], j)
             return (_candidates_batchnorm(layer, tf.concat([h_c, h_c], 0), tf.shape(h_c)[0],
-                                          channel=j, candidates=(var, plus, minus)), None, j)
+                                          channel=j, candidates=mapping), None, j)
         outs, ps = [], []
-        for value in (plus, minus):
-            with keras.StatelessScope(state_mapping=[(var, value)]):
+        for half in (1, 2):  # w + d_plus, then w - d_minus
+            with keras.StatelessScope(state_mapping=[(c[0], c[half]) for c in mapping]):
                 if i in self.slot:
                     ps.append(_pre_activation(layer, values[0]))
                     outs.append(_activate(layer, ps[-1]))
@@ -447,10 +451,12 @@ class GraphEvaluator:
                     outs.append(self._call(i, values))
         return tf.concat(outs, 0), (tf.concat(ps, 0) if ps else None), None
 
-    def trial(self, v: int, j, dw, fixed, carried, x, y, sample_weight):
+    def trial(self, v: VariableChoice, j, dw, fixed, carried, x, y, sample_weight):
+        """The `Trial` of scalar `j` of variable `v` (an index, or a `OneOf`
+        of whole-layer parameters) at offset `dw`."""
         (x,) = fixed
         outputs, pre = carried
-        i = self.layer_of[v]
+        i = self.layer_of[indices_of(v)[0]]
         values = [x if a == MODEL_INPUT else outputs[a] for a in self.nodes[i].inputs]
         batch = tf.shape(values[0])[0]
         with keras.StatelessScope():

@@ -92,14 +92,18 @@ def _candidates_batchnorm(layer, h, batch, channel=None, candidates=None):
     next mixer are copied into that variable's branch of the step's graph,
     so the ops saved here are saved many times over in tracing and graph
     optimisation. `channel` picks one channel of the layer's parameters
-    when `h` carries only it. `candidates`, `(variable, plus, minus)` with
-    `variable` the layer's gamma or beta, gives that parameter a value per
-    half: the first half is normalised with `plus`, the second with
-    `minus`, in one pass.
+    when `h` carries only it. `candidates`, a list of `(variable, plus,
+    minus)` with each `variable` the layer's gamma or beta
+    (`candidate_mapping`), gives those parameters a value per half: the
+    first half is normalised with `plus`, the second with `minus`, in one
+    pass.
     """
+    given = {id(c[0]): c for c in candidates or ()}
+
     def param(v):
-        if candidates is not None and v is candidates[0]:
-            pair = tf.stack([param_of(candidates[1]), param_of(candidates[2])])
+        if id(v) in given:
+            _, plus, minus = given[id(v)]
+            pair = tf.stack([param_of(plus), param_of(minus)])
             # One value per half, broadcast over the `[2, batch, ...]` view.
             return tf.reshape(pair, [2] + [1] * (len(h.shape) - 1)
                               + ([1] if channel is not None else [-1]))
@@ -108,9 +112,10 @@ def _candidates_batchnorm(layer, h, batch, channel=None, candidates=None):
     def param_of(v):
         return tf.gather(v, channel) if channel is not None else tf.convert_to_tensor(v)
 
-    if candidates is not None and not any(
-            candidates[0] is getattr(layer, name, None) for name in ("gamma", "beta")):
-        raise ValueError(f"{candidates[0].path} is neither gamma nor beta of {layer.name}.")
+    own = {id(getattr(layer, name, None)) for name in ("gamma", "beta")}
+    for var, _, _ in candidates or ():
+        if id(var) not in own:
+            raise ValueError(f"{var.path} is neither gamma nor beta of {layer.name}.")
     two = tf.reshape(h, tf.concat([[2, batch], tf.shape(h)[1:]], 0))
     gamma = param(layer.gamma) if layer.scale else None
     beta = param(layer.beta) if layer.center else None
