@@ -34,9 +34,9 @@ import keras
 import tensorflow as tf
 
 from keras_rso import _compat, distribution
-from keras_rso.evaluators.base import (LossFn, VariableChoice, batchnorm_layers, cached_trial,
-                                       candidate_mapping, indices_of, is_local, seed_states,
-                                       split_offsets)
+from keras_rso.evaluators.base import (LossFn, OneOf, VariableChoice, batchnorm_layers,
+                                       cached_trial, candidate_mapping, indices_of, is_local,
+                                       seed_states, split_offsets)
 from keras_rso.evaluators.rank_one import (_activate, _candidates_batchnorm, _channel,
                                            _channel_delta, _half, _output_channel,
                                            _pre_activation, _replace_channel, channel_layer)
@@ -419,7 +419,7 @@ class GraphEvaluator:
         first = indices_of(v)[0]
         i = self.layer_of[first]
         layer, var = self.layers[i], self.variables[first]
-        kind = self.kind[first] if len(indices_of(v)) == 1 else None
+        kind = None if isinstance(v, OneOf) else self.kind[v]
         if kind is not None:
             # A weight of a Dense/Conv2D changes one channel of its output.
             k = self.slot[i]
