@@ -267,17 +267,21 @@ def _finish(model, splits, recorder, args, fields: dict,
                                            verbose=0)
         final = {"validation_accuracy": float(val_acc), "validation_loss": float(val_loss)}
     test_loss, test_acc = model.evaluate(*_xy(test), batch_size=_eval_batch(test), verbose=0)
+    test_size = len(test[0]) if isinstance(test, tuple) else None
     results = provenance(args)
     results.update(fields)
     results.update({
         "complete": True,
         "per_cycle": recorder.rows,
         "validation_size": args.validation_size, **final,
+        # Examples scored (None: a stream, counted by nobody).
+        "test_size": test_size,
         "test_accuracy": float(test_acc), "test_loss": float(test_loss),
         "seconds": recorder.rows[-1]["seconds"] if recorder.rows else 0.0,
     })
     if raw_pixels is not None:
-        x_raw, y_raw = raw_pixels.test
+        # The raw images of the test examples scored above.
+        x_raw, y_raw = raw_pixels.test[0][:test_size], raw_pixels.test[1][:test_size]
         model = raw_pixel_model(model, raw_pixels.layer, x_raw.shape[1:])
         results["saved_model_inputs"] = "raw pixels"
         results["saved_model_test_accuracy"] = accuracy(model, x_raw, y_raw)
@@ -288,7 +292,8 @@ def _finish(model, splits, recorder, args, fields: dict,
     return results
 
 
-def split_validation(data, validation_size: int, limit: Optional[int] = None):
+def split_validation(data, validation_size: int, limit: Optional[int] = None,
+                     test_limit: Optional[int] = None):
     """Holds out the last `validation_size` training examples for validation.
 
     Settings are chosen on the validation split; the test split is only
@@ -302,6 +307,9 @@ def split_validation(data, validation_size: int, limit: Optional[int] = None):
         limit: If given, train on the first `limit` of the remaining
             training examples only (smoke runs); the validation split is
             unchanged.
+        test_limit: If given, keep only the first `test_limit` test
+            examples (smoke runs: scoring 10,000 images can cost more than
+            the training it checks).
 
     Returns:
         `(train, validation, test)`, each an `(x, y)` pair; `validation` is
@@ -317,6 +325,8 @@ def split_validation(data, validation_size: int, limit: Optional[int] = None):
     validation = (x_train[n:], y_train[n:]) if validation_size else None
     if limit is not None:
         train = (train[0][:limit], train[1][:limit])
+    if test_limit is not None:
+        test = (test[0][:test_limit], test[1][:test_limit])
     return train, validation, test
 
 
@@ -326,11 +336,14 @@ def data_splits(data, args):
     Arrays (`((x_train, y_train), (x_test, y_test))`) are split by
     `split_validation`; a `TFDSData` already holds its three streams.
     """
+    test_limit = getattr(args, "test_limit", None)
     if isinstance(data, TFDSData):
         train = data.train if args.limit is None else data.train.unbatch().take(
             args.limit).batch(args.batch_size)
-        return train, data.validation, data.test
-    return split_validation(data, args.validation_size, args.limit)
+        test = data.test if test_limit is None else data.test.unbatch().take(
+            test_limit).batch(args.batch_size)
+        return train, data.validation, test
+    return split_validation(data, args.validation_size, args.limit, test_limit)
 
 
 def train_mean(data, args, per_channel: bool):
@@ -541,6 +554,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int,
                   validation_size: int = 10000, presets: Sequence[str] = ("paper",)):
     """Adds the flags shared by the RSO example scripts; `presets` are the
@@ -728,6 +748,9 @@ def add_common_flags(parser, validation_size: int = 10000):
                              "the final model (0: train on all, as the paper)")
     parser.add_argument("--limit", type=int, default=None,
                         help="train on the first N training images only (smoke runs)")
+    parser.add_argument("--test-limit", type=_positive_int, default=None,
+                        help="score the final model on the first N test images only "
+                             "(smoke runs; results record test_size)")
     parser.add_argument("--logdir", default=None, help="TensorBoard log directory")
     parser.add_argument("--save", default=None, help="save the trained model (.keras)")
     parser.add_argument("--results", default=None, help="write results JSON here")

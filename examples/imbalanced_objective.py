@@ -98,7 +98,8 @@ def main(argv=None):
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         results = run_gradient(build, data, args, loss=loss)
     model = built[-1]
-    _, validation, test = split_validation(data, args.validation_size, args.limit)
+    _, validation, test = split_validation(data, args.validation_size, args.limit,
+                                          args.test_limit)
 
     def positive_probability(split):
         logits = model.predict(split[0], batch_size=2048, verbose=0)

@@ -1,13 +1,15 @@
 """The experiment drivers: the results recorder keeps every cycle across a
 resume; the gradient baseline's optimizer and learning-rate schedule."""
 
+import argparse
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from examples.experiment import EpochRecorder, gradient_optimizer
+from examples.experiment import EpochRecorder, data_splits, gradient_optimizer
+from keras_rso.datasets import TFDSData
 
 
 def _epoch(recorder, epoch, loss):
@@ -111,3 +113,20 @@ def test_pool_size_flag_defaults_to_the_training_split_under_the_paper_preset():
     assert _pool_size(parse_rso_args(parser, ["--pool-size", "300"]), train, paper=False) == 300
     with pytest.raises(ValueError, match="--pool-size"):
         _pool_size(paper, object(), paper=True)
+
+
+def test_test_limit_keeps_the_first_test_examples_of_arrays_and_streams():
+    x = np.arange(20, dtype="float32").reshape(20, 1)
+    y = np.arange(20, dtype="int32")
+    args = argparse.Namespace(validation_size=4, limit=None, test_limit=3, batch_size=2)
+    train, validation, test = data_splits(((x[:12], y[:12]), (x[12:], y[12:])), args)
+    assert len(train[0]) == 8 and len(validation[0]) == 4
+    np.testing.assert_array_equal(test[1], [12, 13, 14])
+    stream = tf.data.Dataset.from_tensor_slices((x, y)).batch(2)
+    data = TFDSData(stream, None, stream, (1,), 20, mean=0.0, variance=1.0)
+    _, _, test = data_splits(data, args)
+    labels = np.concatenate([b.numpy() for _, b in test])
+    np.testing.assert_array_equal(labels, [0, 1, 2])
+    args.test_limit = None
+    _, _, test = data_splits(data, args)
+    assert test is stream
