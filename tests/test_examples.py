@@ -330,6 +330,7 @@ def test_binary_mnist_exports_a_binary_model_that_reloads(tmp_path):
     results, saved = tmp_path / "b.json", tmp_path / "b.keras"
     _run_here("examples/binary_mnist.py", "--cycles", "1", "--limit", "128",
               "--validation-size", "32", "--batch-size", "4", "--weights-per-batch", "1024",
+              "--test-limit", "500",
               "--verbose", "0", "--results", str(results), "--save", str(saved))
     r = json.loads(results.read_text())
     assert r["trials_per_cycle"] == 12016 and r["weight_updates"] > 0
