@@ -20,6 +20,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 import keras
 from keras.src.utils import file_utils
 import numpy as np
+import tensorflow as tf
 
 from keras_rso.callbacks import LayerAcceptRates, SigmaAnnealing, SigmaBalancing
 from keras_rso.datasets import TFDSData, load_tfds
@@ -336,14 +337,15 @@ def data_splits(data, args):
     Arrays (`((x_train, y_train), (x_test, y_test))`) are split by
     `split_validation`; a `TFDSData` already holds its three streams.
     """
-    test_limit = getattr(args, "test_limit", None)
     if isinstance(data, TFDSData):
-        train = data.train if args.limit is None else data.train.unbatch().take(
-            args.limit).batch(args.batch_size)
-        test = data.test if test_limit is None else data.test.unbatch().take(
-            test_limit).batch(args.batch_size)
-        return train, data.validation, test
-    return split_validation(data, args.validation_size, args.limit, test_limit)
+        return (_first(data.train, args.limit, args.batch_size), data.validation,
+                _first(data.test, args.test_limit, args.batch_size))
+    return split_validation(data, args.validation_size, args.limit, args.test_limit)
+
+
+def _first(stream: tf.data.Dataset, count: Optional[int], batch_size: int) -> tf.data.Dataset:
+    """The first `count` examples of a batched `stream` (all when `None`)."""
+    return stream if count is None else stream.unbatch().take(count).batch(batch_size)
 
 
 def train_mean(data, args, per_channel: bool):

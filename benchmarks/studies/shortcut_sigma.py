@@ -16,7 +16,7 @@ before and after.
 Example:
     python -m benchmarks.studies.shortcut_sigma \\
         --model docs/results/models/cifar10_paper_net_b512_k64_balanced_random_seed0.keras \\
-        --seeds 0 1 2 --output docs/results/shortcut_sigma.json
+        --seeds 0 1 2 --batch-size 500 --output docs/results/shortcut_sigma_b500.json
 """
 
 import argparse
@@ -32,9 +32,9 @@ from keras_rso import datasets, models
 
 
 def _shortcut(model: keras.Model) -> keras.Variable:
-    (layer,) = [l for l in model.layers if l.name.endswith("_shortcut")
-                and isinstance(l, keras.layers.Conv2D)]
-    return layer.kernel
+    """The shortcut kernel: the one variable `models.paper_sigmas` names."""
+    (path,) = models.paper_sigmas(model)
+    return next(v for v in model.trainable_variables if v.path == path)
 
 
 def _score(model: keras.Model, x: np.ndarray, y: np.ndarray) -> Dict[str, float]:
