@@ -467,6 +467,9 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
         "parameters": _count(model),
         "trials_per_cycle": trainer.trials_per_cycle,
         "weight_updates": int(trainer.optimizer.weight_updates.numpy()),
+        # What the search ran with, flags and preset resolved (for example
+        # the pool size `--preset paper` chose).
+        "optimizer": trainer.optimizer.get_config(),
     }, raw_pixels)
     print(f"Test accuracy after {len(recorder.rows)} cycle(s): {results['test_accuracy']:.4f}  "
           f"({results['weight_updates']} weight updates, {results['seconds']:.0f} s)")

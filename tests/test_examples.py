@@ -118,27 +118,32 @@ def _kill_after_first_backup(script, args, backup, env):
         proc.wait()
 
 
-def test_mnist_example_end_to_end_through_a_kill_and_resume(tmp_path):
+def test_mnist_example_end_to_end_through_a_kill_and_resume(tmp_path, monkeypatch, capsys):
     results, saved, logdir = tmp_path / "r.json", tmp_path / "m.keras", tmp_path / "logs"
     backup = tmp_path / "backup"
     # The paper's network at 4 channels (854 weights), 2 cycles on 2048 images,
     # killed once cycle 1 is backed up, then the same command again.
-    # (Bit-exact resume itself is tested on the API in test_resume.py.)
+    # (Bit-exact resume itself is tested on the API in test_resume.py, with
+    # the layer-input pool in test_pool.py; `--pool-size` below.)
     # Batch 32: a trial's cost grows with the batch, and tracing the step
     # already takes much of each process's time.
-    # With a layer-input pool of 256 images, in the paper's order (each
-    # segment fills it in 8 steps of 32 first).
     # Validation on 512 images: 10,000 after each cycle cost more than it checks.
     args = ["--cycles", "2", "--limit", "2048", "--filters", "4", "--validation-size", "512",
             "--weights-per-batch", "128", "--batch-size", "32", "--verbose", "2",
-            "--pool-size", "256", "--order", "paper",
+            "--order", "paper",
             "--results", str(results), "--save", str(saved), "--logdir", str(logdir),
             "--backup-dir", str(backup)]
     # Results files record the speed settings they ran with.
     env = {k: v for k, v in ENV.items() if k not in SPEED_SETTINGS}
     env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
     _kill_after_first_backup("examples/mnist_rso.py", args, backup, env)
-    out = _run("examples/mnist_rso.py", *args, env=env)
+    # The second run in this process (the killed one had to be a process of
+    # its own), under the same environment variables.
+    for name in SPEED_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TF_CPU_ALLOCATOR_USE_BFC", "true")
+    _run_here("examples/mnist_rso.py", *args)
+    out = capsys.readouterr().out
     assert "Epoch 2/2" in out and "Epoch 1/2" not in out, out  # resumed, not restarted
     assert not backup.exists()  # removed when training ended
 
@@ -155,7 +160,7 @@ def test_mnist_example_end_to_end_through_a_kill_and_resume(tmp_path):
     # Chance is 0.1; on the 10,000 test images its standard error is 0.003.
     assert r["test_accuracy"] > 0.15
     assert "mnist_rso.py" in r["command"] and r["complete"] is True
-    assert r["args"]["pool_size"] == 256 and r["args"]["order"] == "paper"
+    assert r["args"]["order"] == r["optimizer"]["order"] == "paper"
     # Speeds differ several-fold between CPUs, so results name theirs.
     assert r["machine"]["cpu"] and r["machine"]["avx512"] in (True, False, None)
     assert r["machine"]["settings"] == {"TF_CPU_ALLOCATOR_USE_BFC": "true"}  # as run above
@@ -274,6 +279,35 @@ def test_mnist_example_trains_the_papers_net_with_chosen_settings(monkeypatch):
     # behind the standardization.
     handed = _handed_to_run_rso(monkeypatch, "mnist_rso", ["--batch-size", "2048"])
     assert handed["model"].name != "paper_mnist_net" and handed["raw_pixels"] is not None
+
+
+def _optimizer_config(monkeypatch, script: str, argv: list) -> dict:
+    """The config of the RSO that `examples/<script>.py` compiles, caught
+    where the fit would begin (nothing is trained)."""
+    module = importlib.import_module(f"examples.{script}")
+
+    class Caught(Exception):
+        pass
+
+    def catch(trainer, *_):
+        raise Caught(trainer.optimizer.get_config())
+
+    # The training loop's module, as the script imported it.
+    monkeypatch.setattr(sys.modules[module.run_rso.__module__], "_fit", catch)
+    with pytest.raises(Caught) as caught:
+        module.main(argv)
+    return caught.value.args[0]
+
+
+def test_pool_size_flag_reaches_the_optimizer(monkeypatch):
+    limit = ["--limit", "600", "--validation-size", "100"]
+    assert _optimizer_config(monkeypatch, "mnist_rso", limit)["pool_size"] is None
+    assert _optimizer_config(monkeypatch, "mnist_rso", [*limit, "--pool-size", "256"]
+                             )["pool_size"] == 256
+    # --preset paper pools the whole training split (the 600 of --limit), as
+    # the authors' code does.
+    paper = _optimizer_config(monkeypatch, "mnist_rso", [*limit, "--preset", "paper"])
+    assert (paper["pool_size"], paper["weights_per_batch"], paper["sigma_rule"]) == (600, 1, "he")
 
 
 def test_mnist_fastest_preset_is_the_validated_command(monkeypatch):
