@@ -33,6 +33,7 @@ HEADLINE = [
     ("mnist_val10k_b2048_k64_balanced_random_parabolic_seed2.keras",
      "mnist_val10k_b2048_k64_c5_s3_ff033_balanced_random_parabolic_seed2.json"),
     ("mnist_paper_preset_c5_of50_seed0.keras", "mnist_paper_preset_c5_of50_seed0.json"),
+    ("mnist_paper_preset_c5_of50_seed1.keras", "mnist_paper_preset_c5_of50_seed1.json"),
     ("binary_mnist_rso_b2048_k64_random_seed0.keras",
      "binary_mnist_rso_b2048_k64_random_seed0.json"),
     ("binary_mnist_rso_b4096_k64_random_seed0.keras",
