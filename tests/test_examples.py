@@ -23,26 +23,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
-def _command(script):
-    """How a user runs `script`: examples as files, benchmarks as modules."""
-    if script.startswith("benchmarks/"):
-        return [sys.executable, "-m", script[:-3].replace("/", ".")]
-    return [sys.executable, str(ROOT / script)]
-
-
-def _run(script, *args, timeout=400, env=ENV):
-    """Runs `script` in a new process, as a user does; returns its stdout."""
-    out = subprocess.run([*_command(script), *args], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=timeout)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
-
-
 def _run_here(script, *args):
     """Runs `script` as `python script args` does (`__main__`, `sys.argv`),
     inside this process: TensorFlow is already imported, which saves each
-    run the seconds a new process takes to import it. (Runs that must be a
-    process of their own, to be killed, use `_run`.)"""
+    run the seconds a new process takes to import it. (A run that must be a
+    process of its own, to be killed, goes through `_kill_after_first_backup`.)"""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sys, "argv", [script, *args])
         runpy.run_path(str(ROOT / script), run_name="__main__")
