@@ -199,10 +199,10 @@ def _small_convnet_without_flat_bias():
     (_deeper_convnet_with_frozen_bn, 64, 0, "output_to_input"),
     (deeper_convnet, 16, 0, "input_to_output"), (deeper_convnet, 16, 3, "random")])
 def test_fast_path_matches_full_forward_path(toy_data, float64, build, k, passes, order):
-    # In float64, and a candidate must beat w by a relative 1e-10: a weight
-    # whose unit is dead on the batch ties exactly, and the paths' rounding
-    # (1e-16 here, 1e-7 in float32) took such a candidate on one path only
-    # (seen on an AMD EPYC with AVX-512); every other decision is far wider.
+    # In float64, and a candidate must beat w by a relative 1e-10: losses
+    # equal to within rounding (a unit dead on the batch ties exactly) were
+    # taken as better on one path only, in float32 and in float64, on an
+    # AMD EPYC with AVX-512; with the margin every decision agreed.
     x, y = toy_data
     x = x.astype("float64")
     weights = {}
