@@ -15,7 +15,7 @@ import os
 import platform
 import sys
 import time
-from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import keras
 from keras.src.utils import file_utils
@@ -89,7 +89,8 @@ class EpochRecorder(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
-        self._offset = 0.0
+        # A later fit of the same run (--batch-schedule) counts on.
+        self._offset = self.rows[-1]["seconds"] if self.rows else 0.0
         self._epoch = 0
         self._last_progress = self._start
         # What an interrupted process left in the backup directory: its rows
@@ -371,19 +372,21 @@ def _xy(split) -> tuple:
     return tuple(split) if isinstance(split, tuple) else (split,)
 
 
-def _fit(model: keras.Model, splits, args, epochs: int, callbacks: list):
+def _fit(model: keras.Model, splits, args, epochs: int, callbacks: list,
+         batch_size: Optional[int] = None, initial_epoch: int = 0):
     """`model.fit` on the training split, validated on the validation split
-    (never the test split), with TensorBoard logs when `--logdir` is given."""
+    (never the test split), with TensorBoard logs when `--logdir` is given;
+    batches of `batch_size` (default `--batch-size`) for arrays."""
     train, validation, _ = splits
     if args.logdir:
         callbacks = callbacks + [keras.callbacks.TensorBoard(args.logdir)]
-    batch_size = args.batch_size if isinstance(train, tuple) else None
+    batch_size = (batch_size or args.batch_size) if isinstance(train, tuple) else None
     # Each cycle's validation pass uses the final evaluation's batch
     # (`_finish`), not the search's: a pass is then a few large batches even
     # when the search runs on small ones, and the last cycle's validation
     # numbers are the final ones.
     model.fit(*_xy(train), batch_size=batch_size, epochs=epochs,
-              validation_data=validation,
+              initial_epoch=initial_epoch, validation_data=validation,
               validation_batch_size=_eval_batch(validation),
               callbacks=callbacks, verbose=args.verbose)
 
@@ -431,16 +434,22 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
                         sigma_rule=args.sigma_rule,
                         output_passes=args.output_passes,
                         step_rule=args.step_rule, pool_size=pool_size)
+        # The schedule's length is given, not taken from `fit`'s epochs:
+        # a --batch-schedule runs one fit per batch size.
         annealing = SigmaAnnealing(final_fraction=args.final_fraction,
-                                   total_cycles=args.schedule_cycles)
+                                   total_cycles=args.schedule_cycles or args.cycles)
     trainer.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     backup_dir = args.backup_dir
     # Per-variable accept rates go into every results row (and, with
     # --logdir, to TensorBoard): they show which layers' steps are too large.
     layer_rates = LayerAcceptRates(args.logdir)
 
+    phases = batch_phases(args)
+    running = {"batch_size": phases[0][0]}  # the fit in progress
+
     def add_layer_rates(row):
         row["accept_rate_per_variable"] = layer_rates.rates()
+        row["batch_size"] = running["batch_size"]
 
     recorder = EpochRecorder(_partial_writer(args, {
         "method": "rso", "model": model.name, "parameters": _count(model),
@@ -452,15 +461,29 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
         # Before BackupAndRestore, so that an epoch's backup holds the
         # sigmas the next cycle will use.
         callbacks.insert(1, SigmaBalancing())
-    if backup_dir:
-        # After the recorder: if a kill falls between the two epoch-end
-        # writes, the backup is the older one and the recorder's extra row
-        # is dropped on resume (the other order would lose a row).
-        callbacks.append(keras.callbacks.BackupAndRestore(
-            backup_dir, save_freq=args.backup_every or "epoch"))
-    if args.stop_after:
-        callbacks.append(StopAfter(args.stop_after))
-    _fit(trainer, splits, args, args.cycles, callbacks)
+    after_backup = [StopAfter(args.stop_after)] if args.stop_after else []
+    start = 0
+    for index, (batch_size, end) in enumerate(phases):
+        running["batch_size"] = batch_size
+        last = index == len(phases) - 1
+        if not last and backup_dir and backed_up_epochs(backup_dir) >= end:
+            # Done before an interruption; the next phase's fit restores
+            # the backup it left.
+            start = end
+            continue
+        backup = []
+        if backup_dir:
+            # After the recorder: if a kill falls between the two epoch-end
+            # writes, the backup is the older one and the recorder's extra
+            # row is dropped on resume (the other order would lose a row).
+            # Kept between phases: the next phase resumes from it.
+            backup = [keras.callbacks.BackupAndRestore(
+                backup_dir, save_freq=args.backup_every or "epoch", delete_checkpoint=last)]
+        _fit(trainer, splits, args, end, callbacks + backup + after_backup,
+             batch_size=batch_size, initial_epoch=start)
+        start = end
+        if trainer.stop_training:  # --stop-after
+            break
     results = _finish(model, splits, recorder, args, {
         "method": "rso",
         "model": model.name,
@@ -474,6 +497,43 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
     print(f"Test accuracy after {len(recorder.rows)} cycle(s): {results['test_accuracy']:.4f}  "
           f"({results['weight_updates']} weight updates, {results['seconds']:.0f} s)")
     return results
+
+
+def batch_phases(args) -> List[Tuple[int, int]]:
+    """`(batch size, epoch the fit ends at)` of each fit the run makes: one
+    per `--batch-schedule` entry, else one at `--batch-size` for all cycles."""
+    if not args.batch_schedule:
+        return [(args.batch_size, args.cycles)]
+    phases, end = [], 0
+    for batch_size, cycles in args.batch_schedule:
+        end += cycles
+        phases.append((batch_size, end))
+    return phases
+
+
+def backed_up_epochs(backup_dir: str) -> int:
+    """Epochs completed in the `BackupAndRestore` backup in `backup_dir`
+    (0 when there is none)."""
+    metadata = read_json(file_utils.join(backup_dir, "training_metadata.json"))
+    return int(metadata["epoch"]) if metadata else 0
+
+
+def parse_batch_schedule(text: str) -> List[Tuple[int, int]]:
+    """`--batch-schedule` as `[(batch size, cycles), ...]`: "512:2,2048:3"."""
+    schedule = []
+    for entry in text.split(","):
+        parts = entry.strip().split(":")
+        try:
+            batch_size, cycles = (int(part) for part in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected BATCH:CYCLES pairs separated by commas (e.g. 512:2,2048:3); "
+                f"got {entry.strip()!r} in {text!r}") from None
+        if batch_size < 1 or cycles < 1:
+            raise argparse.ArgumentTypeError(
+                f"batch sizes and cycles must be >= 1; got {entry.strip()!r}")
+        schedule.append((batch_size, cycles))
+    return schedule
 
 
 def _pool_size(args, train, paper: bool) -> Optional[int]:
@@ -624,6 +684,11 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int,
     parser.add_argument("--sigma-rule", default="std", choices=["std", "he"],
                         help="std: each variable's initial std; he: a kernel's He std and "
                              "0.167 for BatchNorm gamma/beta (the authors' code)")
+    parser.add_argument("--batch-schedule", type=parse_batch_schedule, default=None,
+                        help="batch size by cycle, as BATCH:CYCLES pairs in order (e.g. "
+                             "512:2,2048:3: the first 2 cycles on batches of 512, the next 3 "
+                             "on 2048; one fit per pair); replaces --batch-size, and its "
+                             "cycles make --cycles (paper: 5000 throughout)")
     parser.add_argument("--backup-dir", default=None,
                         help="keep a backup here; rerunning the same command after an "
                              "interruption resumes where it stopped (removed at the end)")
@@ -697,7 +762,28 @@ def parse_rso_args(parser, argv=None):
         if changed:
             parser.error(f"--preset {args.preset} fixes {', '.join(sorted(changed))}; "
                          "drop them, or leave out --preset to choose them yourself")
+    if args.batch_schedule:
+        _check_batch_schedule(parser, args)
     return args
+
+
+def _check_batch_schedule(parser, args) -> None:
+    """Refuses flags that contradict `--batch-schedule`; sets `--cycles`."""
+    if preset_of(args):
+        parser.error(f"--preset {args.preset} fixes the batch size; drop --batch-schedule")
+    if args.batch_size != parser.get_default("batch_size"):
+        parser.error("--batch-schedule gives the batch sizes; drop --batch-size")
+    if args.pool_size:
+        parser.error("--batch-schedule cannot be combined with --pool-size (a pool "
+                     "serves one batch size); drop one of them")
+    if getattr(args, "dataset", "").startswith("tfds:"):
+        parser.error("--batch-schedule batches arrays; a --dataset tfds:... stream comes "
+                     "batched at --batch-size")
+    cycles = sum(c for _, c in args.batch_schedule)
+    if args.cycles != parser.get_default("cycles") and args.cycles != cycles:
+        parser.error(f"--batch-schedule runs {cycles} cycles but --cycles is {args.cycles}; "
+                     "drop --cycles or make them agree")
+    args.cycles = cycles
 
 
 def add_net_flag(parser, variant: str, help_variant: str) -> None:

@@ -107,16 +107,18 @@ def test_mnist_example_end_to_end_through_a_kill_and_resume(tmp_path, monkeypatc
     results, saved, logdir = tmp_path / "r.json", tmp_path / "m.keras", tmp_path / "logs"
     backup = tmp_path / "backup"
     # The paper's network at 4 channels (854 weights), 2 cycles on 2048 images,
-    # killed once cycle 1 is backed up, then the same command again.
-    # (Bit-exact resume itself is tested on the API in test_resume.py, with
-    # the layer-input pool in test_pool.py; `--pool-size` below.)
-    # Batch 32: a trial's cost grows with the batch, and tracing the step
-    # already takes much of each process's time.
+    # the first on batches of 32 and the second on 64 (--batch-schedule: one
+    # fit each), killed once cycle 1 is backed up, then the same command
+    # again: it skips the first fit and ends with the weights of a run never
+    # interrupted. (Bit-exact resume inside a fit is tested on the API in
+    # test_resume.py, with the layer-input pool in test_pool.py.)
+    # Small batches: a trial's cost grows with the batch, and tracing the
+    # step already takes much of each process's time.
     # Validation on 512 images: 10,000 after each cycle cost more than it checks.
-    args = ["--cycles", "2", "--limit", "2048", "--filters", "4", "--validation-size", "512",
-            "--weights-per-batch", "128", "--batch-size", "32", "--verbose", "2",
-            "--order", "paper",
-            "--results", str(results), "--save", str(saved), "--logdir", str(logdir),
+    common = ["--batch-schedule", "32:1,64:1", "--limit", "2048", "--filters", "4",
+              "--validation-size", "512", "--weights-per-batch", "128", "--verbose", "2",
+              "--order", "paper"]
+    args = [*common, "--results", str(results), "--save", str(saved), "--logdir", str(logdir),
             "--backup-dir", str(backup)]
     # Results files record the speed settings they ran with.
     env = {k: v for k, v in ENV.items() if k not in SPEED_SETTINGS}
@@ -131,8 +133,17 @@ def test_mnist_example_end_to_end_through_a_kill_and_resume(tmp_path, monkeypatc
     out = capsys.readouterr().out
     assert "Epoch 2/2" in out and "Epoch 1/2" not in out, out  # resumed, not restarted
     assert not backup.exists()  # removed when training ended
+    # (Its test score is not read: 256 test images.)
+    _run_here("examples/mnist_rso.py", *common, "--test-limit", "256",
+              "--save", str(tmp_path / "whole.keras"))
+    whole = keras.models.load_model(tmp_path / "whole.keras").get_weights()
+    resumed = keras.models.load_model(saved).get_weights()
+    assert len(whole) == len(resumed)
+    assert all(np.array_equal(a, b) for a, b in zip(whole, resumed))
 
     r = json.loads(results.read_text())
+    assert [row["batch_size"] for row in r["per_cycle"]] == [32, 64]
+    assert r["args"]["cycles"] == 2
     n = r["trials_per_cycle"]
     assert r["method"] == "rso" and n == 6 * 4 * 2 + 36 + 5 * 144 + 50
     # Rows of both processes; counters continue from the restored state.
@@ -274,7 +285,7 @@ def _optimizer_config(monkeypatch, script: str, argv: list) -> dict:
     class Caught(Exception):
         pass
 
-    def catch(trainer, *_):
+    def catch(trainer, *_, **__):
         raise Caught(trainer.optimizer.get_config())
 
     # The training loop's module, as the script imported it.
@@ -313,6 +324,25 @@ def test_mnist_fastest_preset_is_the_validated_command(monkeypatch):
     assert preset["loss"] == explicit["loss"] and preset["raw_pixels"] is not None
     shorter = _handed_to_run_rso(monkeypatch, "mnist_rso", ["--preset", "fastest", "--cycles", "2"])
     assert (shorter["args"].cycles, shorter["args"].schedule_cycles) == (2, 5)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-schedule", "512:2,2048"], "expected BATCH:CYCLES pairs"),
+    (["--batch-schedule", "512:0"], "batch sizes and cycles must be >= 1"),
+    (["--batch-schedule", "512:2,2048:3", "--cycles", "4"],
+     "--batch-schedule runs 5 cycles but --cycles is 4"),
+    (["--batch-schedule", "512:2", "--batch-size", "256"], "drop --batch-size"),
+    (["--batch-schedule", "512:2", "--preset", "fastest"],
+     "--preset fastest fixes the batch size"),
+    (["--batch-schedule", "512:2", "--pool-size", "1000"], "cannot be combined with --pool-size"),
+    (["--batch-schedule", "512:2", "--dataset", "tfds:mnist"], "comes batched at --batch-size"),
+])
+def test_batch_schedule_rejects_what_contradicts_it(argv, message, capsys):
+    module = importlib.import_module("examples.mnist_rso")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err, err[-2000:]
 
 
 @pytest.mark.parametrize("script, argv, message", [
