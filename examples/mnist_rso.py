@@ -8,6 +8,8 @@ Defaults: batch 1024, 64 weights per batch, the paper's sigma schedule of
 1x down to 0.1x at the last cycle, the paper's visiting order. The flags
 change each of these (--batch-size, --weights-per-batch, --sigma-scale,
 --final-fraction, --balance-sigma, --order, --step-rule, --output-passes);
+--batch-schedule 512:2,2048:3 changes the batch size from one cycle to the
+next (one fit per batch size, resumable across them);
 docs/results.md records what each setting measured, with its command.
 --net paper trains the authors' network instead (keras_rso.models.paper_mnist_net:
 raw pixels in, logits out, their float64 summed loss) under the search
