@@ -600,7 +600,14 @@ def run_gradient(build_model: Callable[[], keras.Model], data, args,
 
     Records accuracy per epoch and the number of parameter updates
     (parameters x steps), the paper's count for SGD.
+
+    Raises:
+        ValueError: If `--batch-schedule` was given (an RSO flag: the
+            gradient baseline trains on `--batch-size` throughout).
     """
+    if getattr(args, "batch_schedule", None):
+        raise ValueError("--batch-schedule applies to --method rso; the gradient baseline "
+                         "trains on --batch-size throughout: drop --batch-schedule")
     splits = data_splits(data, args)
     keras.utils.set_random_seed(args.seed)
     model = build_model()

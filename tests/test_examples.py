@@ -346,6 +346,13 @@ def test_batch_schedule_rejects_what_contradicts_it(argv, message, capsys):
     assert exit_info.value.code == 2 and message in err, err[-2000:]
 
 
+def test_gradient_baselines_refuse_a_batch_schedule():
+    # --batch-schedule is an RSO flag; the STE baseline must not drop it silently.
+    module = importlib.import_module("examples.binary_mnist")
+    with pytest.raises(ValueError, match="--batch-schedule applies to --method rso"):
+        module.main(["--method", "ste", "--batch-schedule", "512:1", "--limit", "64"])
+
+
 @pytest.mark.parametrize("script, argv, message", [
     ("cifar10_rso.py", ["--preset", "paper", "--net", "cifar10_net"],
      "--preset paper trains the paper's network"),
