@@ -445,11 +445,11 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
     layer_rates = LayerAcceptRates(args.logdir)
 
     phases = batch_phases(args)
-    running = {"batch_size": phases[0][0]}  # the fit in progress
 
     def add_layer_rates(row):
         row["accept_rate_per_variable"] = layer_rates.rates()
-        row["batch_size"] = running["batch_size"]
+        # The batch of the fit that ran this cycle (rows count from 1).
+        row["batch_size"] = next(b for b, end in phases if row["epoch"] <= end)
 
     recorder = EpochRecorder(_partial_writer(args, {
         "method": "rso", "model": model.name, "parameters": _count(model),
@@ -464,7 +464,6 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
     after_backup = [StopAfter(args.stop_after)] if args.stop_after else []
     start = 0
     for index, (batch_size, end) in enumerate(phases):
-        running["batch_size"] = batch_size
         last = index == len(phases) - 1
         if not last and backup_dir and backed_up_epochs(backup_dir) >= end:
             # Done before an interruption; the next phase's fit restores

@@ -39,6 +39,7 @@ import keras
 import numpy as np
 
 import keras_rso
+from examples.experiment import provenance, write_json
 from keras_rso import datasets, models
 
 VARIANTS = ("authors", "mean_loss", "standardized")
@@ -63,12 +64,11 @@ class WeightTrace(keras.callbacks.Callback):
 
 
 def run_variant(variant: str, seed: int, x: np.ndarray, y: np.ndarray, batch_size: int,
-                steps: int, validation=None) -> tuple:
+                steps: int, mean: float, std: float, validation=None) -> tuple:
     """Trainable weights before and after each of `steps` RSO steps, one
     row each (`steps + 1` rows), and the validation accuracy of the final
-    weights (`None` without `validation`, raw `(x, y)`)."""
-    mean = float((x / 255.0).mean(dtype=np.float64))
-    std = float((x / 255.0).std(dtype=np.float64))
+    weights (`None` without `validation`, raw `(x, y)`). `mean` and `std`
+    are those of the training pixels / 255."""
     loss = models.paper_loss()
     if variant == "mean_loss":
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -114,7 +114,8 @@ def main(argv=None):
                         help="RSO steps per run (64 trials each; a cycle is 188)")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--validation-size", type=int, default=10000,
-                        help="training images held out (never read here), as the examples do")
+                        help="training images held out, as the examples do (read only "
+                             "by --score)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS[1:], default=VARIANTS[1:],
                         help="what to compare with the authors' loss and inputs")
     parser.add_argument("--score", action="store_true",
@@ -126,9 +127,11 @@ def main(argv=None):
     n = len(x) - args.validation_size
     validation = (x[n:], y[n:]) if args.score else None
     x, y = x[:n], y[:n]
+    mean = float((x / 255.0).mean(dtype=np.float64))
+    std = float((x / 255.0).std(dtype=np.float64))
     rows = []
     for seed in args.seeds:
-        runs = {v: run_variant(v, seed, x, y, args.batch_size, args.steps, validation)
+        runs = {v: run_variant(v, seed, x, y, args.batch_size, args.steps, mean, std, validation)
                 for v in ("authors", *args.variants)}
         for variant in args.variants:
             row = {"seed": seed, "variant": variant, "steps": args.steps,
@@ -138,11 +141,7 @@ def main(argv=None):
                 row["authors_validation_accuracy"] = runs["authors"][1]
             rows.append(row)
             print(json.dumps(row))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump({"command": "python -m benchmarks.studies.loss_and_input_scaling "
-                       + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
-                       "rows": rows}, f, indent=1)
+    write_json({**provenance(args), "rows": rows}, args.output)
 
 
 if __name__ == "__main__":
