@@ -475,7 +475,8 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
             # After the recorder: if a kill falls between the two epoch-end
             # writes, the backup is the older one and the recorder's extra
             # row is dropped on resume (the other order would lose a row).
-            # Kept between phases: the next phase resumes from it.
+            # Kept between phases: the next phase resumes from it
+            # (`RSOModel.fit` saves a kept backup at the fit's end too).
             backup = [keras.callbacks.BackupAndRestore(
                 backup_dir, save_freq=args.backup_every or "epoch", delete_checkpoint=last)]
         _fit(trainer, splits, args, end, callbacks + backup + after_backup,
@@ -483,8 +484,6 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
         start = end
         if trainer.stop_training:  # --stop-after
             break
-        if not last and backup_dir:
-            back_up_epoch_end(trainer, backup_dir, end)
     results = _finish(model, splits, recorder, args, {
         "method": "rso",
         "model": model.name,
@@ -510,20 +509,6 @@ def batch_phases(args) -> List[Tuple[int, int]]:
         end += cycles
         phases.append((batch_size, end))
     return phases
-
-
-def back_up_epoch_end(model: keras.Model, backup_dir: str, epochs: int) -> None:
-    """Writes the `BackupAndRestore` backup of `model` after `epochs`
-    epochs into `backup_dir`.
-
-    Between two fits of a --batch-schedule: with `--backup-every N` the
-    fit's own backups are N steps apart and none falls on the fit's last
-    step, so the next fit would restore an older one and redo the end of
-    the last epoch on the new batch size.
-    """
-    backup = keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False)
-    backup.set_model(model)
-    backup.on_epoch_end(epochs - 1)  # saves, as at an epoch's end
 
 
 def backed_up_epochs(backup_dir: str) -> int:

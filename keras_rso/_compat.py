@@ -177,6 +177,11 @@ def continue_backup_epoch(callback: keras.callbacks.BackupAndRestore, model) -> 
         callback._current_epoch = int(epoch)
 
 
+def save_backup(callback: keras.callbacks.BackupAndRestore) -> None:
+    """Makes `callback` write its backup now, as at the end of an epoch."""
+    callback._save_model()
+
+
 # ---------------------------------------------------------------------- data
 
 
@@ -203,5 +208,5 @@ __all__: List[str] = [
     "data_adapter", "drop_compile_config", "flatten_layers", "functional_operations",
     "inbound_node", "is_functional", "is_rewindable", "keras_history", "local_variable",
     "loss_tracker", "node_input_tensors", "noinline_function", "num_workers",
-    "own_trainable_variables", "train_validation_split",
+    "own_trainable_variables", "save_backup", "train_validation_split",
 ]

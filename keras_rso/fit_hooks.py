@@ -67,6 +67,19 @@ class CycleKeeper(keras.callbacks.Callback):
                     var.assign(var.constraint(var.value))
             model._initialize_sigmas()
 
+    def on_train_end(self, logs=None):
+        if self.model.stop_training:
+            # Stopped early (EarlyStopping, a StopAfter...): the last epoch
+            # may be partial, and its end must not be recorded as done.
+            return
+        for backup in self.backups:
+            if not backup.delete_checkpoint and backup.save_freq != "epoch":
+                # A kept backup saved every N steps rarely falls on the fit's
+                # last step; without this, a following fit of the same run
+                # (`initial_epoch=...`, another batch size) would restore an
+                # older, mid-epoch backup and redo that epoch's end.
+                _compat.save_backup(backup)
+
     def on_epoch_begin(self, epoch, logs=None):
         opt = self.model.optimizer
         if int(opt.position.numpy()) >= self.model.trials_per_cycle:

@@ -175,3 +175,59 @@ def test_a_second_kill_in_the_resumed_epoch_resumes_exactly(toy_data, tmp_path, 
     assert int(trainer.optimizer.trials.numpy()) == 3 * trainer.trials_per_cycle
     for a, b in zip(resumed.weights, reference.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def _chained_fits(x, y, backup=None, fits=(0, 1)):
+    """The fits of a run that changes its batch size between cycles: cycle 1
+    at batch 48 (7 steps), cycle 2 at batch 96. With `backup`, each fit keeps
+    a backup every 3 steps, which never falls on the fit's last step."""
+    keras.utils.set_random_seed(0)
+    model = small_convnet()
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=32, seed=4),
+                    loss="sparse_categorical_crossentropy")
+    anneal = keras_rso.callbacks.SigmaAnnealing(0.1, total_cycles=2)
+    for index in fits:
+        callbacks = [anneal]
+        if backup:
+            callbacks.append(keras.callbacks.BackupAndRestore(
+                backup, save_freq=3, delete_checkpoint=False))
+        trainer.fit(x, y, batch_size=(48, 96)[index], initial_epoch=index, epochs=index + 1,
+                    verbose=0, callbacks=callbacks)
+    return model
+
+
+def test_a_kept_backup_records_the_end_of_its_fit(toy_data, tmp_path):
+    # A second fit in a fresh process (new batch size, initial_epoch=1)
+    # resumes from the first fit's end, not from its last periodic backup
+    # (step 6 of 7), and ends with the weights of the two fits run together.
+    x, y = toy_data
+    reference = _chained_fits(x, y)
+    backup = str(tmp_path / "backup")
+    _chained_fits(x, y, backup, fits=(0,))
+    with open(f"{backup}/training_metadata.json") as f:
+        assert json.load(f) == {"epoch": 1, "batch": 0}
+    resumed = _chained_fits(x, y, backup, fits=(1,))
+    for a, b in zip(resumed.weights, reference.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_an_early_stop_leaves_the_last_periodic_backup(toy_data, tmp_path):
+    # A fit stopped inside an epoch must not record that epoch as done.
+    x, y = toy_data
+    keras.utils.set_random_seed(0)
+    trainer = keras_rso.RSOModel(small_convnet())
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=32, seed=4),
+                    loss="sparse_categorical_crossentropy")
+    backup = str(tmp_path / "backup")
+
+    class StopAtBatch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 4:
+                self.model.stop_training = True
+
+    trainer.fit(x, y, batch_size=48, epochs=2, verbose=0, callbacks=[
+        keras.callbacks.BackupAndRestore(backup, save_freq=3, delete_checkpoint=False),
+        StopAtBatch()])
+    with open(f"{backup}/training_metadata.json") as f:
+        assert json.load(f) == {"epoch": 0, "batch": 2}
