@@ -477,6 +477,13 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
         repeated (and reshuffled each pass, when `shuffle=True`) as often as
         a cycle needs. Leave `steps_per_epoch=None` to get exactly one cycle
         per epoch; an explicit value makes epochs and cycles independent.
+
+        A `keras.callbacks.BackupAndRestore` among `callbacks` resumes an
+        interrupted fit exactly, from its last epoch or (`save_freq=<steps>`)
+        step. One that keeps its backup (`delete_checkpoint=False`) is also
+        written when the fit has run all its epochs, so a following fit of
+        the same run (`initial_epoch=...`, say with another batch size)
+        starts exactly where this one ended.
         """
         if validation_split and validation_data is None:
             (x, y, sample_weight), validation_data = _compat.train_validation_split(
