@@ -38,6 +38,8 @@ HEADLINE = [
      "binary_mnist_rso_b2048_k64_random_seed0.json"),
     ("binary_mnist_rso_b4096_k64_random_seed0.keras",
      "binary_mnist_rso_b4096_k64_random_seed0.json"),
+    ("binary_mnist_rso_b4096_k64_random_c10_seed0.keras",
+     "binary_mnist_rso_b4096_k64_random_c10_seed0.json"),
 ]
 
 
