@@ -47,7 +47,7 @@ def _method(run: dict) -> str:
 def _label(run: dict) -> str:
     a = run["args"]
     if _method(run) == "rso":
-        return f"RSO, batch {a['batch_size']}, seed {a['seed']}"
+        return f"RSO, batch {a['batch_size']}, {a['cycles']} cycles, seed {a['seed']}"
     return f"{_NAMES.get(_method(run), _method(run))}, seed {a['seed']}"
 
 
