@@ -39,6 +39,7 @@ class CycleKeeper(keras.callbacks.Callback):
         return any(_compat.backup_exists(b) for b in self.backups)
 
     def on_train_begin(self, logs=None):
+        self._ran_an_epoch = False
         model = self.model
         opt = model.optimizer
         iterations = int(opt.iterations.numpy())
@@ -67,10 +68,14 @@ class CycleKeeper(keras.callbacks.Callback):
                     var.assign(var.constraint(var.value))
             model._initialize_sigmas()
 
+    def on_epoch_end(self, epoch, logs=None):
+        self._ran_an_epoch = True
+
     def on_train_end(self, logs=None):
-        if self.model.stop_training:
+        if self.model.stop_training or not self._ran_an_epoch:
             # Stopped early (EarlyStopping, a StopAfter...): the last epoch
-            # may be partial, and its end must not be recorded as done.
+            # may be partial, and its end must not be recorded as done. A
+            # fit with no epoch to run has no end of its own to record.
             return
         for backup in self.backups:
             if not backup.delete_checkpoint and backup.save_freq != "epoch":

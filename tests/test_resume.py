@@ -231,3 +231,15 @@ def test_an_early_stop_leaves_the_last_periodic_backup(toy_data, tmp_path):
         StopAtBatch()])
     with open(f"{backup}/training_metadata.json") as f:
         assert json.load(f) == {"epoch": 0, "batch": 2}
+
+
+def test_a_fit_with_no_epoch_to_run_writes_no_backup(toy_data, tmp_path):
+    x, y = toy_data
+    keras.utils.set_random_seed(0)
+    trainer = keras_rso.RSOModel(small_convnet())
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=32, seed=4),
+                    loss="sparse_categorical_crossentropy")
+    backup = tmp_path / "backup"
+    trainer.fit(x, y, batch_size=48, initial_epoch=2, epochs=2, verbose=0, callbacks=[
+        keras.callbacks.BackupAndRestore(str(backup), save_freq=3, delete_checkpoint=False)])
+    assert not backup.exists()
