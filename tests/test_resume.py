@@ -177,15 +177,21 @@ def test_a_second_kill_in_the_resumed_epoch_resumes_exactly(toy_data, tmp_path, 
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
 
 
+def _compiled_trainer():
+    """A fresh `RSOModel` of `small_convnet`, compiled, as a new process builds it."""
+    keras.utils.set_random_seed(0)
+    trainer = keras_rso.RSOModel(small_convnet())
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=32, seed=4),
+                    loss="sparse_categorical_crossentropy")
+    return trainer
+
+
 def _chained_fits(x, y, backup=None, fits=(0, 1)):
     """The fits of a run that changes its batch size between cycles: cycle 1
     at batch 48 (7 steps), cycle 2 at batch 96. With `backup`, each fit keeps
-    a backup every 3 steps, which never falls on the fit's last step."""
-    keras.utils.set_random_seed(0)
-    model = small_convnet()
-    trainer = keras_rso.RSOModel(model)
-    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=32, seed=4),
-                    loss="sparse_categorical_crossentropy")
+    a backup every 3 steps, which never falls on the fit's last step.
+    Returns the trained model."""
+    trainer = _compiled_trainer()
     anneal = keras_rso.callbacks.SigmaAnnealing(0.1, total_cycles=2)
     for index in fits:
         callbacks = [anneal]
@@ -194,7 +200,7 @@ def _chained_fits(x, y, backup=None, fits=(0, 1)):
                 backup, save_freq=3, delete_checkpoint=False))
         trainer.fit(x, y, batch_size=(48, 96)[index], initial_epoch=index, epochs=index + 1,
                     verbose=0, callbacks=callbacks)
-    return model
+    return trainer.model
 
 
 def test_a_kept_backup_records_the_end_of_its_fit(toy_data, tmp_path):
@@ -215,10 +221,7 @@ def test_a_kept_backup_records_the_end_of_its_fit(toy_data, tmp_path):
 def test_an_early_stop_leaves_the_last_periodic_backup(toy_data, tmp_path):
     # A fit stopped inside an epoch must not record that epoch as done.
     x, y = toy_data
-    keras.utils.set_random_seed(0)
-    trainer = keras_rso.RSOModel(small_convnet())
-    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=32, seed=4),
-                    loss="sparse_categorical_crossentropy")
+    trainer = _compiled_trainer()
     backup = str(tmp_path / "backup")
 
     class StopAtBatch(keras.callbacks.Callback):
@@ -235,10 +238,7 @@ def test_an_early_stop_leaves_the_last_periodic_backup(toy_data, tmp_path):
 
 def test_a_fit_with_no_epoch_to_run_writes_no_backup(toy_data, tmp_path):
     x, y = toy_data
-    keras.utils.set_random_seed(0)
-    trainer = keras_rso.RSOModel(small_convnet())
-    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=32, seed=4),
-                    loss="sparse_categorical_crossentropy")
+    trainer = _compiled_trainer()
     backup = tmp_path / "backup"
     trainer.fit(x, y, batch_size=48, initial_epoch=2, epochs=2, verbose=0, callbacks=[
         keras.callbacks.BackupAndRestore(str(backup), save_freq=3, delete_checkpoint=False)])
