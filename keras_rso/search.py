@@ -109,6 +109,13 @@ class TrialLoop:
         # its trials stay inside it, and weight decay, which would leave a
         # discrete set or a unit sphere, does not apply to it.
         self.constrained = [constraints.of(var) for var in self.variables]
+        # A binary weight's trial has one candidate, its flip (the other is
+        # `w` itself): where the evaluator can run one candidate alone, it
+        # does, at about half the cost of the stacked pair.
+        self.flip_only = [
+            isinstance(c, constraints.Discrete) and len(c.values) == 2
+            and bool(getattr(evaluator, "single_candidate", lambda v: False)(v))
+            for v, c in enumerate(self.constrained)]
         # One `tf.switch_case` branch per group of visit slots whose trials
         # share their code (see `trial_groups`).
         self.groups, self.group_of_slot, self.member_of_slot = trial_groups(
@@ -382,7 +389,10 @@ class TrialLoop:
                 differs = (tf.constant(True), tf.constant(True))
             else:
                 offsets, differs = domain_offsets(self.variables[v], j, dw)
-            pairs = [self._candidates(ctx, v, j, offsets, carried_w, differs, loss.dtype)]
+            if len(group) == 1 and self.flip_only[v]:
+                pairs = [self._flip(ctx, v, j, offsets, carried_w, differs, loss.dtype)]
+            else:
+                pairs = [self._candidates(ctx, v, j, offsets, carried_w, differs, loss.dtype)]
             if opt.step_rule == "parabolic" and constraint is None:
                 t = parabolic_offset(loss_w, pairs[0][2], pairs[0][3], dw)
                 # At t == 0 both candidates are w itself, and rounding could
@@ -421,6 +431,18 @@ class TrialLoop:
         loss_plus = tf.where(differs[0], distribution.cross_replica_sum(trial.loss_plus), inf)
         loss_minus = tf.where(differs[1], distribution.cross_replica_sum(trial.loss_minus), inf)
         return trial, split_offsets(offsets), loss_plus, loss_minus
+
+    def _flip(self, ctx, v, j, offsets, carried, differs, dtype):
+        """`_candidates` for a binary weight: of `w + d_plus` and
+        `w - d_minus`, exactly one differs from `w` (the flip); only it is
+        evaluated, as the pair's `w + d_plus`, and `w - d_minus` gets an
+        infinite loss. The same choice as the pair's, half the work."""
+        d_plus, d_minus = split_offsets(offsets)
+        flip = tf.where(differs[0], d_plus, -d_minus)
+        trial = self.ev.trial(v, j, flip, ctx.fixed, carried, ctx.x, ctx.y,
+                              ctx.sample_weight, single=True)
+        loss_flip = distribution.cross_replica_sum(trial.loss_plus)
+        return trial, (flip, flip), loss_flip, tf.constant(np.inf, dtype)
 
     def _commit(self, v, j, choice, trial, offset, loss_plus, loss_minus):
         """The `tf.switch_case` branch that writes a pair's chosen candidate

@@ -168,3 +168,36 @@ def test_binary_model_saves_and_reloads(toy_data, tmp_path):
         assert set(np.unique(v.numpy())) <= {-1.0, 1.0}
     assert isinstance(again.layers[0].kernel.constraint, Discrete)
     np.testing.assert_array_equal(model.predict(x, verbose=0), again.predict(x, verbose=0))
+
+
+def test_a_binary_trial_evaluates_only_the_flip_and_decides_as_the_pair(toy_data, float64,
+                                                                         monkeypatch):
+    # The fast path runs a binary weight's flip alone (its other candidate
+    # is w itself); the decisions, and so the weights, are those of the
+    # stacked pair whose second candidate gets an infinite loss. In float64:
+    # in float32 the flip's loss computed alone can differ from the pair's
+    # in its last bit, which could decide an exact near-tie otherwise.
+    x, y = toy_data
+    x = x.astype("float64")
+    calls = []
+    trial = ChainEvaluator.trial
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("single", False))
+        return trial(self, *args, **kwargs)
+
+    monkeypatch.setattr(ChainEvaluator, "trial", spy)
+    weights = {}
+    for flip_alone in (True, False):
+        if not flip_alone:
+            monkeypatch.setattr(ChainEvaluator, "single_candidate", lambda self, v: False)
+        calls.clear()
+        model = _net(Discrete.binary(), Discrete.binary())
+        trainer, _ = _train(model, x, y, epochs=2)
+        # Binary kernels through the flip alone; BatchNorm's real gamma and
+        # beta through the pair.
+        assert set(calls) == ({True, False} if flip_alone else {False}), set(calls)
+        weights[flip_alone] = [v.numpy() for v in model.weights]
+        assert trainer.optimizer.weight_updates.numpy() > 0
+    for a, b in zip(weights[True], weights[False]):
+        np.testing.assert_array_equal(a, b)

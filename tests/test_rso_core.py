@@ -263,7 +263,9 @@ def test_trials_share_tail_pieces_and_batchnorm_branches(toy_data, traced_loops)
     # None starts after mixer 0 (its trials carry their change into mixer
     # 4's cached pre-activation and go on from there), and nothing follows
     # the last.
-    assert sorted(ev._tails) == [m + 1 for m in ev.mixers[1:-1]] == [5, 8, 11]
+    # (Keyed by start and number of stacked candidates: two here; one only
+    # for a binary weight's flip.)
+    assert sorted(ev._tails) == [(m + 1, 2) for m in ev.mixers[1:-1]] == [(5, 2), (8, 2), (11, 2)]
     assert [p.experimental_get_tracing_count() for p in ev._tails.values()] == [1, 1, 1]
     # A BatchNormalization's gamma and beta share one trial branch: the
     # step's switch over variables has 10 branches for 12 variables.

@@ -81,7 +81,7 @@ class ChainEvaluator:
         self.batchnorms = [b for l in self.layers for b in batchnorm_layers(l)]
         self.state_variables = [v for l in self.layers for v in l.non_trainable_variables]
         self.seed_states = seed_states(self.state_variables)
-        self._tails = {}  # start layer -> shared tail function (`_tail`)
+        self._tails = {}  # (start layer, candidates) -> shared tail function (`_tail`)
 
     def forward(self, x):
         """A training-mode pass that applies state updates (BN statistics)."""
@@ -148,23 +148,23 @@ class ChainEvaluator:
                        for m in self.mixers)
         return self.loss_fn(y, h, sample_weight), h, tuple(inputs), (mix_in, tuple(pre))
 
-    def _run(self, start: int, h, batch, record: Optional[int]):
-        """Runs layers `start..` on two stacked candidates.
+    def _run(self, start: int, h, batch, record: Optional[int], n: int = 2):
+        """Runs layers `start..` on `n` stacked candidates (two, or a flip's one).
 
         If `record` is a mixer index, also returns that mixer's stacked
         input and pre-activation.
         """
         seen = (None, None)
         if record is not None:
-            h = self._layers(start, record, h, batch)
+            h = self._layers(start, record, h, batch, n)
             p = _pre_activation(self.layers[record], h)
             seen = (h, p)
             h = _activate(self.layers[record], p)
             start = record + 1
-        return self._tail(start, h, batch), seen
+        return self._tail(start, h, batch, n), seen
 
-    def _layers(self, start: int, stop: int, h, batch):
-        """Layers `start..stop - 1` on two stacked candidates."""
+    def _layers(self, start: int, stop: int, h, batch, n: int = 2):
+        """Layers `start..stop - 1` on `n` stacked candidates."""
         for i in range(start, stop):
             layer = self.layers[i]
             if self.per_sample[i]:
@@ -176,14 +176,14 @@ class ChainEvaluator:
                 # state in the scope, and the second candidate must draw
                 # from the same state as the first (see `seed_states`).
                 halves = []
-                for half in (h[:batch], h[batch:]):
+                for half in (h[k * batch:(k + 1) * batch] for k in range(n)):
                     with keras.StatelessScope():
                         halves.append(layer(half, training=True))
                 h = tf.concat(halves, axis=0)
         return h
 
-    def _tail(self, start: int, h, batch):
-        """Layers `start..` on two stacked candidates, through shared functions.
+    def _tail(self, start: int, h, batch, n: int = 2):
+        """Layers `start..` on `n` stacked candidates, through shared functions.
 
         Every searched variable's trial ends by running the rest of the
         network, and each trial is a branch of the step's graph, so inline
@@ -194,20 +194,20 @@ class ChainEvaluator:
         collective ops (synchronized BatchNormalization) must not be shared
         between call sites.
         """
-        n = len(self.layers)
-        if start >= n:
+        end = len(self.layers)
+        if start >= end:
             return h
-        stop = next((m + 1 for m in self.mixers if m >= start), n)
+        stop = next((m + 1 for m in self.mixers if m >= start), end)
 
         def piece(h, batch):
-            return self._tail(stop, self._layers(start, stop, h, batch), batch)
+            return self._tail(stop, self._layers(start, stop, h, batch, n), batch, n)
 
         if distribution.num_replicas() > 1:
             return piece(h, batch)
-        if start not in self._tails:
-            self._tails[start] = tf.function(piece, autograph=False,
-                                              jit_compile=self.jit_tails)
-        return self._tails[start](h, batch)
+        if (start, n) not in self._tails:
+            self._tails[start, n] = tf.function(piece, autograph=False,
+                                                jit_compile=self.jit_tails)
+        return self._tails[start, n](h, batch)
 
     def _whole_layer(self, v: VariableChoice, j, dw, h_in, batch, m):
         """Trial of a weight without a rank-one rule (`v`: an index or a
@@ -222,10 +222,11 @@ class ChainEvaluator:
                 outs.append(layer(h_in, training=True))
         return self._run(i + 1, tf.concat(outs, 0), batch, m)
 
-    def _channel_candidates(self, v: int, j, dw, h_in, pre, new):
+    def _channel_candidates(self, v: int, j, dw, h_in, pre, new, single: bool = False):
         """The rank-one update: the two candidates' pre-activation of the one
-        output channel `c` weight `j` feeds. Registers the cache entry of the
-        layer's pre-activation in `new`; returns `c` and the pair."""
+        output channel `c` weight `j` feeds (with `single`, of the one
+        candidate `w + dw`). Registers the cache entry of the layer's
+        pre-activation in `new`; returns `c` and the candidates' tuple."""
         i = self.layer_of[v]
         layer, var, kind = self.layers[i], self.variables[v], self.kind[v]
         k = self.slot[i]
@@ -233,6 +234,10 @@ class ChainEvaluator:
         c = _output_channel(kind, j, shape)
         base_c = _channel(pre[k], c)
         delta = _channel_delta(kind, layer, h_in, j, shape, pre[k])
+        if single:
+            p_c = (base_c + tf.cast(dw, base_c.dtype) * delta,)
+            new[("pre", k)] = lambda minus: _replace_channel(pre[k], c, p_c[0])
+            return c, p_c
         d_plus, d_minus = (tf.cast(d, base_c.dtype) for d in split_offsets(dw))
         p_c = (base_c + d_plus * delta, base_c - d_minus * delta)
         new[("pre", k)] = lambda minus: _replace_channel(
@@ -244,26 +249,38 @@ class ChainEvaluator:
         layer `i`, then adds its change to the next mixer's pre-activation
         as a one-channel delta; runs the rest in full. Registers the next
         mixer's input and pre-activation in `new`; returns the predictions."""
+        n = len(p_c)
         hc = _activate(self.layers[i], tf.concat(p_c, 0))
         for l in range(i + 1, m):
             hc = channel_layer(self.layers[l], hc, c, batch)
         km = self.slot[m]
         base_in = _channel(mix_in[km], c)
-        diff = hc - tf.concat([base_in, base_in], 0)
+        diff = hc - tf.concat([base_in] * n, 0)
         mixer = self.layers[m]
         if type(mixer) is keras.layers.Dense:
             dpre = tf.matmul(diff, tf.gather(mixer.kernel, [c], axis=0))
         else:
             dpre = mixer.convolution_op(diff, tf.gather(mixer.kernel, [c], axis=2))
-        p_m = tf.concat([pre[km], pre[km]], 0) + dpre
+        p_m = tf.concat([pre[km]] * n, 0) + dpre
         new[("in", km)] = lambda minus: _replace_channel(mix_in[km], c, _half(hc, minus, batch))
         new[("pre", km)] = lambda minus: _half(p_m, minus, batch)
-        y_pred, _ = self._run(m + 1, _activate(mixer, p_m), batch, None)
+        y_pred, _ = self._run(m + 1, _activate(mixer, p_m), batch, None, n)
         return y_pred
 
-    def trial(self, v: VariableChoice, j, dw, fixed, carried, x, y, sample_weight):
+    def single_candidate(self, v: int) -> bool:
+        """True if `trial(..., single=True)` can evaluate variable `v`'s
+        candidate `w + dw` alone (a weight with the rank-one update)."""
+        return self.kind[v] is not None
+
+    def trial(self, v: VariableChoice, j, dw, fixed, carried, x, y, sample_weight,
+              single: bool = False):
         """The `Trial` of scalar `j` of variable `v` (an index, or a `OneOf`
-        of whole-layer parameters) at offset `dw`."""
+        of whole-layer parameters) at offset `dw`.
+
+        With `single` (where `single_candidate(v)`), `dw` is one offset and
+        only `w + dw` is evaluated, at about half the cost: a binary
+        weight's trial, whose other candidate would be `w` itself. The
+        `Trial`'s `w - dw` then has an infinite loss."""
         inputs = fixed
         mix_in, pre = carried
         i = self.layer_of[indices_of(v)[0]]
@@ -280,19 +297,23 @@ class ChainEvaluator:
             if isinstance(v, OneOf) or self.kind[v] is None:
                 y_pred, seen = self._whole_layer(v, j, dw, h_in, batch, m)
             else:
-                c, p_c = self._channel_candidates(v, j, dw, h_in, pre, new)
+                c, p_c = self._channel_candidates(v, j, dw, h_in, pre, new, single)
                 if i in self.sparse_to:
                     y_pred = self._channel_to_next_mixer(i, m, c, p_c, mix_in, pre, batch, new)
                 else:
                     h = _activate(self.layers[i], tf.concat(
                         [_replace_channel(pre[self.slot[i]], c, p) for p in p_c], 0))
-                    y_pred, seen = self._run(i + 1, h, batch, m)
+                    y_pred, seen = self._run(i + 1, h, batch, m, len(p_c))
             if m is not None and ("pre", self.slot[m]) not in new:
                 km = self.slot[m]
                 new[("in", km)] = lambda minus: _half(seen[0], minus, batch)
                 new[("pre", km)] = lambda minus: _half(seen[1], minus, batch)
-            yp, ym = y_pred[:batch], y_pred[batch:]
+            yp = y_pred[:batch]
             lp = self.loss_fn(y, yp, sample_weight)
-            lm = self.loss_fn(y, ym, sample_weight)
+            if single:
+                ym, lm = yp, tf.constant(float("inf"), lp.dtype)
+            else:
+                ym = y_pred[batch:]
+                lm = self.loss_fn(y, ym, sample_weight)
 
         return cached_trial(lp, yp, lm, ym, new, {"in": mix_in, "pre": pre})

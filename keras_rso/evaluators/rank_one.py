@@ -83,7 +83,7 @@ def _tap_shift(layer, channel, tap, kernel_size, out_size):
 
 
 def _candidates_batchnorm(layer, h, batch, channel=None, candidates=None):
-    """Training-mode BatchNormalization of two stacked candidates.
+    """Training-mode BatchNormalization of two stacked candidates (or one).
 
     `h` holds the two candidates' activations along the batch axis; each
     half is normalised with its own batch statistics, as calling the layer
@@ -116,7 +116,8 @@ def _candidates_batchnorm(layer, h, batch, channel=None, candidates=None):
     for var, _, _ in candidates or ():
         if id(var) not in own:
             raise ValueError(f"{var.path} is neither gamma nor beta of {layer.name}.")
-    two = tf.reshape(h, tf.concat([[2, batch], tf.shape(h)[1:]], 0))
+    # `[candidates, batch, ...]`: two candidates, or one (a binary weight's flip).
+    two = tf.reshape(h, tf.concat([[-1, batch], tf.shape(h)[1:]], 0))
     gamma = param(layer.gamma) if layer.scale else None
     beta = param(layer.beta) if layer.center else None
     if not layer.trainable:
