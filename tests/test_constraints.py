@@ -201,3 +201,16 @@ def test_a_binary_trial_evaluates_only_the_flip_and_decides_as_the_pair(toy_data
         assert trainer.optimizer.weight_updates.numpy() > 0
     for a, b in zip(weights[True], weights[False]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_single_candidate_trial_needs_the_rank_one_update():
+    # BatchNorm's gamma has no rank-one update: its trial is always a pair.
+    model = _net(Discrete.binary(), Discrete.binary())
+    trainer = keras_rso.RSOModel(model)
+    trainer.compile(optimizer=keras_rso.RSO(), loss="sparse_categorical_crossentropy")
+    evaluator, _ = trainer._plan()
+    gamma = next(i for i, v in enumerate(evaluator.variables) if v.path.endswith("gamma"))
+    kernel = next(i for i, v in enumerate(evaluator.variables) if v.path.endswith("kernel"))
+    assert evaluator.single_candidate(kernel) and not evaluator.single_candidate(gamma)
+    with pytest.raises(ValueError, match="gamma.*rank-one"):
+        evaluator.trial(gamma, 0, 0.1, None, None, None, None, None, single=True)

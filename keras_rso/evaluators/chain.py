@@ -281,6 +281,9 @@ class ChainEvaluator:
         only `w + dw` is evaluated, at about half the cost: a binary
         weight's trial, whose other candidate would be `w` itself. The
         `Trial`'s `w - dw` then has an infinite loss."""
+        if single and (isinstance(v, OneOf) or not self.single_candidate(v)):
+            raise ValueError(f"A trial of {self.variables[indices_of(v)[0]].path} evaluates "
+                             "two candidates: it has no rank-one update (single_candidate).")
         inputs = fixed
         mix_in, pre = carried
         i = self.layer_of[indices_of(v)[0]]
