@@ -127,11 +127,12 @@ def limit_seconds(ops, dtype, repeats: int, cache: Dict) -> float:
     return total
 
 
-def measure(batch: int, repeats: int, k: int, seed: int) -> dict:
+def measure(batch: int, repeats: int, k: int, seed: int,
+            pool_after: Tuple[int, ...] = (2, 4)) -> dict:
     keras.utils.set_random_seed(seed)
     (x, y), _ = datasets.load_mnist(limit=batch)
     x, y = tf.constant(x[:batch]), tf.constant(y[:batch])
-    model = keras_rso.models.mnist_paper_net()
+    model = keras_rso.models.mnist_paper_net(pool_after=pool_after)
     trainer = keras_rso.RSOModel(model)
     trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=seed),
                     loss="sparse_categorical_crossentropy")
@@ -179,7 +180,8 @@ def measure(batch: int, repeats: int, k: int, seed: int) -> dict:
                                    if p != "base_pass"),
              "base_passes_s": steps * rows["base_pass"]["achieved_s"],
              "steps": steps}
-    return {"batch": batch, "weights_per_batch": k, "per_variable": rows, "cycle": cycle}
+    return {"batch": batch, "weights_per_batch": k, "pool_after": list(pool_after),
+            "per_variable": rows, "cycle": cycle}
 
 
 def main(argv=None):
@@ -190,10 +192,13 @@ def main(argv=None):
                         help="K: sets the steps (base passes) of a cycle")
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per measurement")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pool-after", type=int, nargs="+", default=[2, 4],
+                        help="convolutions followed by 2x2 average pooling (paper: 2 4)")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     out = provenance(args)
-    out.update(measure(args.batch_size, args.repeats, args.weights_per_batch, args.seed))
+    out.update(measure(args.batch_size, args.repeats, args.weights_per_batch, args.seed,
+                       tuple(args.pool_after)))
     print(f"{'variable':34} {'scalars':>7} {'MFLOP/trial':>11} {'ms':>8} {'limit ms':>8} "
           f"{'GFLOP/s':>8} {'limit':>7} {'ach/lim':>7}")
     for path, r in out["per_variable"].items():

@@ -803,23 +803,29 @@ def add_net_flag(parser, variant: str, help_variant: str) -> None:
 
 
 def resolve_net(parser, args, variant: str) -> bool:
-    """Settles `--net` against `--preset`, `--dataset` and `--filters`;
+    """Settles `--net` against `--preset`, `--dataset` and the network's
+    shape flags (`--filters`, and `--pool-after` where the script has it);
     returns True when the authors' network is trained."""
     preset = preset_of(args)
+    shaped = [flag for flag in ("filters", "pool_after")
+              if hasattr(args, flag) and getattr(args, flag) != parser.get_default(flag)]
     if preset and preset.network == "paper":
         if args.net not in (None, "paper"):
             parser.error(f"--preset {args.preset} trains the paper's network; drop --net")
         args.net = "paper"
     elif preset:
-        if args.net not in (None, variant) or args.filters != parser.get_default("filters"):
+        if args.net not in (None, variant) or shaped:
             parser.error(f"--preset {args.preset} trains {variant} as measured; "
-                         "drop --net and --filters")
+                         "drop --net, --filters and --pool-after")
     args.net = args.net or variant
     paper = args.net == "paper"
     if paper and args.dataset.startswith("tfds:"):
         parser.error("--net paper trains on keras.datasets arrays; drop --dataset tfds:...")
-    if paper and args.filters != parser.get_default("filters"):
+    if paper and "filters" in shaped:
         parser.error("--net paper has the paper's channels; drop --filters")
+    if paper and "pool_after" in shaped:
+        parser.error("--net paper pools where the authors do (after convolutions 2 and 4); "
+                     "drop --pool-after")
     return paper
 
 

@@ -40,6 +40,14 @@ from experiment import (RawPixels, add_net_flag, add_rso_flags, load_data, parse
                         resolve_net, run_rso, train_mean)
 
 
+def _convolutions(text: str):
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected convolution numbers separated by commas, e.g. 1,3; got {text!r}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,6 +55,10 @@ def main(argv=None):
                   presets=("paper", "fastest"))
     parser.add_argument("--filters", type=int, default=16,
                         help="channels of every conv layer (paper: 16)")
+    parser.add_argument("--pool-after", type=_convolutions, default=(2, 4),
+                        help="convolutions (1-6) followed by 2x2 average pooling, as N,N "
+                             "(paper: 2,4); 1,3 keeps the weights and makes a trial "
+                             "cheaper (mnist_paper_net only)")
     add_net_flag(parser, "mnist_paper_net", "keras_rso.models.mnist_paper_net: ReLU after "
                  "BatchNorm, a bias in the classifier, standardized inputs; the authors' is "
                  "models.paper_mnist_net")
@@ -62,9 +74,14 @@ def main(argv=None):
     if args.dataset not in ("mnist", "fashion_mnist") and not args.dataset.startswith("tfds:"):
         parser.error(f"--dataset must be mnist, fashion_mnist or tfds:NAME; got {args.dataset!r}")
     paper = resolve_net(parser, args, "mnist_paper_net")
+    try:  # fail before loading data, with the model's own message
+        models.mnist_paper_net(filters=1, pool_after=args.pool_after)
+    except ValueError as error:
+        parser.error(f"--pool-after: {error}")
     data = load_data(args, lambda: datasets.load_mnist(
         fashion=args.dataset == "fashion_mnist", raw=paper))
-    build = functools.partial(models.mnist_paper_net, filters=args.filters)
+    build = functools.partial(models.mnist_paper_net, filters=args.filters,
+                              pool_after=args.pool_after)
     raw_pixels, loss = None, "sparse_categorical_crossentropy"
     if paper:
         build = functools.partial(models.paper_mnist_net,

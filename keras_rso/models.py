@@ -31,12 +31,14 @@ def mnist_paper_net(input_shape: Tuple[int, int, int] = (28, 28, 1),
                     num_classes: int = 10, filters: int = 16,
                     synchronized_bn: bool = False,
                     preprocessing: Sequence[keras.layers.Layer] = (),
+                    pool_after: Sequence[int] = (2, 4),
                     name: str = "rso_mnist_net") -> keras.Sequential:
     """The paper's MNIST network.
 
     Six 3x3 convolutions with `filters` channels, each followed by
     BatchNormalization and ReLU; 2x2 average pooling after convolutions 2
-    and 4; global average pooling; Dense(`num_classes`) with softmax.
+    and 4 (`pool_after`); global average pooling; Dense(`num_classes`) with
+    softmax.
     He-normal initialisation. With the defaults it has 12,026 trainable
     weights (11,664 conv, 192 BatchNorm gamma/beta, 170 dense), which is
     what one RSO cycle tries.
@@ -51,15 +53,26 @@ def mnist_paper_net(input_shape: Tuple[int, int, int] = (28, 28, 1),
             input and the first convolution (e.g. the standardization of
             `keras_rso.datasets.TFDSData.preprocessing_layers`), so that the
             model takes raw pixels.
+        pool_after: The convolutions (numbered 1 to 6) followed by 2x2
+            average pooling. Pooling earlier keeps the same weights but
+            makes every layer after the pool cheaper to run, which is most
+            of an RSO trial's cost (a trial reruns the net from the
+            perturbed layer on); `(1, 3)` runs convolutions 2-3 at half and
+            4-6 at a quarter of the input's resolution.
         name: Model name.
 
     Returns:
         An uncompiled `keras.Sequential`.
+
+    Raises:
+        ValueError: If `pool_after` names a convolution outside 1-6 or the
+            same one twice, or pools the image below one pixel.
     """
+    pools = _pool_positions(pool_after, input_shape)
     stack = [keras.Input(input_shape), *preprocessing]
     for i in range(6):
         stack += _conv_bn_relu(filters, f"block{i + 1}", synchronized_bn)
-        if i in (1, 3):
+        if i + 1 in pools:
             stack.append(layers.AveragePooling2D(2, name=f"pool{i + 1}"))
     stack += [
         layers.GlobalAveragePooling2D(name="gap"),
@@ -67,6 +80,20 @@ def mnist_paper_net(input_shape: Tuple[int, int, int] = (28, 28, 1),
                      kernel_initializer="he_normal", name="classifier"),
     ]
     return keras.Sequential(stack, name=name)
+
+
+def _pool_positions(pool_after: Sequence[int], input_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    pools = tuple(pool_after)
+    bad = [p for p in pools if isinstance(p, bool) or not isinstance(p, (int, np.integer))
+           or not 1 <= p <= 6]
+    if bad:
+        raise ValueError(f"pool_after names convolutions 1 to 6; got {bad} in {pools}")
+    if len(set(pools)) != len(pools):
+        raise ValueError(f"pool_after names a convolution twice: {pools}")
+    if min(input_shape[:2]) >> len(pools) < 1:
+        raise ValueError(f"pool_after={pools}: {len(pools)} 2x2 poolings shrink a "
+                         f"{input_shape[0]}x{input_shape[1]} image below one pixel")
+    return pools
 
 
 def cifar10_net(input_shape: Tuple[int, int, int] = (32, 32, 3),

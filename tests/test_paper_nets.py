@@ -140,3 +140,50 @@ def test_sigma_overrides_are_checked_and_serialized():
     x = np.zeros((8, 28, 28, 1), "uint8")
     with pytest.raises(ValueError, match=r"names \['nope/kernel'\].*paper_mnist_net/conv1/kernel"):
         trainer.fit(x, np.zeros(8, "int64"), batch_size=8, epochs=1, verbose=0)
+
+
+def test_mnist_paper_net_pools_where_told():
+    default, early = models.mnist_paper_net(), models.mnist_paper_net(pool_after=(1, 3))
+    # The default is the paper's layout, layer for layer.
+    assert [layer.name for layer in default.layers] == [
+        layer.name for layer in models.mnist_paper_net(pool_after=(2, 4)).layers]
+    assert default.get_layer("pool2").output.shape[1:3] == (14, 14)
+    assert default.get_layer("pool4").output.shape[1:3] == (7, 7)
+    # Pooling earlier moves the pools and keeps every weight.
+    assert early.get_layer("pool1").output.shape[1:3] == (14, 14)
+    assert early.get_layer("block2_conv").output.shape[1:3] == (14, 14)
+    assert early.get_layer("pool3").output.shape[1:3] == (7, 7)
+    assert [tuple(v.shape) for v in early.weights] == [tuple(v.shape) for v in default.weights]
+    assert early.count_params() == default.count_params()
+
+
+@pytest.mark.parametrize("pool_after, message", [
+    ((0, 2), r"convolutions 1 to 6; got \[0\]"),
+    ((2, 7), r"convolutions 1 to 6; got \[7\]"),
+    ((2.0,), r"convolutions 1 to 6; got \[2.0\]"),
+    ((3, 3), "names a convolution twice"),
+    ((1, 2, 3, 4, 5), "shrink a 28x28 image below one pixel"),
+])
+def test_mnist_paper_net_refuses_impossible_pools(pool_after, message):
+    with pytest.raises(ValueError, match=message):
+        models.mnist_paper_net(pool_after=pool_after)
+
+
+def test_early_pools_take_the_fast_path_and_match_the_full_path(float64):
+    from keras_rso.evaluators.chain import ChainEvaluator
+    from testing_utils import fit_rso
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8, 8, 1))
+    y = rng.integers(0, 10, size=64).astype("int32")
+    weights = {}
+    for fast in (True, False):
+        keras.utils.set_random_seed(3)
+        model = models.mnist_paper_net((8, 8, 1), filters=2, pool_after=(1, 3))
+        fitted = fit_rso(model, x, y, fast_path=fast, batch_size=32, shuffle=False,
+                         weights_per_batch=32, seed=1)
+        assert isinstance(fitted.trainer._plan()[0], ChainEvaluator) == fast
+        assert fitted.trainer.optimizer.weight_updates.numpy() > 0
+        weights[fast] = [v.numpy() for v in model.weights]
+    for a, b in zip(weights[True], weights[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
