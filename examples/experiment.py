@@ -671,7 +671,8 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int,
     parser.add_argument("--schedule-cycles", type=int, default=None,
                         help="length of the sigma schedule in cycles (default: --cycles); "
                              "e.g. --cycles 5 --schedule-cycles 50 runs the first 5 cycles "
-                             "of a 50-cycle schedule")
+                             "of a 50-cycle schedule; --cycles 20 --schedule-cycles 10 runs "
+                             "cycles 11-20 at the schedule's last scale")
     parser.add_argument("--preset", choices=list(presets), default=None,
                         help="; ".join(f"{name}: {PRESETS[name].help}" for name in presets)
                         + "; the search flags a preset sets must then stay unset")

@@ -34,8 +34,10 @@ class SigmaAnnealing(keras.callbacks.Callback):
     `final_fraction`). `total_cycles` sets `E` independently of `fit`'s
     epochs, so that a fit can run the first cycles of a longer schedule
     (the paper's "98% after 5 updates" is cycle 5 of a 50-cycle schedule)
-    and a resumed fit continues it. A `schedule(epoch, scale) -> scale`
-    replaces both rules.
+    and a resumed fit continues it; past the end of a schedule shorter than
+    the fit, the scale stays at `final_fraction` times the initial one, so
+    that a fit can run further cycles at the schedule's floor. A
+    `schedule(epoch, scale) -> scale` replaces both rules.
 
     Args:
         final_fraction: Scale used in the last epoch (`"linear"`), or the

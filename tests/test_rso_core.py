@@ -326,6 +326,18 @@ def test_sigma_annealing_follows_the_papers_rule_over_a_longer_schedule(toy_data
         keras_rso.callbacks.SigmaAnnealing(total_cycles=0)
 
 
+def test_sigma_annealing_holds_its_floor_after_a_shorter_schedule(toy_data):
+    # `--cycles 4 --schedule-cycles 2`: the schedule ends, the search goes on
+    # at the last scale (the first cycles are those of the 2-cycle run).
+    x, y = toy_data
+    for rule, expected in (("linear", [1.0, 0.1, 0.1, 0.1]), ("paper", [1.0, 0.55, 0.1, 0.1])):
+        trainer = _trainer(small_convnet(), k=64)
+        anneal = keras_rso.callbacks.SigmaAnnealing(0.1, rule=rule, total_cycles=2)
+        hist = trainer.fit(x, y, batch_size=32, epochs=4, steps_per_epoch=1, verbose=0,
+                           callbacks=[anneal])
+        np.testing.assert_allclose(hist.history["sigma_scale"], expected, rtol=1e-6)
+
+
 def test_custom_sigma_schedule_is_used(toy_data):
     x, y = toy_data
     trainer = _trainer(small_convnet(), k=64)
