@@ -10,6 +10,12 @@ raw CIFAR-10 training images, both ways:
   recomputes only the nodes downstream of its weight;
 * `full`: `RSOModel(fast_path=False)`: every candidate runs the whole net.
 
+With `--binary` every kernel is in {-1, +1} (`Discrete.binary()`), and the
+path `pair` is the fast path with a binary trial evaluating the stacked
+pair (the flip and `w` itself) instead of the flip alone, as before
+session 51: `--paths fast,pair --binary` measures the flip alone on the
+residual fast path.
+
 For every searched variable, `--steps` train steps (of K trials each) are
 timed, starting at its first scalar (train-step time only, after a first
 step that traces the function); a cycle is estimated as the sum over
@@ -22,8 +28,10 @@ Example:
 """
 
 import argparse
+import contextlib
 import math
 import time
+from unittest import mock
 
 import keras
 import numpy as np
@@ -34,11 +42,12 @@ from examples.experiment import provenance, write_json
 from benchmarks.pool_speed import _BatchTimes
 
 
-def time_path(x, y, fast: bool, k: int, batch: int, steps: int):
+def time_path(x, y, fast: bool, k: int, batch: int, steps: int, binary: bool = False):
     """Seconds per step at every searched variable, the evaluator's name,
-    and the seconds the first (tracing) step took."""
+    the seconds the first (tracing) step took, and the final weights."""
     keras.utils.set_random_seed(0)
-    model = keras_rso.models.paper_cifar10_net()
+    model = keras_rso.models.paper_cifar10_net(
+        kernel_constraint=keras_rso.constraints.Discrete.binary() if binary else None)
     trainer = keras_rso.RSOModel(model, fast_path=fast)
     trainer.compile(optimizer=keras_rso.RSO.paper(weights_per_batch=k, seed=0),
                     loss=keras_rso.models.paper_loss())
@@ -63,7 +72,7 @@ def time_path(x, y, fast: bool, k: int, batch: int, steps: int):
         print(f"{'fast' if fast else 'full'} {evaluator.variables[v].path}: "
               f"{per_step[evaluator.variables[v].path]['seconds_per_step']:.3f} s/step",
               flush=True)
-    return per_step, type(evaluator).__name__, first
+    return per_step, type(evaluator).__name__, first, model.get_weights()
 
 
 def main(argv=None):
@@ -73,28 +82,45 @@ def main(argv=None):
     parser.add_argument("--weights-per-batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=1, help="timed steps per variable")
     parser.add_argument("--paths", default="fast,full",
-                        help="which paths to time (a speed-up needs both)")
+                        help="which paths to time, of fast, full and pair (a speed-up "
+                             "needs two)")
+    parser.add_argument("--binary", action="store_true",
+                        help="every kernel in {-1, +1}; the path pair then evaluates a "
+                             "binary trial as the stacked pair")
     parser.add_argument("--results", default=None, help="write a results JSON here")
     args = parser.parse_args(argv)
 
+    names = args.paths.split(",")
+    unknown = set(names) - {"fast", "full", "pair"}
+    if unknown or ("pair" in names and not args.binary):
+        parser.error(f"--paths takes fast, full and pair (pair with --binary); got {args.paths}")
     (x, y), _ = datasets.load_cifar10(limit=20 * args.batch_size, raw=True)
-    rows = {}
-    for name in args.paths.split(","):
-        fast = {"fast": True, "full": False}[name]
-        per_step, evaluator, first = time_path(x, y, fast, args.weights_per_batch,
-                                               args.batch_size, args.steps)
+    rows, weights = {}, {}
+    for name in names:
+        fast = name != "full"
+        # The pair path: the flip alone switched off, the trial as it was.
+        off = (mock.patch.object(keras_rso.evaluators.GraphEvaluator, "single_candidate",
+                                 lambda self, v: False)
+               if name == "pair" else contextlib.nullcontext())
+        with off:
+            per_step, evaluator, first, weights[name] = time_path(
+                x, y, fast, args.weights_per_batch, args.batch_size, args.steps, args.binary)
         cycle = sum(r["steps_per_cycle"] * r["seconds_per_step"] for r in per_step.values())
         rows[name] = {"evaluator": evaluator, "first_step_seconds": first,
                       "seconds_per_cycle": cycle, "per_variable": per_step}
         print(f"{name} ({evaluator}): {cycle:.0f} s/cycle; first step {first:.1f} s",
               flush=True)
-    speedup = None
+    speedup = same = None
     if len(rows) == 2:
-        speedup = rows["full"]["seconds_per_cycle"] / rows["fast"]["seconds_per_cycle"]
-        print(f"fast path speed-up: {speedup:.2f}x", flush=True)
+        slow, quick = (n for n in ("full", "pair", "fast") if n in rows)
+        speedup = rows[slow]["seconds_per_cycle"] / rows[quick]["seconds_per_cycle"]
+        same = all(np.array_equal(a, b) for a, b in zip(weights[slow], weights[quick]))
+        print(f"{quick} against {slow}: {speedup:.2f}x; final weights bit-identical: {same}",
+              flush=True)
     if args.results:
         write_json({"benchmark": "graph_speed", "provenance": provenance(args),
-                    "paths": rows, "speedup": speedup}, args.results)
+                    "paths": rows, "speedup": speedup, "bit_identical": same},
+                   args.results)
 
 
 if __name__ == "__main__":

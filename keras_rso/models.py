@@ -225,6 +225,7 @@ def paper_mnist_net(mean: float = MNIST_MEAN, num_classes: int = 10,
 
 def paper_cifar10_net(mean: Sequence[float] = CIFAR10_MEAN, num_classes: int = 10,
                       input_shape: Tuple[int, int, int] = (32, 32, 3),
+                      kernel_constraint=None,
                       name: str = "paper_cifar10_net") -> keras.Model:
     """The authors' residual CIFAR-10 network, exactly (57,104 searched weights).
 
@@ -246,6 +247,8 @@ def paper_cifar10_net(mean: Sequence[float] = CIFAR10_MEAN, num_classes: int = 1
             `keras.datasets.cifar10`'s training images).
         num_classes: Number of classes.
         input_shape: Image shape (H, W, C).
+        kernel_constraint: A constraint for every convolution (shortcut
+            included) and dense kernel, as in `paper_mnist_net`.
         name: Model name.
 
     Returns:
@@ -259,7 +262,7 @@ def paper_cifar10_net(mean: Sequence[float] = CIFAR10_MEAN, num_classes: int = 1
     bn_out, channels = [], input_shape[-1]
     for i, width in enumerate(widths):
         x = layers.ReLU(name=f"relu{i + 1}")(h) if i else h
-        out = _paper_conv(width, channels, f"conv{i + 1}")(x)
+        out = _paper_conv(width, channels, f"conv{i + 1}", constraint=kernel_constraint)(x)
         if i in skip_from:
             skip = bn_out[skip_from[i]]
             if skip.shape[-1] != width:
@@ -269,6 +272,7 @@ def paper_cifar10_net(mean: Sequence[float] = CIFAR10_MEAN, num_classes: int = 1
                 # sigma (`paper_sigmas`).
                 skip = layers.Conv2D(width, 1, use_bias=False,
                                      kernel_initializer=_he(channels),
+                                     kernel_constraint=kernel_constraint,
                                      name=f"conv{i + 1}_shortcut")(skip)
                 skip = layers.BatchNormalization(name=f"bn{i + 1}_shortcut")(skip)
             out = layers.Add(name=f"add{i + 1}")([out, skip])
@@ -279,7 +283,7 @@ def paper_cifar10_net(mean: Sequence[float] = CIFAR10_MEAN, num_classes: int = 1
         channels = width
     h = layers.GlobalAveragePooling2D(name="gap")(h)
     outputs = layers.Dense(num_classes, use_bias=False, kernel_initializer=_he(widths[-1]),
-                           name="classifier")(h)
+                           kernel_constraint=kernel_constraint, name="classifier")(h)
     return keras.Model(inputs, outputs, name=name)
 
 

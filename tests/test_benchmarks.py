@@ -204,3 +204,13 @@ def test_fit_first_calls_separates_the_traced_call_from_the_later_ones():
     assert 0 < row["later_call_seconds"] < row["first_call_seconds"]
     assert row["first_call_seconds"] + row["later_call_seconds"] < row["fit_seconds"]
     assert times.totals()["fits"] == 1
+
+
+@pytest.mark.parametrize("argv", [["--paths", "fast,pair"], ["--paths", "fast,slow", "--binary"]])
+def test_graph_speed_refuses_paths_it_cannot_time(argv, capsys):
+    from benchmarks import graph_speed
+
+    with pytest.raises(SystemExit) as exit_info:
+        graph_speed.main(argv)
+    assert exit_info.value.code == 2
+    assert "--paths takes fast, full and pair (pair with --binary)" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import pytest
 import keras_rso
 from testing_utils import fit_rso
 from keras_rso.constraints import Discrete
-from keras_rso.evaluators import ChainEvaluator, FullForwardEvaluator
+from keras_rso.evaluators import ChainEvaluator, FullForwardEvaluator, GraphEvaluator
 
 L = keras.layers
 
@@ -63,12 +63,16 @@ def _kernels(model):
     return [v for v in model.trainable_variables if "kernel" in v.path]
 
 
-def test_binary_weights_stay_binary_on_one_device_and_two_replicas(toy_data, strategy):
+@pytest.mark.parametrize("residual", [False, True], ids=["chain", "graph"])
+def test_binary_weights_stay_binary_on_one_device_and_two_replicas(toy_data, strategy,
+                                                                   residual):
     x, y = toy_data
     with strategy.scope():
-        model = _net(Discrete.binary(), Discrete.binary())
+        model = (_residual_net(Discrete.binary()) if residual
+                 else _net(Discrete.binary(), Discrete.binary()))
     trainer, _ = _train(model, x, y, epochs=1, strategy=strategy)
     assert trainer.distribute_strategy is strategy
+    assert isinstance(trainer._plan()[0], GraphEvaluator if residual else ChainEvaluator)
     for v in _kernels(model):
         assert set(np.unique(v.numpy())) <= {-1.0, 1.0}, v.path
     assert int(trainer.optimizer.weight_updates.numpy()) > 0
@@ -170,8 +174,27 @@ def test_binary_model_saves_and_reloads(toy_data, tmp_path):
     np.testing.assert_array_equal(model.predict(x, verbose=0), again.predict(x, verbose=0))
 
 
-def test_a_binary_trial_evaluates_only_the_flip_and_decides_as_the_pair(toy_data, float64,
-                                                                         monkeypatch):
+def _residual_net(kernel_constraint, seed=0):
+    """`_net`'s layers with a skip: the graph fast path (`GraphEvaluator`)."""
+    keras.utils.set_random_seed(seed)
+    conv = lambda: L.Conv2D(6, 3, padding="same", use_bias=False,  # noqa: E731
+                            kernel_constraint=kernel_constraint)
+    inputs = keras.Input((8, 8, 1))
+    a = L.BatchNormalization()(conv()(inputs))
+    b = L.BatchNormalization()(conv()(L.ReLU()(a)))
+    h = L.AveragePooling2D(2)(L.ReLU()(L.Add()([a, b])))
+    h = L.BatchNormalization()(conv()(h))
+    outputs = L.Dense(3, use_bias=False, kernel_constraint=kernel_constraint)(
+        L.GlobalAveragePooling2D()(h))
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("evaluator, build", [
+    (ChainEvaluator, lambda: _net(Discrete.binary(), Discrete.binary())),
+    (GraphEvaluator, lambda: _residual_net(Discrete.binary())),
+], ids=["chain", "graph"])
+def test_a_binary_trial_evaluates_only_the_flip_and_decides_as_the_pair(
+        toy_data, float64, monkeypatch, evaluator, build):
     # The fast path runs a binary weight's flip alone (its other candidate
     # is w itself); the decisions, and so the weights, are those of the
     # stacked pair whose second candidate gets an infinite loss. In float64:
@@ -180,20 +203,21 @@ def test_a_binary_trial_evaluates_only_the_flip_and_decides_as_the_pair(toy_data
     x, y = toy_data
     x = x.astype("float64")
     calls = []
-    trial = ChainEvaluator.trial
+    trial = evaluator.trial
 
     def spy(self, *args, **kwargs):
         calls.append(kwargs.get("single", False))
         return trial(self, *args, **kwargs)
 
-    monkeypatch.setattr(ChainEvaluator, "trial", spy)
+    monkeypatch.setattr(evaluator, "trial", spy)
     weights = {}
     for flip_alone in (True, False):
         if not flip_alone:
-            monkeypatch.setattr(ChainEvaluator, "single_candidate", lambda self, v: False)
+            monkeypatch.setattr(evaluator, "single_candidate", lambda self, v: False)
         calls.clear()
-        model = _net(Discrete.binary(), Discrete.binary())
+        model = build()
         trainer, _ = _train(model, x, y, epochs=2)
+        assert isinstance(trainer._plan()[0], evaluator)
         # Binary kernels through the flip alone; BatchNorm's real gamma and
         # beta through the pair.
         assert set(calls) == ({True, False} if flip_alone else {False}), set(calls)
@@ -203,9 +227,12 @@ def test_a_binary_trial_evaluates_only_the_flip_and_decides_as_the_pair(toy_data
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_single_candidate_trial_needs_the_rank_one_update():
+@pytest.mark.parametrize("build", [lambda: _net(Discrete.binary(), Discrete.binary()),
+                                   lambda: _residual_net(Discrete.binary())],
+                         ids=["chain", "graph"])
+def test_a_single_candidate_trial_needs_the_rank_one_update(build):
     # BatchNorm's gamma has no rank-one update: its trial is always a pair.
-    model = _net(Discrete.binary(), Discrete.binary())
+    model = build()
     trainer = keras_rso.RSOModel(model)
     trainer.compile(optimizer=keras_rso.RSO(), loss="sparse_categorical_crossentropy")
     evaluator, _ = trainer._plan()

@@ -187,3 +187,14 @@ def test_early_pools_take_the_fast_path_and_match_the_full_path(float64):
         weights[fast] = [v.numpy() for v in model.weights]
     for a, b in zip(weights[True], weights[False]):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_paper_cifar10_net_takes_a_kernel_constraint():
+    from keras_rso.constraints import Discrete
+
+    model = models.paper_cifar10_net(kernel_constraint=Discrete.binary())
+    kernels = [v for v in model.trainable_variables if v.path.endswith("kernel")]
+    assert len(kernels) == 11  # nine 3x3 convolutions, the shortcut, the classifier
+    assert all(isinstance(v.constraint, Discrete) for v in kernels)
+    assert not any(v.constraint for v in model.trainable_variables
+                   if not v.path.endswith("kernel"))

@@ -12,7 +12,8 @@ again. `GraphEvaluator` serves those models the same way the chain does:
   node (and the pre-activation of every plain `Dense`/`Conv2D`).
 * A trial of a weight in node `i` recomputes node `i` for both candidates,
   stacked along the batch axis (for a `Dense`/`Conv2D` weight, as a
-  rank-one update of one channel of the cached pre-activation), and then
+  rank-one update of one channel of the cached pre-activation; a binary
+  weight's trial runs its flip alone, `trial(..., single=True)`), and then
   only the nodes *downstream* of `i`, in topological order. A downstream
   node whose other inputs are untouched reads them from the cache (the
   unchanged skip of a residual block, say), doubled to match the stacked
@@ -321,8 +322,8 @@ class GraphEvaluator:
                     mode[k] = DELTA
         return mode
 
-    def _run_stacked(self, k: int, values, batch):
-        """Node `k` on two stacked candidates; `(output, pre-activation)`."""
+    def _run_stacked(self, k: int, values, batch, n: int = 2):
+        """Node `k` on `n` stacked candidates; `(output, pre-activation)`."""
         layer = self.layers[k]
         if k in self.slot:
             p = _pre_activation(layer, values[0])
@@ -335,16 +336,16 @@ class GraphEvaluator:
         # the scope, and the second candidate must draw from the same state
         # as the first (see `evaluators.seed_states`).
         halves = []
-        for half in range(2):
+        for half in range(n):
             with keras.StatelessScope():
                 halves.append(self._call(k, [v[half * batch:(half + 1) * batch]
                                              for v in values]))
         return tf.concat(halves, axis=0), None
 
-    def _downstream(self, i: int, sparse: bool, stacked, outputs, pre, x, batch, c):
-        """Recomputes the nodes downstream of node `i` on two stacked
-        candidates, whose values at node `i` are `stacked` (channel `c`
-        only, if `sparse`).
+    def _downstream(self, i: int, sparse: bool, n: int, stacked, outputs, pre, x, batch, c):
+        """Recomputes the nodes downstream of node `i` on `n` stacked
+        candidates (two, or a binary weight's flip alone), whose values at
+        node `i` are `stacked` (channel `c` only, if `sparse`).
 
         Returns `(values, pre-activations)`: tuples over `downstream[i]`
         (channel `c` only where `_modes` says `SPARSE`) and over the
@@ -356,8 +357,8 @@ class GraphEvaluator:
         def cached(a):
             return x if a == MODEL_INPUT else outputs[a]
 
-        def doubled(t):
-            return tf.concat([t, t], 0)
+        def doubled(t):  # the cached value, once per candidate
+            return tf.concat([t] * n, 0)
 
         def full(a):
             if a not in new:
@@ -387,30 +388,31 @@ class GraphEvaluator:
                 pres.append(p)
                 new[k] = _activate(layer, p)
             else:
-                new[k], p = self._run_stacked(k, [full(a) for a in node.inputs], batch)
+                new[k], p = self._run_stacked(k, [full(a) for a in node.inputs], batch, n)
                 if p is not None:
                     pres.append(p)
         last = self.downstream[i][-1]
         return tuple(new[k] for k in self.downstream[i]), tuple(pres), full(last)
 
-    def _tail(self, i: int, sparse: bool, stacked, outputs, pre, x, batch, c):
-        """`_downstream`, traced once per node (and start mode) and shared
-        by its variables.
+    def _tail(self, i: int, sparse: bool, n: int, stacked, outputs, pre, x, batch, c):
+        """`_downstream`, traced once per node (start mode and number of
+        candidates) and shared by its variables.
 
         Under several replicas it stays inline: collective ops
         (synchronized BatchNormalization) must not be shared between call
         sites.
         """
         if distribution.num_replicas() > 1:
-            return self._downstream(i, sparse, stacked, outputs, pre, x, batch, c)
-        if (i, sparse) not in self._tails:
-            self._tails[i, sparse] = tf.function(
-                lambda *args: self._downstream(i, sparse, *args), autograph=False)
-        return self._tails[i, sparse](stacked, outputs, pre, x, batch, c)
+            return self._downstream(i, sparse, n, stacked, outputs, pre, x, batch, c)
+        if (i, sparse, n) not in self._tails:
+            self._tails[i, sparse, n] = tf.function(
+                lambda *args: self._downstream(i, sparse, n, *args), autograph=False)
+        return self._tails[i, sparse, n](stacked, outputs, pre, x, batch, c)
 
-    def _first(self, v: VariableChoice, j, dw, values, pre):
+    def _first(self, v: VariableChoice, j, dw, values, pre, single: bool = False):
         """Node `i` of variable `v` (an index, or a `OneOf` of whole-layer
-        parameters) for both candidates, stacked.
+        parameters) for both candidates, stacked (with `single`, for the
+        one candidate `w + dw` of a weight with the rank-one update).
 
         Returns `(stacked, stacked pre-activation or None, c)`, where `c`
         is the one channel that differs from the cache, or None if the
@@ -427,12 +429,14 @@ class GraphEvaluator:
             c = _output_channel(kind, j, shape)
             base_c = _channel(pre[k], c)
             delta = _channel_delta(kind, layer, values[0], j, shape, pre[k])
-            d_plus, d_minus = (tf.cast(d, base_c.dtype) for d in split_offsets(dw))
-            p_c = tf.concat([base_c + d_plus * delta, base_c - d_minus * delta], 0)
+            if single:
+                p_c = [base_c + tf.cast(dw, base_c.dtype) * delta]
+            else:
+                d_plus, d_minus = (tf.cast(d, base_c.dtype) for d in split_offsets(dw))
+                p_c = [base_c + d_plus * delta, base_c - d_minus * delta]
             if _elementwise_activation(layer.activation):
-                return _activate(layer, p_c), p_c, c
-            p = tf.concat([_replace_channel(pre[k], c, p_c[:tf.shape(base_c)[0]]),
-                           _replace_channel(pre[k], c, p_c[tf.shape(base_c)[0]:])], 0)
+                return _activate(layer, tf.concat(p_c, 0)), tf.concat(p_c, 0), c
+            p = tf.concat([_replace_channel(pre[k], c, p) for p in p_c], 0)
             return _activate(layer, p), p, None
         mapping = candidate_mapping(self.variables, v, j, dw)
         if (self.plain_bn[i] and self.channelwise[i] and len(var.shape) == 1
@@ -451,28 +455,47 @@ class GraphEvaluator:
                     outs.append(self._call(i, values))
         return tf.concat(outs, 0), (tf.concat(ps, 0) if ps else None), None
 
-    def trial(self, v: VariableChoice, j, dw, fixed, carried, x, y, sample_weight):
+    def single_candidate(self, v: int) -> bool:
+        """True if `trial(..., single=True)` can evaluate variable `v`'s
+        candidate `w + dw` alone (a weight with the rank-one update)."""
+        return self.kind[v] is not None
+
+    def trial(self, v: VariableChoice, j, dw, fixed, carried, x, y, sample_weight,
+              single: bool = False):
         """The `Trial` of scalar `j` of variable `v` (an index, or a `OneOf`
-        of whole-layer parameters) at offset `dw`."""
+        of whole-layer parameters) at offset `dw`.
+
+        With `single` (where `single_candidate(v)`), `dw` is one offset and
+        only `w + dw` is evaluated, at about half the cost: a binary
+        weight's trial, whose other candidate would be `w` itself. The
+        `Trial`'s `w - dw` then has an infinite loss."""
+        if single and (isinstance(v, OneOf) or not self.single_candidate(v)):
+            raise ValueError(f"A trial of {self.variables[indices_of(v)[0]].path} evaluates "
+                             "two candidates: it has no rank-one update (single_candidate).")
+        n = 1 if single else 2
         (x,) = fixed
         outputs, pre = carried
         i = self.layer_of[indices_of(v)[0]]
         values = [x if a == MODEL_INPUT else outputs[a] for a in self.nodes[i].inputs]
         batch = tf.shape(values[0])[0]
         with keras.StatelessScope():
-            stacked, stacked_pre, c = self._first(v, j, dw, values, pre)
+            stacked, stacked_pre, c = self._first(v, j, dw, values, pre, single)
             sparse = c is not None
             if self.downstream[i]:
                 down, down_pre, y_pred = self._tail(
-                    i, sparse, stacked, outputs, pre, x, batch,
+                    i, sparse, n, stacked, outputs, pre, x, batch,
                     c if sparse else tf.constant(0, tf.int64))
             else:
                 down, down_pre = (), ()
-                y_pred = (_replace_channel(tf.concat([outputs[i]] * 2, 0), c, stacked)
+                y_pred = (_replace_channel(tf.concat([outputs[i]] * n, 0), c, stacked)
                           if sparse else stacked)
-            yp, ym = y_pred[:batch], y_pred[batch:]
+            yp = y_pred[:batch]
             lp = self.loss_fn(y, yp, sample_weight)
-            lm = self.loss_fn(y, ym, sample_weight)
+            if single:
+                ym, lm = yp, tf.constant(float("inf"), lp.dtype)
+            else:
+                ym = y_pred[batch:]
+                lm = self.loss_fn(y, ym, sample_weight)
 
         # The cache entries a candidate changes: node i and everything
         # downstream of it, and the pre-activations of the mixers among them.
