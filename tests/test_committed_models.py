@@ -40,6 +40,10 @@ HEADLINE = [
      "binary_mnist_rso_b4096_k64_random_seed0.json"),
     ("binary_mnist_rso_b4096_k64_random_c10_seed0.keras",
      "binary_mnist_rso_b4096_k64_random_c10_seed0.json"),
+    ("binary_mnist_rso_b4096_k64_random_c10_seed1.keras",
+     "binary_mnist_rso_b4096_k64_random_c10_seed1.json"),
+    ("binary_mnist_rso_b4096_k64_random_c10_seed2.keras",
+     "binary_mnist_rso_b4096_k64_random_c10_seed2.json"),
 ]
 
 
