@@ -8,7 +8,7 @@ carried)`) and `trial(v, j, dw, fixed, carried, x, y, sample_weight)`
 (a `Trial`).
 """
 
-from typing import Callable, List, NamedTuple, Sequence, Tuple, Union
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import keras
 import tensorflow as tf
@@ -170,6 +170,33 @@ def seed_states(variables: Sequence[keras.Variable]) -> List[keras.Variable]:
     # SeedGenerator names its state variable so (Keras 3); a layer's
     # generators are otherwise reachable only through private attributes.
     return [v for v in variables if v.name == "seed_generator_state"]
+
+
+class SingleCandidates:
+    """What a fast evaluator adds to run one candidate alone.
+
+    A weight with the rank-one update (`kind[v]` set by the evaluator) can
+    be tried as `w + dw` alone, at about half the cost of the stacked pair:
+    a binary weight's trial, whose other candidate would be `w` itself
+    (`trial(..., single=True)`, chosen by `TrialLoop`). The `Trial`'s
+    `w - dw` then has an infinite loss.
+    """
+
+    variables: Sequence[keras.Variable]
+    kind: Sequence[Optional[str]]
+
+    def single_candidate(self, v: int) -> bool:
+        """True if `trial(..., single=True)` can evaluate variable `v`'s
+        candidate `w + dw` alone (a weight with the rank-one update)."""
+        return self.kind[v] is not None
+
+    def candidates(self, v: VariableChoice, single: bool) -> int:
+        """How many candidates the trial of `v` stacks: 1 with `single`,
+        else 2. Raises a ValueError if `v` cannot run one alone."""
+        if single and (isinstance(v, OneOf) or not self.single_candidate(v)):
+            raise ValueError(f"A trial of {self.variables[indices_of(v)[0]].path} evaluates "
+                             "two candidates: it has no rank-one update (single_candidate).")
+        return 1 if single else 2
 
 
 def batchnorm_layers(model) -> List[keras.layers.Layer]:

@@ -6,7 +6,8 @@ import keras
 import tensorflow as tf
 
 from keras_rso import distribution
-from keras_rso.evaluators.base import (LossFn, OneOf, VariableChoice, batchnorm_layers,
+from keras_rso.evaluators.base import (LossFn, OneOf, SingleCandidates, VariableChoice,
+                                       batchnorm_layers,
                                        cached_trial, candidate_mapping, indices_of, is_local,
                                        seed_states, split_offsets)
 from keras_rso.evaluators.rank_one import (_activate, _candidates_batchnorm, _channel,
@@ -15,10 +16,10 @@ from keras_rso.evaluators.rank_one import (_activate, _candidates_batchnorm, _ch
                                            channel_layer)
 from keras_rso.evaluators.topology import (PER_SAMPLE_LAYERS, _elementwise_activation,
                                            _is_channelwise, _is_mixer, _is_plain_batchnorm,
-                                           _rank_one_kind, layer_positions)
+                                           _rank_one_kind, owning_layers)
 
 
-class ChainEvaluator:
+class ChainEvaluator(SingleCandidates):
     """Evaluates candidates by re-running only what a weight can change.
 
     For a trial in layer `i`, only layers `i..n` run, on both candidates
@@ -56,11 +57,7 @@ class ChainEvaluator:
         self.layers = list(layers)
         self.variables = list(variables)
         self.loss_fn = loss_fn
-        owner = layer_positions(self.layers)
-        missing = [v.path for v in self.variables if id(v) not in owner]
-        if missing:
-            raise ValueError(f"Variables outside the chain's layers: {missing}")
-        self.layer_of = [owner[id(v)] for v in self.variables]
+        self.layer_of = owning_layers(self.layers, self.variables, "chain")
         self.kind = [_rank_one_kind(self.layers[i], v) if is_local(v) else None
                      for i, v in zip(self.layer_of, self.variables)]
         n = len(self.layers)
@@ -267,23 +264,14 @@ class ChainEvaluator:
         y_pred, _ = self._run(m + 1, _activate(mixer, p_m), batch, None, n)
         return y_pred
 
-    def single_candidate(self, v: int) -> bool:
-        """True if `trial(..., single=True)` can evaluate variable `v`'s
-        candidate `w + dw` alone (a weight with the rank-one update)."""
-        return self.kind[v] is not None
-
     def trial(self, v: VariableChoice, j, dw, fixed, carried, x, y, sample_weight,
               single: bool = False):
         """The `Trial` of scalar `j` of variable `v` (an index, or a `OneOf`
         of whole-layer parameters) at offset `dw`.
 
-        With `single` (where `single_candidate(v)`), `dw` is one offset and
-        only `w + dw` is evaluated, at about half the cost: a binary
-        weight's trial, whose other candidate would be `w` itself. The
-        `Trial`'s `w - dw` then has an infinite loss."""
-        if single and (isinstance(v, OneOf) or not self.single_candidate(v)):
-            raise ValueError(f"A trial of {self.variables[indices_of(v)[0]].path} evaluates "
-                             "two candidates: it has no rank-one update (single_candidate).")
+        With `single`, `dw` is one offset and only `w + dw` is evaluated
+        (`SingleCandidates`)."""
+        self.candidates(v, single)  # refuses `single` where it cannot apply
         inputs = fixed
         mix_in, pre = carried
         i = self.layer_of[indices_of(v)[0]]

@@ -35,7 +35,8 @@ import keras
 import tensorflow as tf
 
 from keras_rso import _compat, distribution
-from keras_rso.evaluators.base import (LossFn, OneOf, VariableChoice, batchnorm_layers,
+from keras_rso.evaluators.base import (LossFn, OneOf, SingleCandidates, VariableChoice,
+                                       batchnorm_layers,
                                        cached_trial, candidate_mapping, indices_of, is_local,
                                        seed_states, split_offsets)
 from keras_rso.evaluators.rank_one import (_activate, _candidates_batchnorm, _channel,
@@ -43,7 +44,8 @@ from keras_rso.evaluators.rank_one import (_activate, _candidates_batchnorm, _ch
                                            _pre_activation, _replace_channel, channel_layer)
 from keras_rso.evaluators.topology import (PER_SAMPLE_LAYERS, _elementwise_activation,
                                            _is_channelwise, _is_plain_batchnorm,
-                                           _rank_one_kind, layer_positions)
+                                           _rank_one_kind, layer_positions,
+                                           owning_layers)
 
 MODEL_INPUT = -1  # the `inputs` index that names the model's input
 SPARSE, DELTA, FULL = "sparse", "delta", "full"  # see `GraphEvaluator._modes`
@@ -152,7 +154,7 @@ def _is_rank_one_mixer(layer) -> bool:
     return _rank_one_kind(layer, getattr(layer, "kernel", None)) is not None
 
 
-class GraphEvaluator:
+class GraphEvaluator(SingleCandidates):
     """Evaluates candidates by re-running only the nodes downstream of a weight.
 
     Args:
@@ -169,11 +171,7 @@ class GraphEvaluator:
         self.layers = [n.layer for n in self.nodes]
         self.variables = list(variables)
         self.loss_fn = loss_fn
-        owner = layer_positions(self.layers)
-        missing = [v.path for v in self.variables if id(v) not in owner]
-        if missing:
-            raise ValueError(f"Variables outside the graph's layers: {missing}")
-        self.layer_of = [owner[id(v)] for v in self.variables]
+        self.layer_of = owning_layers(self.layers, self.variables, "graph")
         self._mode_cache: Dict[tuple, Dict[int, str]] = {}
         n = len(self.nodes)
         # A mixer's output is its cached pre-activation, activated: a weight
@@ -455,24 +453,13 @@ class GraphEvaluator:
                     outs.append(self._call(i, values))
         return tf.concat(outs, 0), (tf.concat(ps, 0) if ps else None), None
 
-    def single_candidate(self, v: int) -> bool:
-        """True if `trial(..., single=True)` can evaluate variable `v`'s
-        candidate `w + dw` alone (a weight with the rank-one update)."""
-        return self.kind[v] is not None
-
     def trial(self, v: VariableChoice, j, dw, fixed, carried, x, y, sample_weight,
               single: bool = False):
-        """The `Trial` of scalar `j` of variable `v` (an index, or a `OneOf`
-        of whole-layer parameters) at offset `dw`.
-
-        With `single` (where `single_candidate(v)`), `dw` is one offset and
-        only `w + dw` is evaluated, at about half the cost: a binary
-        weight's trial, whose other candidate would be `w` itself. The
-        `Trial`'s `w - dw` then has an infinite loss."""
-        if single and (isinstance(v, OneOf) or not self.single_candidate(v)):
-            raise ValueError(f"A trial of {self.variables[indices_of(v)[0]].path} evaluates "
-                             "two candidates: it has no rank-one update (single_candidate).")
-        n = 1 if single else 2
+        """Tries scalar `j` of variable `v` (an index, or a `OneOf` of
+        whole-layer parameters) at offset `dw`, running node `i` and the
+        nodes downstream of it; returns the `Trial`. With `single`, `dw` is
+        one offset and `w + dw` is the one candidate (`SingleCandidates`)."""
+        n = self.candidates(v, single)
         (x,) = fixed
         outputs, pre = carried
         i = self.layer_of[indices_of(v)[0]]

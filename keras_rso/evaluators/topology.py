@@ -197,3 +197,14 @@ def layer_positions(layers, unique: bool = False) -> Optional[Dict[int, int]]:
                 continue
             owner[id(var)] = k
     return owner
+
+
+def owning_layers(layers, variables, where: str) -> List[int]:
+    """The index in `layers` of the layer holding each of `variables`;
+    raises a ValueError naming those outside them (`where`: "chain",
+    "graph")."""
+    owner = layer_positions(layers)
+    missing = [v.path for v in variables if id(v) not in owner]
+    if missing:
+        raise ValueError(f"Variables outside the {where}'s layers: {missing}")
+    return [owner[id(v)] for v in variables]
