@@ -87,6 +87,17 @@ def split_offsets(dw) -> Tuple[tf.Tensor, tf.Tensor]:
     return dw, dw
 
 
+def rank_one_candidates(base_c, delta, dw, single: bool = False) -> List[tf.Tensor]:
+    """The candidates' values of the one channel a rank-one weight changes:
+    `base_c + d_plus * delta` and `base_c - d_minus * delta` (`dw` as
+    `split_offsets` takes it), or with `single` the one `base_c + dw *
+    delta` (`SingleCandidates`)."""
+    if single:
+        return [base_c + tf.cast(dw, base_c.dtype) * delta]
+    d_plus, d_minus = (tf.cast(d, base_c.dtype) for d in split_offsets(dw))
+    return [base_c + d_plus * delta, base_c - d_minus * delta]
+
+
 def is_local(var) -> bool:
     """True if a candidate of `var` differs from `W` only at the perturbed
     scalar: no constraint, or one that acts element by element (a fast
@@ -184,6 +195,7 @@ class SingleCandidates:
 
     variables: Sequence[keras.Variable]
     kind: Sequence[Optional[str]]
+    loss_fn: LossFn
 
     def single_candidate(self, v: int) -> bool:
         """True if `trial(..., single=True)` can evaluate variable `v`'s
@@ -197,6 +209,17 @@ class SingleCandidates:
             raise ValueError(f"A trial of {self.variables[indices_of(v)[0]].path} evaluates "
                              "two candidates: it has no rank-one update (single_candidate).")
         return 1 if single else 2
+
+    def candidate_losses(self, y_pred, batch, y, sample_weight, single: bool):
+        """`(loss_plus, y_plus, loss_minus, y_minus)` of the `y_pred` the
+        candidates stacked; with `single` the one candidate is `w + dw`,
+        and `w - dw` gets an infinite loss."""
+        yp = y_pred[:batch]
+        lp = self.loss_fn(y, yp, sample_weight)
+        if single:
+            return lp, yp, tf.constant(float("inf"), lp.dtype), yp
+        ym = y_pred[batch:]
+        return lp, yp, self.loss_fn(y, ym, sample_weight), ym
 
 
 def batchnorm_layers(model) -> List[keras.layers.Layer]:

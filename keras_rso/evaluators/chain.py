@@ -9,7 +9,7 @@ from keras_rso import distribution
 from keras_rso.evaluators.base import (LossFn, OneOf, SingleCandidates, VariableChoice,
                                        batchnorm_layers,
                                        cached_trial, candidate_mapping, indices_of, is_local,
-                                       seed_states, split_offsets)
+                                       rank_one_candidates, seed_states)
 from keras_rso.evaluators.rank_one import (_activate, _candidates_batchnorm, _channel,
                                            _channel_delta, _half, _output_channel,
                                            _pre_activation, _replace_channel,
@@ -231,12 +231,10 @@ class ChainEvaluator(SingleCandidates):
         c = _output_channel(kind, j, shape)
         base_c = _channel(pre[k], c)
         delta = _channel_delta(kind, layer, h_in, j, shape, pre[k])
+        p_c = rank_one_candidates(base_c, delta, dw, single)
         if single:
-            p_c = (base_c + tf.cast(dw, base_c.dtype) * delta,)
             new[("pre", k)] = lambda minus: _replace_channel(pre[k], c, p_c[0])
             return c, p_c
-        d_plus, d_minus = (tf.cast(d, base_c.dtype) for d in split_offsets(dw))
-        p_c = (base_c + d_plus * delta, base_c - d_minus * delta)
         new[("pre", k)] = lambda minus: _replace_channel(
             pre[k], c, tf.where(minus, p_c[1], p_c[0]))
         return c, p_c
@@ -299,12 +297,6 @@ class ChainEvaluator(SingleCandidates):
                 km = self.slot[m]
                 new[("in", km)] = lambda minus: _half(seen[0], minus, batch)
                 new[("pre", km)] = lambda minus: _half(seen[1], minus, batch)
-            yp = y_pred[:batch]
-            lp = self.loss_fn(y, yp, sample_weight)
-            if single:
-                ym, lm = yp, tf.constant(float("inf"), lp.dtype)
-            else:
-                ym = y_pred[batch:]
-                lm = self.loss_fn(y, ym, sample_weight)
+            lp, yp, lm, ym = self.candidate_losses(y_pred, batch, y, sample_weight, single)
 
         return cached_trial(lp, yp, lm, ym, new, {"in": mix_in, "pre": pre})

@@ -38,7 +38,7 @@ from keras_rso import _compat, distribution
 from keras_rso.evaluators.base import (LossFn, OneOf, SingleCandidates, VariableChoice,
                                        batchnorm_layers,
                                        cached_trial, candidate_mapping, indices_of, is_local,
-                                       seed_states, split_offsets)
+                                       rank_one_candidates, seed_states)
 from keras_rso.evaluators.rank_one import (_activate, _candidates_batchnorm, _channel,
                                            _channel_delta, _half, _output_channel,
                                            _pre_activation, _replace_channel, channel_layer)
@@ -427,13 +427,10 @@ class GraphEvaluator(SingleCandidates):
             c = _output_channel(kind, j, shape)
             base_c = _channel(pre[k], c)
             delta = _channel_delta(kind, layer, values[0], j, shape, pre[k])
-            if single:
-                p_c = [base_c + tf.cast(dw, base_c.dtype) * delta]
-            else:
-                d_plus, d_minus = (tf.cast(d, base_c.dtype) for d in split_offsets(dw))
-                p_c = [base_c + d_plus * delta, base_c - d_minus * delta]
+            p_c = rank_one_candidates(base_c, delta, dw, single)
             if _elementwise_activation(layer.activation):
-                return _activate(layer, tf.concat(p_c, 0)), tf.concat(p_c, 0), c
+                stacked_c = tf.concat(p_c, 0)
+                return _activate(layer, stacked_c), stacked_c, c
             p = tf.concat([_replace_channel(pre[k], c, p) for p in p_c], 0)
             return _activate(layer, p), p, None
         mapping = candidate_mapping(self.variables, v, j, dw)
@@ -476,13 +473,7 @@ class GraphEvaluator(SingleCandidates):
                 down, down_pre = (), ()
                 y_pred = (_replace_channel(tf.concat([outputs[i]] * n, 0), c, stacked)
                           if sparse else stacked)
-            yp = y_pred[:batch]
-            lp = self.loss_fn(y, yp, sample_weight)
-            if single:
-                ym, lm = yp, tf.constant(float("inf"), lp.dtype)
-            else:
-                ym = y_pred[batch:]
-                lm = self.loss_fn(y, ym, sample_weight)
+            lp, yp, lm, ym = self.candidate_losses(y_pred, batch, y, sample_weight, single)
 
         # The cache entries a candidate changes: node i and everything
         # downstream of it, and the pre-activations of the mixers among them.
