@@ -10,7 +10,7 @@ import tensorflow as tf
 from benchmarks import raw_pixel_models
 from benchmarks.flop_limit import counted_ops, limit_seconds
 from benchmarks.pool_speed import time_keras_rso
-from keras_rso import datasets, models
+from keras_rso import constraints, datasets, models
 
 
 def test_flops_are_counted_from_static_shapes():
@@ -214,3 +214,23 @@ def test_graph_speed_refuses_paths_it_cannot_time(argv, capsys):
         graph_speed.main(argv)
     assert exit_info.value.code == 2
     assert "--paths takes fast, full and pair (pair with --binary)" in capsys.readouterr().err
+
+
+def test_trajectory_average_votes_binary_kernels_and_averages_real_weights():
+    from benchmarks.studies.trajectory_average import averaged, position
+
+    binary = keras.Variable(np.ones((2, 2), "float32"))
+    binary.constraint = constraints.Discrete.binary()  # as `Layer.add_weight` sets it
+    real = keras.Variable(np.zeros(2, "float32"))
+    snaps = [[np.array([[1, 1], [-1, 1]], "float32"), np.array([0.0, 1.0], "float32")],
+             [np.array([[1, -1], [-1, -1]], "float32"), np.array([1.0, 1.0], "float32")],
+             [np.array([[-1, -1], [1, 1]], "float32"), np.array([2.0, 4.0], "float32")]]
+    votes, means = averaged(snaps, [binary, real])
+    np.testing.assert_array_equal(votes, [[1, -1], [-1, 1]])  # majority of three
+    np.testing.assert_allclose(means, [1.0, 2.0])
+    # Two snapshots that disagree tie: the newer value stays.
+    votes, _ = averaged(snaps[1:], [binary, real])
+    np.testing.assert_array_equal(votes, [[-1, -1], [1, 1]])
+    assert position("x/seed0_11_124.weights.h5") == (11, 124)
+    with pytest.raises(ValueError, match="_<epoch>_<batch>"):
+        position("latest.weights.h5")
