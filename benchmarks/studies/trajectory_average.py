@@ -7,7 +7,7 @@ accuracy moves without a trend: the search walks across near-ties. This
 study asks whether the centre of that walk is a better model than its end
 point. It takes `BackupAndRestore` weight files saved along one run (the
 backup's `latest.weights.h5`, copied each time the backup's metadata
-changed), averages the last N of them variable by variable, projects each
+changed, by `benchmarks/studies/snapshot_backups.sh`), averages the last N of them variable by variable, projects each
 average onto its variable's constraint (for a binary kernel, the nearest
 of -1 and +1: a majority vote; an exact tie keeps the newest snapshot's
 value), sets every BatchNorm layer's statistics from training images
@@ -16,6 +16,7 @@ value), sets every BatchNorm layer's statistics from training images
 snapshot alone, with the same statistics. The test set is not read.
 
 Example:
+    bash benchmarks/studies/snapshot_backups.sh snaps seed0=docs/results/backups/RUN &  # while RUN trains
     python -m benchmarks.studies.trajectory_average snaps/seed0_*.weights.h5 \\
         --last 1 3 9 17 --output docs/results/trajectory_average_binary_seed0.json
 """
