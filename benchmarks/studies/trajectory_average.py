@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 from keras_rso import RSO, RSOModel, constraints, datasets, models
-from benchmarks.studies.precise_bn import set_population_statistics
+from benchmarks.studies.precise_bn import accuracy, set_population_statistics
 from examples.experiment import provenance, split_validation, write_json
 
 
@@ -76,10 +76,6 @@ def averaged(snapshots: Sequence[List[np.ndarray]], variables) -> List[np.ndarra
             mean = projected
         out.append(mean.astype(stack.dtype))
     return out
-
-
-def accuracy(model, x, y) -> float:
-    return float((model.predict(x, batch_size=2000, verbose=0).argmax(-1) == y).mean())
 
 
 def main(argv=None):
