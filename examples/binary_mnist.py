@@ -85,6 +85,12 @@ def ste_net(mean: float) -> keras.Model:
     return keras.models.clone_model(models.paper_mnist_net(mean=mean), clone_function=swap)
 
 
+def rso_net(mean: float) -> keras.Model:
+    """`paper_mnist_net` with every kernel in {-1, +1}, as --method rso trains it."""
+    return models.paper_mnist_net(mean=mean, kernel_constraint=constraints.Discrete.binary(),
+                                  name="binary_paper_mnist_net")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,10 +105,7 @@ def main(argv=None):
     if args.method == "ste":
         args.optimizer = "adam"
         return run_gradient(functools.partial(ste_net, mean), data, args, loss=loss)
-    build = functools.partial(models.paper_mnist_net, mean=mean,
-                              kernel_constraint=constraints.Discrete.binary(),
-                              name="binary_paper_mnist_net")
-    return run_rso(build, data, args, loss=loss)
+    return run_rso(functools.partial(rso_net, mean), data, args, loss=loss)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,16 @@
 set -u
 dest=$1; shift
 mkdir -p "$dest"
+position_of() { tr -dc '0-9,' < "$1/training_metadata.json" | tr ',' '_'; }
 while true; do
   for pair in "$@"; do
     name=${pair%%=*}; src=${pair#*=}
     [ -f "$src/training_metadata.json" ] || continue
-    position=$(tr -dc '0-9,' < "$src/training_metadata.json" | tr ',' '_')
+    position=$(position_of "$src")
     out="$dest/${name}_$position.weights.h5"
     [ -f "$out" ] && continue
     cp "$src/latest.weights.h5" "$out.tmp"
-    if [ "$position" == "$(tr -dc '0-9,' < "$src/training_metadata.json" | tr ',' '_')" ]; then
+    if [ "$position" == "$(position_of "$src")" ]; then
       mv "$out.tmp" "$out"
     else
       rm -f "$out.tmp"

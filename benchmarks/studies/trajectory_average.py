@@ -24,14 +24,20 @@ Example:
 import argparse
 import os
 import re
+import sys
 from typing import List, Sequence
 
-import keras
-import numpy as np
+# The example scripts import their driver as `experiment`.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
+                                os.pardir, "examples"))
 
-from keras_rso import RSO, RSOModel, constraints, datasets, models
-from benchmarks.studies.precise_bn import accuracy, set_population_statistics
-from examples.experiment import provenance, split_validation, write_json
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from keras_rso import RSO, RSOModel, constraints, datasets  # noqa: E402
+from benchmarks.studies.precise_bn import accuracy, set_population_statistics  # noqa: E402
+from binary_mnist import rso_net  # noqa: E402
+from experiment import provenance, split_validation, write_json  # noqa: E402
 
 
 def position(path: str):
@@ -43,11 +49,9 @@ def position(path: str):
 
 
 def binary_net(mean: float) -> RSOModel:
-    """The binary net of `examples/binary_mnist.py`, wrapped and compiled as
-    that example does, so that its backups load."""
-    model = models.paper_mnist_net(mean=mean, kernel_constraint=constraints.Discrete.binary(),
-                                   name="binary_paper_mnist_net")
-    trainer = RSOModel(model)
+    """The binary net of `examples/binary_mnist.py` (`rso_net`), wrapped and
+    compiled, so that its backups load."""
+    trainer = RSOModel(rso_net(mean))
     trainer.compile(optimizer=RSO(weights_per_batch=64, order="random", sigma_rule="he"),
                     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                     metrics=["accuracy"])
@@ -70,9 +74,10 @@ def averaged(snapshots: Sequence[List[np.ndarray]], variables) -> List[np.ndarra
         if constraint is not None:
             projected = keras.ops.convert_to_numpy(constraint(keras.ops.convert_to_tensor(mean)))
             if isinstance(constraint, constraints.Discrete):
-                # A vote that ties (an even number of snapshots) keeps the newest value.
+                # Where the newest value is as near the mean as the projection (a
+                # vote that ties: an even number of snapshots), the newest stays.
                 tie = np.isclose(np.abs(mean - projected), np.abs(mean - stack[-1]))
-                projected = np.where(tie & ~np.isclose(projected, stack[-1]), stack[-1], projected)
+                projected = np.where(tie, stack[-1], projected)
             mean = projected
         out.append(mean.astype(stack.dtype))
     return out
