@@ -352,6 +352,15 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
             raise ValueError(
                 "RSOModel.compile needs a `loss`: RSO keeps the candidate "
                 "with the lowest loss.")
+        if kwargs.get("auto_scale_loss"):
+            raise ValueError(
+                "RSOModel.compile got `auto_scale_loss=True`: loss scaling "
+                "keeps float16 gradients from underflowing, and RSO computes "
+                "no gradient. Leave it out; under a `mixed_float16` policy "
+                "RSO compares the candidates' losses as they are.")
+        # Under a `mixed_float16` policy Keras would wrap the optimizer in a
+        # `LossScaleOptimizer`, which has nothing to scale here.
+        kwargs["auto_scale_loss"] = False
         super().compile(optimizer=optimizer, **kwargs)
         if not getattr(self.model, "compiled", False) and isinstance(self.model, keras.Model):
             # So that `model.evaluate(...)` works on the plain model after

@@ -92,6 +92,9 @@ def rank_one_candidates(base_c, delta, dw, single: bool = False) -> List[tf.Tens
     `base_c + d_plus * delta` and `base_c - d_minus * delta` (`dw` as
     `split_offsets` takes it), or with `single` the one `base_c + dw *
     delta` (`SingleCandidates`)."""
+    # `delta` comes from the layer's input, which under a mixed precision
+    # policy may be in another dtype than the layer computes in.
+    delta = tf.cast(delta, base_c.dtype)
     if single:
         return [base_c + tf.cast(dw, base_c.dtype) * delta]
     d_plus, d_minus = (tf.cast(d, base_c.dtype) for d in split_offsets(dw))

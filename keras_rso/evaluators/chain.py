@@ -11,8 +11,8 @@ from keras_rso.evaluators.base import (LossFn, OneOf, SingleCandidates, Variable
                                        cached_trial, candidate_mapping, indices_of, is_local,
                                        rank_one_candidates, seed_states)
 from keras_rso.evaluators.rank_one import (_activate, _candidates_batchnorm, _channel,
-                                           _channel_delta, _half, _output_channel,
-                                           _pre_activation, _replace_channel,
+                                           _channel_delta, _half, _input_channel_delta,
+                                           _output_channel, _pre_activation, _replace_channel,
                                            channel_layer)
 from keras_rso.evaluators.topology import (PER_SAMPLE_LAYERS, _elementwise_activation,
                                            _is_channelwise, _is_mixer, _is_plain_batchnorm,
@@ -252,10 +252,7 @@ class ChainEvaluator(SingleCandidates):
         base_in = _channel(mix_in[km], c)
         diff = hc - tf.concat([base_in] * n, 0)
         mixer = self.layers[m]
-        if type(mixer) is keras.layers.Dense:
-            dpre = tf.matmul(diff, tf.gather(mixer.kernel, [c], axis=0))
-        else:
-            dpre = mixer.convolution_op(diff, tf.gather(mixer.kernel, [c], axis=2))
+        dpre = _input_channel_delta(mixer, diff, c)
         p_m = tf.concat([pre[km]] * n, 0) + dpre
         new[("in", km)] = lambda minus: _replace_channel(mix_in[km], c, _half(hc, minus, batch))
         new[("pre", km)] = lambda minus: _half(p_m, minus, batch)

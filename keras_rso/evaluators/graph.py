@@ -40,8 +40,9 @@ from keras_rso.evaluators.base import (LossFn, OneOf, SingleCandidates, Variable
                                        cached_trial, candidate_mapping, indices_of, is_local,
                                        rank_one_candidates, seed_states)
 from keras_rso.evaluators.rank_one import (_activate, _candidates_batchnorm, _channel,
-                                           _channel_delta, _half, _output_channel,
-                                           _pre_activation, _replace_channel, channel_layer)
+                                           _channel_delta, _half, _input_channel_delta,
+                                           _output_channel, _pre_activation, _replace_channel,
+                                           channel_layer)
 from keras_rso.evaluators.topology import (PER_SAMPLE_LAYERS, _elementwise_activation,
                                            _is_channelwise, _is_plain_batchnorm,
                                            _rank_one_kind, layer_positions,
@@ -378,10 +379,7 @@ class GraphEvaluator(SingleCandidates):
             elif mode[k] == DELTA:
                 (a,) = node.inputs
                 diff = new[a] - doubled(_channel(cached(a), c))
-                if type(layer) is keras.layers.Dense:
-                    change = keras.ops.matmul(diff, tf.gather(layer.kernel, [c], axis=0))
-                else:
-                    change = layer.convolution_op(diff, tf.gather(layer.kernel, [c], axis=2))
+                change = _input_channel_delta(layer, diff, c)
                 p = doubled(pre[self.slot[k]]) + change
                 pres.append(p)
                 new[k] = _activate(layer, p)

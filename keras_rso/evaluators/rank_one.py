@@ -4,18 +4,40 @@ import keras
 import tensorflow as tf
 
 
+def _weight(layer, value):
+    """`value` (a variable of `layer`, a slice of one, or an input) in the
+    layer's compute dtype, as `layer.__call__` reads its variables and
+    inputs: under a mixed precision policy (`mixed_bfloat16`) the variables
+    are float32 and most layers compute in bfloat16."""
+    dtype = layer.compute_dtype
+    value = tf.convert_to_tensor(value)
+    return value if value.dtype == dtype else tf.cast(value, dtype)
+
+
 def _pre_activation(layer, x):
-    """Dense/Conv2D output before the activation, computed as `call` does."""
+    """Dense/Conv2D output before the activation, computed as `call` does
+    (which casts a floating input to the layer's compute dtype)."""
+    x = _weight(layer, x)
     if type(layer) is keras.layers.Dense:
-        out = keras.ops.matmul(x, layer.kernel)
+        out = keras.ops.matmul(x, _weight(layer, layer.kernel))
         if layer.bias is not None:
-            out = keras.ops.add(out, layer.bias)
+            out = keras.ops.add(out, _weight(layer, layer.bias))
         return out
-    out = layer.convolution_op(x, layer.kernel)
+    out = layer.convolution_op(x, _weight(layer, layer.kernel))
     if layer.use_bias:
-        bias = keras.ops.reshape(layer.bias, (1,) * (layer.rank + 1) + (layer.filters,))
+        bias = keras.ops.reshape(_weight(layer, layer.bias),
+                                 (1,) * (layer.rank + 1) + (layer.filters,))
         out = keras.ops.add(out, bias)
     return out
+
+
+def _input_channel_delta(layer, diff, c):
+    """The change of `layer`'s (a Dense or Conv2D) pre-activation when its
+    input channel `c` changes by `diff` (one channel)."""
+    diff = _weight(layer, diff)
+    if type(layer) is keras.layers.Dense:
+        return tf.matmul(diff, _weight(layer, tf.gather(layer.kernel, [c], axis=0)))
+    return layer.convolution_op(diff, _weight(layer, tf.gather(layer.kernel, [c], axis=2)))
 
 
 def _activate(layer, out):
@@ -96,9 +118,12 @@ def _candidates_batchnorm(layer, h, batch, channel=None, candidates=None):
     minus)` with each `variable` the layer's gamma or beta
     (`candidate_mapping`), gives those parameters a value per half: the
     first half is normalised with `plus`, the second with `minus`, in one
-    pass.
+    pass. Half-precision activations (a mixed precision policy) are
+    normalised in float32 and cast back, as the layer does.
     """
     given = {id(c[0]): c for c in candidates or ()}
+    # Keras' BatchNormalization upcasts float16/bfloat16 inputs to float32.
+    dtype = keras.backend.result_type(h.dtype, "float32")
 
     def param(v):
         if id(v) in given:
@@ -110,14 +135,15 @@ def _candidates_batchnorm(layer, h, batch, channel=None, candidates=None):
         return param_of(v)
 
     def param_of(v):
-        return tf.gather(v, channel) if channel is not None else tf.convert_to_tensor(v)
+        v = tf.gather(v, channel) if channel is not None else tf.convert_to_tensor(v)
+        return tf.cast(v, dtype)
 
     own = {id(getattr(layer, name, None)) for name in ("gamma", "beta")}
     for var, _, _ in candidates or ():
         if id(var) not in own:
             raise ValueError(f"{var.path} is neither gamma nor beta of {layer.name}.")
     # `[candidates, batch, ...]`: two candidates, or one (a binary weight's flip).
-    two = tf.reshape(h, tf.concat([[-1, batch], tf.shape(h)[1:]], 0))
+    two = tf.cast(tf.reshape(h, tf.concat([[-1, batch], tf.shape(h)[1:]], 0)), dtype)
     gamma = param(layer.gamma) if layer.scale else None
     beta = param(layer.beta) if layer.center else None
     if not layer.trainable:
@@ -127,6 +153,7 @@ def _candidates_batchnorm(layer, h, batch, channel=None, candidates=None):
     else:
         mean, var = tf.nn.moments(two, axes=list(range(1, len(h.shape))), keepdims=True)
     out = tf.nn.batch_normalization(two, mean, var, beta, gamma, layer.epsilon)
+    out = tf.cast(out, layer.compute_dtype)
     return tf.ensure_shape(tf.reshape(out, tf.shape(h)), h.shape)
 
 

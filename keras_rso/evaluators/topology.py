@@ -150,7 +150,7 @@ def _is_plain_batchnorm(layer) -> bool:
     return (type(layer) is keras.layers.BatchNormalization
             and layer.axis in (-1, len(layer.input.shape) - 1)
             and not layer.synchronized and not getattr(layer, "renorm", False)
-            and layer.compute_dtype in ("float32", "float64"))
+            and layer.compute_dtype in ("float32", "float64", "bfloat16", "float16"))
 
 
 def owner_layers(model: keras.Model, variables: Sequence[keras.Variable]
