@@ -74,15 +74,17 @@ def test_chain_trials_match_the_full_forward_path(mixed_policy, toy_data):
     assert max(errors) < 2e-2 and np.median(errors) < 0.1 * np.median(gaps), (errors, gaps)
 
 
-@pytest.mark.parametrize("build, evaluator", [(_chain, ChainEvaluator),
-                                              (_residual, GraphEvaluator)])
-def test_fast_path_trains_under_mixed_precision(mixed_policy, toy_data, build, evaluator):
+@pytest.mark.parametrize("build, evaluator, pool_size", [
+    (_chain, ChainEvaluator, None), (_residual, GraphEvaluator, None),
+    (_chain, ChainEvaluator, 128)], ids=["chain", "residual", "chain_pool"])
+def test_fast_path_trains_under_mixed_precision(mixed_policy, toy_data, build, evaluator,
+                                                pool_size):
     x, y = toy_data
     model = build()
     initial = [v.numpy().copy() for v in model.trainable_variables]
     fitted = fit_rso(model, x, y, batch_size=64, epochs=4, weights_per_batch=8,
                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                     metrics=["accuracy"])
+                     metrics=["accuracy"], pool_size=pool_size)
     assert isinstance(fitted.trainer._plan()[0], evaluator)
     # No loss scaling: RSO computes no gradient to scale.
     assert type(fitted.trainer.optimizer) is keras_rso.RSO
