@@ -44,6 +44,12 @@ HEADLINE = [
      "binary_mnist_rso_b4096_k64_random_c10_seed1.json"),
     ("binary_mnist_rso_b4096_k64_random_c10_seed2.keras",
      "binary_mnist_rso_b4096_k64_random_c10_seed2.json"),
+    ("binary_mnist_rso_b4096x10_8192x4_k64_random_seed0.keras",
+     "binary_mnist_rso_b4096x10_8192x4_k64_random_seed0.json"),
+    ("binary_mnist_rso_b4096x10_8192x4_k64_random_seed1.keras",
+     "binary_mnist_rso_b4096x10_8192x4_k64_random_seed1.json"),
+    ("binary_mnist_rso_b4096x10_8192x4_k64_random_seed2.keras",
+     "binary_mnist_rso_b4096x10_8192x4_k64_random_seed2.json"),
 ]
 
 
