@@ -47,7 +47,10 @@ def _method(run: dict) -> str:
 def _label(run: dict) -> str:
     a = run["args"]
     if _method(run) == "rso":
-        return f"RSO, batch {a['batch_size']}, {a['cycles']} cycles, seed {a['seed']}"
+        # `--batch-schedule 4096:10,8192:4` runs its cycles at those batches.
+        batch = (" → ".join(str(b) for b, _ in a["batch_schedule"])
+                 if a.get("batch_schedule") else a["batch_size"])
+        return f"RSO, batch {batch}, {a['cycles']} cycles, seed {a['seed']}"
     return f"{_NAMES.get(_method(run), _method(run))}, seed {a['seed']}"
 
 
