@@ -234,3 +234,28 @@ def test_trajectory_average_votes_binary_kernels_and_averages_real_weights():
     assert position("x/seed0_11_124.weights.h5") == (11, 124)
     with pytest.raises(ValueError, match="_<epoch>_<batch>"):
         position("latest.weights.h5")
+
+
+def test_half_precision_copies_the_model_and_reads_its_decisions():
+    from benchmarks.studies import half_precision
+
+    keras.utils.set_random_seed(0)
+    model = models.mnist_paper_net(input_shape=(8, 8, 1), filters=4)
+    copy = half_precision.half_copy(model, "mixed_bfloat16")
+    assert [l.compute_dtype for l in copy.layers[:-1]] == ["bfloat16"] * (len(copy.layers) - 1)
+    assert copy.layers[-1].compute_dtype == "float32"
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), copy.get_weights()))
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(64, 8, 8, 1)).astype("float32"))
+    y = tf.constant(rng.integers(0, 10, 64))
+    before = [v.numpy() for v in model.trainable_variables + copy.trainable_variables]
+    out = half_precision.decisions(model, {"mixed_bfloat16": copy}, x, y, weights=2,
+                                   sigma_scale=1.0, seed=0)
+    kernels = [v.path for v in model.trainable_variables if v.path.endswith("kernel")]
+    assert out["trials"] == 2 * len(kernels)
+    assert sorted({r["variable"] for r in out["rows"]}) == sorted(kernels)
+    # Every trial restored the weight it changed (training-mode passes do
+    # move the BatchNormalization statistics, which trials do not read).
+    after = [v.numpy() for v in model.trainable_variables + copy.trainable_variables]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert 0.5 <= out["mixed_bfloat16"]["agreement"] <= 1.0
