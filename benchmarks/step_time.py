@@ -22,15 +22,20 @@ from keras_rso import datasets
 from keras_rso.evaluators.chain import ChainEvaluator
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that say which steps to time: batch, K, steps, variables."""
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--weights-per-batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variable")
     parser.add_argument("--variables", nargs="+",
                         default=["block2_conv/kernel", "block4_conv/kernel"],
                         help="variables whose first scalars the timed steps try")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_step_arguments(parser)
     parser.add_argument("--jit-compile", action="store_true",
                         help="compile the whole train step with XLA (`compile(jit_compile=True)`; "
                              "it fails: the trials of a step are a dynamic range)")

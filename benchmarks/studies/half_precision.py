@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.bench_speed import start_at, traced_search
+from benchmarks.step_time import add_step_arguments
 from benchmarks.studies.trial_noise import decide, he_std
 from examples.experiment import provenance, write_json
 from keras_rso import datasets
@@ -150,12 +151,7 @@ def main(argv=None):
                         help="feed raw pixels (0-255): the committed models standardize inside")
     parser.add_argument("--policies", nargs="+", default=["float32", "mixed_bfloat16"],
                         help="dtype policies to time (the first should be float32)")
-    parser.add_argument("--batch-size", type=int, default=2048)
-    parser.add_argument("--weights-per-batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per variable")
-    parser.add_argument("--variables", nargs="+",
-                        default=["block2_conv/kernel", "block4_conv/kernel"],
-                        help="variables whose first scalars the timed steps try")
+    add_step_arguments(parser)
     parser.add_argument("--weights", type=int, default=20, help="sampled scalars per kernel")
     parser.add_argument("--sigma-scale", type=float, default=1.0,
                         help="dw's std as a multiple of the kernel's He-normal std")
