@@ -114,17 +114,15 @@ def decisions(reference: keras.Model, others: dict, x, y, weights: int,
             row = {"variable": variables["float32"][k].path, "index": int(j)}
             for name in models:
                 v = variables[name][k]
-                trio = []
-                for sign in (-1.0, None, 1.0):
-                    if sign is None:
-                        trio.append(base[name])
-                        continue
+
+                def loss_at(offset):
                     trial = flat.copy()
-                    trial[j] += sign * dw
+                    trial[j] += offset
                     v.assign(trial.reshape(v.shape))
-                    trio.append(float(losses[name]()))
+                    return float(losses[name]())
+
+                row[name] = [loss_at(-dw), base[name], loss_at(dw)]
                 v.assign(flat.reshape(v.shape))
-                row[name] = trio
             rows.append(row)
     out = {"base_loss": base, "trials": len(rows)}
     ref = [decide(r["float32"]) for r in rows]
