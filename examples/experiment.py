@@ -415,6 +415,8 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
     splits = data_splits(data, args)
     keras.utils.set_random_seed(args.seed)
     model = build_model()
+    if args.initial_weights:
+        load_initial_weights(model, args.initial_weights)
     trainer = RSOModel(model)
     preset = preset_of(args)
     paper = bool(preset and preset.authors_code)
@@ -462,9 +464,13 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
         # sigmas the next cycle will use.
         callbacks.insert(1, SigmaBalancing())
     after_backup = [StopAfter(args.stop_after)] if args.stop_after else []
-    start = 0
+    # --initial-cycle N: the weights hold cycles 1-N already; the fits start
+    # at cycle N + 1 of the schedules (`RSOModel.fit`'s `initial_epoch`).
+    start = args.initial_cycle
     for index, (batch_size, end) in enumerate(phases):
         last = index == len(phases) - 1
+        if not last and end <= args.initial_cycle:
+            continue
         if not last and backup_dir and backed_up_epochs(backup_dir) >= end:
             # Done before an interruption; the next phase's fit restores
             # the backup it left.
@@ -497,6 +503,39 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
     print(f"Test accuracy after {len(recorder.rows)} cycle(s): {results['test_accuracy']:.4f}  "
           f"({results['weight_updates']} weight updates, {results['seconds']:.0f} s)")
     return results
+
+
+def load_initial_weights(model: keras.Model, path: str) -> None:
+    """Sets `model`'s weights to those of the model saved at `path`
+    (`--initial-weights`).
+
+    `path` is a `.keras` file an example saved (the network itself, or the
+    network behind the layer that standardizes raw pixels) or a
+    `.weights.h5` file of the same network. Raises ValueError, naming both,
+    when the saved weights do not fit `model`.
+    """
+    if not os.path.exists(path):
+        raise ValueError(f"--initial-weights: no such file: {path!r}")
+    shapes = [tuple(w.shape) for w in model.weights]
+    if path.endswith(".keras"):
+        saved = keras.saving.load_model(path, compile=False)
+        # The network itself, or the one an example saved behind its
+        # raw-pixel layer (`raw_pixel_model`).
+        for candidate in [saved] + [layer for layer in saved.layers
+                                    if isinstance(layer, keras.Model)]:
+            if [tuple(w.shape) for w in candidate.weights] == shapes:
+                model.set_weights(candidate.get_weights())
+                return
+        found = [tuple(w.shape) for w in saved.weights]
+    else:
+        try:
+            model.load_weights(path)
+            return
+        except ValueError as error:
+            found = str(error)
+    raise ValueError(
+        f"--initial-weights: the weights in {path!r} do not fit the network this command "
+        f"builds ({model.name!r}, {len(shapes)} weights of shapes {shapes}); found {found}")
 
 
 def batch_phases(args) -> List[Tuple[int, int]]:
@@ -586,12 +625,16 @@ def run_gradient(build_model: Callable[[], keras.Model], data, args,
     (parameters x steps), the paper's count for SGD.
 
     Raises:
-        ValueError: If `--batch-schedule` was given (an RSO flag: the
-            gradient baseline trains on `--batch-size` throughout).
+        ValueError: If `--batch-schedule` or `--initial-weights` was given
+            (RSO flags: the gradient baseline trains on `--batch-size`
+            throughout, from a fresh initialization).
     """
     if getattr(args, "batch_schedule", None):
         raise ValueError("--batch-schedule applies to --method rso; the gradient baseline "
                          "trains on --batch-size throughout: drop --batch-schedule")
+    if getattr(args, "initial_weights", None):
+        raise ValueError("--initial-weights applies to --method rso; the gradient baseline "
+                         "starts from a fresh initialization: drop --initial-weights")
     splits = data_splits(data, args)
     keras.utils.set_random_seed(args.seed)
     model = build_model()
@@ -697,6 +740,15 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int,
                              "512:2,2048:3: the first 2 cycles on batches of 512, the next 3 "
                              "on 2048; one fit per pair); replaces --batch-size, and its "
                              "cycles make --cycles (paper: 5000 throughout)")
+    parser.add_argument("--initial-weights", default=None, metavar="MODEL",
+                        help="start from the weights of this saved model (.keras, as "
+                             "--save wrote it, or .weights.h5) instead of a fresh "
+                             "initialization; with --initial-cycle")
+    parser.add_argument("--initial-cycle", type=_non_negative_int, default=0, metavar="N",
+                        help="the cycles the --initial-weights already had: training "
+                             "runs cycles N+1 to --cycles of the sigma and batch "
+                             "schedules (a warm start: only the weights carry over; "
+                             "BackupAndRestore's --backup-dir resumes exactly)")
     parser.add_argument("--backup-dir", default=None,
                         help="keep a backup here; rerunning the same command after an "
                              "interruption resumes where it stopped (removed at the end)")
@@ -772,6 +824,12 @@ def parse_rso_args(parser, argv=None):
                          "drop them, or leave out --preset to choose them yourself")
     if args.batch_schedule:
         _check_batch_schedule(parser, args)
+    if args.initial_cycle and not args.initial_weights:
+        parser.error("--initial-cycle says how many cycles --initial-weights already "
+                     "had; give --initial-weights too")
+    if args.initial_cycle >= args.cycles:
+        parser.error(f"--initial-cycle {args.initial_cycle} leaves nothing to run: "
+                     f"--cycles is {args.cycles}")
     return args
 
 

@@ -30,9 +30,12 @@ class CycleKeeper(keras.callbacks.Callback):
     restored the RSO state before any of this reads it.
     """
 
-    def __init__(self, backups=()):
+    def __init__(self, backups=(), epochs_are_cycles: bool = True):
         super().__init__()
         self.backups = list(backups)
+        # False when `fit` was given `steps_per_epoch`: an epoch is then not
+        # a cycle, and its number says nothing about the cycle.
+        self.epochs_are_cycles = epochs_are_cycles
 
     def _restored_from_backup(self) -> bool:
         """True if a BackupAndRestore callback has just loaded a backup."""
@@ -57,6 +60,12 @@ class CycleKeeper(keras.callbacks.Callback):
             # epochs where training stands.
             start = iterations
             opt.mark_epoch_start(start)
+        # A search that has never run, started at `initial_epoch=N` (say on
+        # weights from an earlier run), begins at cycle N, as an
+        # uninterrupted run would: the cycle picks the random order's
+        # permutation (set in `on_epoch_begin`, which knows N).
+        self._first_search = (self.epochs_are_cycles and iterations == 0
+                              and not self._restored_from_backup())
         model._replay_steps.assign(max(iterations - start, 0))
         model._data_offset.assign(start)
         if int(opt.sigmas_ready.numpy()) == 0:
@@ -87,6 +96,9 @@ class CycleKeeper(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         opt = self.model.optimizer
+        if self._first_search:
+            self._first_search = False
+            opt.cycle.assign(epoch)
         if int(opt.position.numpy()) >= self.model.trials_per_cycle:
             opt.start_next_cycle()
             if opt.remeasure_sigma:

@@ -493,6 +493,14 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
         written when the fit has run all its epochs, so a following fit of
         the same run (`initial_epoch=...`, say with another batch size)
         starts exactly where this one ended.
+
+        A search that has never run, given `initial_epoch=N`, starts at
+        cycle N (for example to go on from the weights of an earlier run,
+        loaded with `load_weights`): the SigmaAnnealing schedule and the
+        random order's permutation are cycle N's. Only the weights carry
+        over; sigma is measured again and the rest of the search state
+        (SigmaBalancing's factors, counters) starts afresh, so this is a
+        warm start, not the exact resume BackupAndRestore gives.
         """
         if validation_split and validation_data is None:
             (x, y, sample_weight), validation_data = _compat.train_validation_split(
@@ -531,11 +539,12 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
         if first is not None:
             self._check_step_memory(first)  # after the pool took its memory
         self._build_batch = first
+        epochs_are_cycles = steps_per_epoch is None
         if steps_per_epoch is None:
             steps_per_epoch = self.steps_per_cycle()
         callbacks = list(callbacks or [])
         backups = [c for c in callbacks if isinstance(c, keras.callbacks.BackupAndRestore)]
-        callbacks = [EpochMark()] + callbacks + [CycleKeeper(backups)]
+        callbacks = [EpochMark()] + callbacks + [CycleKeeper(backups, epochs_are_cycles)]
         return super().fit(
             dataset, epochs=epochs, verbose=verbose, callbacks=callbacks,
             shuffle=False,  # the repeated dataset already reshuffles

@@ -387,7 +387,7 @@ def test_examples_reject_flags_that_contradict_the_papers_net(script, argv, mess
     assert exit_info.value.code == 2 and message in err, err[-2000:]
 
 
-def test_binary_mnist_exports_a_binary_model_that_reloads(tmp_path):
+def test_binary_mnist_exports_a_binary_model_that_reloads_and_goes_on(tmp_path, capsys):
     # RSO on the paper's net with every kernel in {-1, +1}: the saved model
     # holds only those values, reloads (keras_rso imported) and predicts
     # identically. (The script's straight-through baseline is plain Keras
@@ -409,6 +409,28 @@ def test_binary_mnist_exports_a_binary_model_that_reloads(tmp_path):
     again = keras.models.load_model(saved)
     np.testing.assert_array_equal(model.predict(x_test[:256], verbose=0),
                                   again.predict(x_test[:256], verbose=0))
+    # --initial-weights M --initial-cycle 1: a second run goes on from the
+    # saved model and runs cycle 2 of the schedules only.
+    common = ["--limit", "128", "--validation-size", "32", "--batch-size", "4",
+              "--weights-per-batch", "1024", "--test-limit", "500", "--verbose", "0"]
+    second = tmp_path / "second.json"
+    _run_here("examples/binary_mnist.py", "--cycles", "2", "--initial-weights", str(saved),
+              "--initial-cycle", "1", *common, "--results", str(second))
+    r = json.loads(second.read_text())
+    assert [row["epoch"] for row in r["per_cycle"]] == [2]
+    # Cycle 2 of a 2-cycle schedule annealed to 0.1x: its sigma scale.
+    assert r["per_cycle"][0]["sigma_scale"] == pytest.approx(0.1)
+    assert r["args"]["initial_weights"] == str(saved)
+    for argv, message in [(["--initial-cycle", "1"], "give --initial-weights too"),
+                          (["--initial-weights", str(saved), "--initial-cycle", "2"],
+                           "leaves nothing to run")]:
+        with pytest.raises(SystemExit) as exit_info:
+            _run_here("examples/binary_mnist.py", "--cycles", "2", *argv, *common)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err, err[-2000:]
+    with pytest.raises(ValueError, match="--initial-weights applies to --method rso"):
+        _run_here("examples/binary_mnist.py", "--method", "ste", "--epochs", "1",
+                  "--initial-weights", str(saved), *common)
 
 
 def test_sign_activations_train_under_rso_and_not_under_sgd(tmp_path):

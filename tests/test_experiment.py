@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from examples.experiment import EpochRecorder, data_splits, gradient_optimizer
+import keras
+
+from examples.experiment import (EpochRecorder, data_splits, gradient_optimizer,
+                                 load_initial_weights, raw_pixel_model)
+from keras_rso import datasets, models
 from keras_rso.datasets import TFDSData
 
 
@@ -130,3 +134,34 @@ def test_test_limit_keeps_the_first_test_examples_of_arrays_and_streams():
     args.test_limit = None
     _, _, test = data_splits(data, args)
     assert test is stream
+
+
+def test_initial_weights_load_from_a_saved_net_or_its_raw_pixel_wrapper(tmp_path):
+    # `--initial-weights` takes what `--save` wrote: the network itself, or
+    # the network behind the layer that standardizes raw pixels.
+    keras.utils.set_random_seed(1)
+    trained = models.paper_mnist_net(mean=0.1)
+    plain, wrapped = str(tmp_path / "net.keras"), str(tmp_path / "raw.keras")
+    trained.save(plain)
+    raw_pixel_model(trained, datasets.standardization_layer("mnist"), (28, 28, 1)).save(wrapped)
+    trained.save_weights(str(tmp_path / "net.weights.h5"))
+    for path in (plain, wrapped, str(tmp_path / "net.weights.h5")):
+        keras.utils.set_random_seed(2)
+        fresh = models.paper_mnist_net(mean=0.1)
+        assert not np.array_equal(fresh.weights[0].numpy(), trained.weights[0].numpy())
+        load_initial_weights(fresh, path)
+        for a, b in zip(fresh.weights, trained.weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=f"{path}: {a.path}")
+
+
+def test_initial_weights_that_do_not_fit_are_refused_with_both_shapes(tmp_path):
+    path = str(tmp_path / "small.keras")
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(path)
+    net = models.paper_mnist_net(mean=0.1)
+    before = [w.numpy().copy() for w in net.weights]
+    with pytest.raises(ValueError, match="do not fit the network.*found"):
+        load_initial_weights(net, path)
+    with pytest.raises(ValueError, match="no such file"):
+        load_initial_weights(net, str(tmp_path / "missing.keras"))
+    for a, b in zip(net.weights, before):  # nothing was overwritten
+        np.testing.assert_array_equal(a.numpy(), b)

@@ -243,3 +243,32 @@ def test_a_fit_with_no_epoch_to_run_writes_no_backup(toy_data, tmp_path):
     trainer.fit(x, y, batch_size=48, initial_epoch=2, epochs=2, verbose=0, callbacks=[
         keras.callbacks.BackupAndRestore(str(backup), save_freq=3, delete_checkpoint=False)])
     assert not backup.exists()
+
+
+def test_a_search_started_at_initial_epoch_n_begins_at_cycle_n(toy_data):
+    # A warm start (weights from an earlier run, a fresh optimizer) at
+    # `initial_epoch=2` searches cycle 2, with cycle 2's sigma scale, as the
+    # uninterrupted run would; the cycle picks the random order's permutation.
+    x, y = toy_data
+    keras.utils.set_random_seed(0)
+    trainer = keras_rso.RSOModel(small_convnet())
+    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=64, seed=4, order="random"),
+                    loss="sparse_categorical_crossentropy")
+    anneal = keras_rso.callbacks.SigmaAnnealing(0.1, total_cycles=3)
+    hist = trainer.fit(x, y, batch_size=48, initial_epoch=2, epochs=3, verbose=0,
+                       callbacks=[anneal])
+    assert int(trainer.optimizer.cycle.numpy()) == 2
+    np.testing.assert_allclose(hist.history["sigma_scale"], [0.1], rtol=1e-6)
+    assert trainer.visit_schedule(2) != trainer.visit_schedule(0)
+    # The next fit of the same run goes on to cycle 3.
+    trainer.fit(x, y, batch_size=48, initial_epoch=3, epochs=4, verbose=0)
+    assert int(trainer.optimizer.cycle.numpy()) == 3
+
+
+def test_epochs_that_are_not_cycles_leave_the_cycle_count_alone(toy_data):
+    # With `steps_per_epoch` an epoch is not a cycle: `initial_epoch` then
+    # says nothing about which cycle the search is in.
+    x, y = toy_data
+    trainer = _compiled_trainer()
+    trainer.fit(x, y, batch_size=48, initial_epoch=2, epochs=3, steps_per_epoch=2, verbose=0)
+    assert int(trainer.optimizer.cycle.numpy()) == 0
