@@ -62,7 +62,10 @@ def measure(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
     order = rng.permutation(len(x_train))[:batches * batch_size]
     data = [(tf.constant(x_train[i]), tf.constant(y_train[i]))
             for i in np.split(order, batches)]
-    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    # The paper's nets end in logits (`paper_mnist_net`, the binary net);
+    # `mnist_paper_net` ends in a softmax.
+    from_logits = getattr(model.layers[-1], "activation", None) is not keras.activations.softmax
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
 
     @tf.function
     def loss(x, y):
@@ -83,6 +86,9 @@ def measure(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
                 if flip:
                     # A binary weight has one other value: both slots hold
                     # the flip, so `decide` takes it iff it lowers the loss.
+                    if slot == 2:
+                        losses[2] = losses[0]
+                        break
                     trial[j] = -trial[j]
                 else:
                     trial[j] += sign * dw
@@ -180,6 +186,9 @@ def main(argv=None):
     parser.add_argument("--raw", action="store_true",
                         help="feed raw pixels (0-255), for models that standardize "
                              "inside: the paper preset's and examples/binary_mnist.py's")
+    parser.add_argument("--validation-size", type=int, default=0,
+                        help="leave out the last N training images, the examples' "
+                             "validation split (0: use all 60,000)")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     out = provenance(args)
@@ -195,6 +204,9 @@ def main(argv=None):
     else:
         out["model"] = os.path.basename(args.model)
         (x_train, y_train), _ = datasets.load_mnist(raw=args.raw)
+        if args.validation_size:
+            # The examples' training split: their validation images stay unseen.
+            x_train, y_train = x_train[:-args.validation_size], y_train[:-args.validation_size]
         model = keras.saving.load_model(args.model)
         out["by_sigma_scale"] = {
             str(s): measure(model, x_train, y_train, s, args.weights, args.batches,
