@@ -73,6 +73,28 @@ def test_trial_noise_scores_a_decision_on_the_batches_it_did_not_see(monkeypatch
     assert trial_noise.decide([1.0, 1.0, 1.0]) == 1  # ties keep w
 
 
+def test_trial_noise_scores_logits_as_logits_and_a_flip_once():
+    # A net that ends in logits (the binary net, `paper_mnist_net`) is
+    # scored with from_logits=True, one that ends in a softmax without; a
+    # binary trial's two slots hold the one flip.
+    trial_noise = importlib.import_module("benchmarks.studies.trial_noise")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(16, 4)).astype("float32")
+    y = rng.integers(0, 3, size=16)
+    order = np.random.default_rng(0).permutation(16)
+    for activation, from_logits in ((None, True), ("softmax", False)):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation=activation)])
+        out = trial_noise.measure(model, x, y, 1.0, weights=2, batches=2, batch_size=8, seed=0,
+                                  flip=True)
+        (row,) = out.values()
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+        expected = [float(loss(y[i], model(x[i], training=True))) for i in np.split(order, 2)]
+        for minus, base, plus in row["losses"]:
+            np.testing.assert_allclose(base, expected, rtol=1e-6)
+            assert minus == plus and minus != base
+
+
 def _scalars(logdir):
     tags = {}
     for path in pathlib.Path(logdir).rglob("events.out.tfevents.*"):
