@@ -28,8 +28,13 @@ change of the loss of the other batches between the chosen candidate and `w`
 `RSO(tolerance=...)` values given with `--tolerances`. The raw losses are
 kept in the output file.
 
+The loss is the cross-entropy of the model's output: from logits when its
+last layer has no softmax (the paper's nets, the binary net), else from
+probabilities.
+
 Example:
-    python -m benchmarks.trial_noise mnist.keras --sigma-scale 1 --output noise.json
+    python -m benchmarks.studies.trial_noise mnist.keras --sigma-scale 1 --validation-size 10000 \
+        --output noise.json
 """
 
 import argparse
