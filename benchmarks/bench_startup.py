@@ -94,8 +94,10 @@ def measure(net: str, filters: int, k: int, batch: int) -> dict:
     keras_rso.search.TrialLoop.__call__ = counting
     try:
         trainer = keras_rso.RSOModel(model)
+        # The paper's own nets end in logits; the others in a softmax.
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=net.startswith("paper"))
         trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=0),
-                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                        loss=loss, metrics=["accuracy"])
         timer = _StepTimes()
         start = time.perf_counter()
         trainer.fit(x, y, batch_size=batch, epochs=1, steps_per_epoch=3,

@@ -42,8 +42,9 @@ def _fit(x, y, batch_size, callbacks):
     keras.utils.set_random_seed(0)
     model = keras_rso.models.paper_mnist_net()
     trainer = keras_rso.RSOModel(model, variables=lambda v: "classifier" in v.path)
+    # `paper_mnist_net` ends in logits.
     trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=1, seed=0),
-                    loss="sparse_categorical_crossentropy")
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     start = time.perf_counter()
     try:
         trainer.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
