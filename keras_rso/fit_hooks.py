@@ -46,7 +46,8 @@ class CycleKeeper(keras.callbacks.Callback):
         model = self.model
         opt = model.optimizer
         iterations = int(opt.iterations.numpy())
-        if self._restored_from_backup():
+        restored = self._restored_from_backup()
+        if restored:
             # Keras restarts an interrupted epoch from its first step. The
             # stream restarts with it, at the batch that epoch began with,
             # and the steps it had already taken are replayed without
@@ -64,8 +65,7 @@ class CycleKeeper(keras.callbacks.Callback):
         # weights from an earlier run), begins at cycle N, as an
         # uninterrupted run would: the cycle picks the random order's
         # permutation (set in `on_epoch_begin`, which knows N).
-        self._first_search = (self.epochs_are_cycles and iterations == 0
-                              and not self._restored_from_backup())
+        self._first_search = self.epochs_are_cycles and iterations == 0 and not restored
         model._replay_steps.assign(max(iterations - start, 0))
         model._data_offset.assign(start)
         if int(opt.sigmas_ready.numpy()) == 0:

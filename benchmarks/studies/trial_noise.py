@@ -85,20 +85,20 @@ def measure(model: keras.Model, x_train: np.ndarray, y_train: np.ndarray,
         agree, moved_batch, moved_pooled, snr, raw = [], [], [], [], []
         for j in rng.choice(flat.size, size=min(weights, flat.size), replace=False):
             dw = rng.normal(0.0, sigma)
-            losses = [None, base, None]
-            for slot, sign in ((0, -1.0), (2, 1.0)):
+
+            def losses_at(value):
                 trial = flat.copy()
-                if flip:
-                    # A binary weight has one other value: both slots hold
-                    # the flip, so `decide` takes it iff it lowers the loss.
-                    if slot == 2:
-                        losses[2] = losses[0]
-                        break
-                    trial[j] = -trial[j]
-                else:
-                    trial[j] += sign * dw
+                trial[j] = value
                 variable.assign(trial.reshape(variable.shape))
-                losses[slot] = np.array([float(loss(x, y)) for x, y in data])
+                return np.array([float(loss(x, y)) for x, y in data])
+
+            if flip:
+                # A binary weight has one other value: both slots hold the
+                # flip, so `decide` takes it iff it lowers the loss.
+                flipped = losses_at(-flat[j])
+                losses = [flipped, base, flipped]
+            else:
+                losses = [losses_at(flat[j] - dw), base, losses_at(flat[j] + dw)]
             variable.assign(flat.reshape(variable.shape))
             stacked = np.stack(losses)  # (3 candidates, batches)
             raw.append(stacked.tolist())
