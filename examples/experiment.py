@@ -22,6 +22,7 @@ from keras.src.utils import file_utils
 import numpy as np
 import tensorflow as tf
 
+from keras_rso import constraints
 from keras_rso.callbacks import LayerAcceptRates, SigmaAnnealing, SigmaBalancing
 from keras_rso.datasets import TFDSData, load_tfds
 from keras_rso.model import RSOModel
@@ -404,6 +405,7 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
         args: Parsed flags: validation_size, limit, cycles, batch_size, weights_per_batch, seed,
             sigma_scale, final_fraction, remeasure_sigma, balance_sigma, order, stop_after,
             no_bn_refresh, tolerance, ties, sigma_rule, output_passes, step_rule,
+            initial_weights, initial_cycle, freeze_discrete (optional),
             backup_dir, backup_every, logdir, save, results, verbose.
         loss: The loss without `--preset paper` (which uses `paper_loss()`).
         raw_pixels: When `data` is standardized outside the model: how to
@@ -417,6 +419,8 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
     model = build_model()
     if args.initial_weights:
         load_initial_weights(model, args.initial_weights)
+    if getattr(args, "freeze_discrete", False):
+        freeze_discrete(model)
     trainer = RSOModel(model)
     preset = preset_of(args)
     paper = bool(preset and preset.authors_code)
@@ -503,6 +507,23 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
     print(f"Test accuracy after {len(recorder.rows)} cycle(s): {results['test_accuracy']:.4f}  "
           f"({results['weight_updates']} weight updates, {results['seconds']:.0f} s)")
     return results
+
+
+def freeze_discrete(model: keras.Model) -> None:
+    """Makes the variables with a `Discrete` constraint not trainable
+    (`--freeze-discrete`), so that RSO searches only the others.
+
+    Raises ValueError when `model` has no such variable or nothing else.
+    """
+    frozen = constraints.discrete_variables(model)
+    if not frozen:
+        raise ValueError(f"--freeze-discrete: {model.name!r} has no variable with a "
+                         "Discrete constraint; nothing to freeze")
+    if len(frozen) == len(model.trainable_variables):
+        raise ValueError(f"--freeze-discrete: every trainable variable of {model.name!r} "
+                         "is discrete; nothing would be searched")
+    for variable in frozen:
+        variable.trainable = False
 
 
 def load_initial_weights(model: keras.Model, path: str) -> None:
@@ -749,6 +770,12 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int,
                              "runs cycles N+1 to --cycles of the sigma and batch "
                              "schedules (a warm start: only the weights carry over; "
                              "BackupAndRestore's --backup-dir resumes exactly)")
+    parser.add_argument("--freeze-discrete", action="store_true",
+                        help="search only the variables without a Discrete constraint "
+                             "(a binary net's BatchNormalization gamma and beta); the "
+                             "discrete kernels stay as they are: usually with "
+                             "--initial-weights, to tune the real-valued variables of a "
+                             "settled binary net")
     parser.add_argument("--backup-dir", default=None,
                         help="keep a backup here; rerunning the same command after an "
                              "interruption resumes where it stopped (removed at the end)")

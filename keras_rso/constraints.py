@@ -9,7 +9,7 @@ cannot search at all: a step of `lr * grad` leaves the set, and projecting
 back undoes it.
 """
 
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import keras
 import numpy as np
@@ -105,3 +105,20 @@ def of(variable) -> Optional[keras.constraints.Constraint]:
 def is_elementwise(constraint) -> bool:
     """True if `constraint` maps each element independently (`ELEMENTWISE`)."""
     return type(constraint) in ELEMENTWISE
+
+
+def discrete_variables(model: keras.Model) -> List[keras.Variable]:
+    """The trainable variables of `model` whose constraint is `Discrete`.
+
+    Setting their `trainable` to False leaves RSO (and any Keras optimizer)
+    the real-valued variables only, for example the BatchNormalization
+    gamma and beta of a binary network whose kernels have settled.
+
+    Example:
+
+    ```python
+    for variable in keras_rso.constraints.discrete_variables(model):
+        variable.trainable = False
+    ```
+    """
+    return [v for v in model.trainable_variables if isinstance(of(v), Discrete)]

@@ -441,8 +441,15 @@ class RSO(keras.optimizers.Optimizer):
         )
         sigmas = stds.copy()
         nonzero = stds[stds > 0]
+        overrides = self.sigma_overrides or {}
+        # Variables whose sigma the rule or an override sets below need no
+        # fallback (a binary net whose kernels are frozen searches only
+        # BatchNormalization's gamma and beta, all of zero std).
+        ruled = [(self.sigma_rule == "he" and ((batchnorm is not None and batchnorm[i])
+                                              or len(v.shape) >= 2)) or v.path in overrides
+                 for i, v in enumerate(variables)]
         for i, s in enumerate(stds):
-            if s > 0:
+            if s > 0 or ruled[i]:
                 continue
             if self.zero_std_sigma is not None:
                 sigmas[i] = self.zero_std_sigma

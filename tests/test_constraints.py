@@ -241,3 +241,23 @@ def test_a_single_candidate_trial_needs_the_rank_one_update(build):
     assert evaluator.single_candidate(kernel) and not evaluator.single_candidate(gamma)
     with pytest.raises(ValueError, match="gamma.*rank-one"):
         evaluator.trial(gamma, 0, 0.1, None, None, None, None, None, single=True)
+
+
+def test_discrete_variables_frozen_leave_the_search_to_the_rest(toy_data):
+    # A binary net whose discrete kernels are set not trainable: RSO searches
+    # BatchNormalization's gamma and beta only, and no kernel moves.
+    x, y = toy_data
+    model = _net(Discrete.binary(), Discrete.binary())
+    frozen = keras_rso.constraints.discrete_variables(model)
+    assert [v.path for v in frozen] == [v.path for v in _kernels(model)] and len(frozen) == 3
+    for variable in frozen:
+        variable.trainable = False
+    kernels = [v.numpy() for v in frozen]
+    gammas = [v.numpy() for v in model.variables if v.path.endswith("gamma")]
+    # Gamma (ones) and beta (zeros) have no spread: the authors' sigma rule.
+    trainer, _ = _train(model, x, y, epochs=2, k=8, sigma_rule="he")
+    assert trainer.trials_per_cycle == 2 * 2 * 6
+    for variable, before in zip(frozen, kernels):
+        np.testing.assert_array_equal(variable.numpy(), before, err_msg=variable.path)
+    after = [v.numpy() for v in model.variables if v.path.endswith("gamma")]
+    assert any(not np.array_equal(a, b) for a, b in zip(after, gammas))

@@ -453,6 +453,22 @@ def test_binary_mnist_exports_a_binary_model_that_reloads_and_goes_on(tmp_path, 
     with pytest.raises(ValueError, match="--initial-weights applies to --method rso"):
         _run_here("examples/binary_mnist.py", "--method", "ste", "--epochs", "1",
                   "--initial-weights", str(saved), *common)
+    # --freeze-discrete: the same warm start searches only BatchNormalization's
+    # gamma and beta; every binary kernel stays bit-identical.
+    frozen, frozen_results = tmp_path / "frozen.keras", tmp_path / "frozen.json"
+    _run_here("examples/binary_mnist.py", "--cycles", "2", "--initial-weights", str(saved),
+              "--initial-cycle", "1", "--freeze-discrete", *common,
+              "--results", str(frozen_results), "--save", str(frozen))
+    r = json.loads(frozen_results.read_text())
+    assert r["trials_per_cycle"] == 6 * 2 * 16 and r["weight_updates"] > 0
+    after = {v.path: v.numpy() for v in keras.models.load_model(frozen).weights}
+    before = {v.path: v.numpy() for v in model.weights}
+    for path, value in before.items():
+        if path.endswith("kernel"):
+            np.testing.assert_array_equal(after[path], value, err_msg=path)
+    assert any(not np.array_equal(after[p], before[p]) for p in before if p.endswith("gamma"))
+    with pytest.raises(ValueError, match="has no variable with a Discrete constraint"):
+        _run_here("examples/mnist_rso.py", "--freeze-discrete", "--cycles", "1", *common)
 
 
 def test_sign_activations_train_under_rso_and_not_under_sgd(tmp_path):
