@@ -16,8 +16,9 @@ raw pixels in, logits out, their float64 summed loss) under the search
 settings the flags give; --preset paper runs the authors' code (their
 network, batch 5000, one weight per batch, RSO.paper(), the first --cycles
 of their 50-cycle sigma schedule); --preset fastest runs the fastest
-configuration to 98% measured here (chosen on validation accuracy;
-docs/results.md, "Validated runs").
+configuration to 98% measured here, pooling after convolutions 1 and 3
+(chosen on validation accuracy; docs/results.md, "Validated runs" and
+"Pooling earlier").
 Add --backup-dir to make a long run resumable. --dataset tfds:NAME trains
 the same network on any TFDS image-classification data set (its shape and
 classes), streamed through tf.data, with the standardization inside the
@@ -57,8 +58,8 @@ def main(argv=None):
                         help="channels of every conv layer (paper: 16)")
     parser.add_argument("--pool-after", type=_convolutions, default=(2, 4),
                         help="convolutions (1-6) followed by 2x2 average pooling, as N,N "
-                             "(paper: 2,4); 1,3 keeps the weights and makes a trial "
-                             "cheaper (mnist_paper_net only)")
+                             "(paper: 2,4; --preset fastest: 1,3, the same weights and "
+                             "cheaper trials; mnist_paper_net only)")
     add_net_flag(parser, "mnist_paper_net", "keras_rso.models.mnist_paper_net: ReLU after "
                  "BatchNorm, a bias in the classifier, standardized inputs; the authors' is "
                  "models.paper_mnist_net")

@@ -336,14 +336,18 @@ def test_mnist_fastest_preset_is_the_validated_command(monkeypatch):
     # the same schedule.
     validated = ["--cycles", "5", "--batch-size", "2048", "--sigma-scale", "3",
                  "--final-fraction", "0.3333", "--balance-sigma", "--order", "random",
-                 "--step-rule", "parabolic", "--seed", "1", "--validation-size", "10000"]
+                 "--step-rule", "parabolic", "--pool-after", "1,3", "--seed", "1",
+                 "--validation-size", "10000"]
     preset = _handed_to_run_rso(monkeypatch, "mnist_rso", ["--preset", "fastest", "--seed", "1"])
     explicit = _handed_to_run_rso(monkeypatch, "mnist_rso", validated)
     a, b = vars(preset["args"]), vars(explicit["args"])
     assert (a.pop("preset"), b.pop("preset")) == ("fastest", None)
     assert (a.pop("schedule_cycles"), b.pop("schedule_cycles")) == (5, None)
-    assert a == b
+    assert a == b and a["pool_after"] == (1, 3)
     assert preset["model"].name == explicit["model"].name == "rso_mnist_net"
+    pooled = [layer.name for layer in preset["model"].layers
+              if isinstance(layer, keras.layers.AveragePooling2D)]
+    assert pooled == ["pool1", "pool3"]
     assert preset["loss"] == explicit["loss"] and preset["raw_pixels"] is not None
     shorter = _handed_to_run_rso(monkeypatch, "mnist_rso", ["--preset", "fastest", "--cycles", "2"])
     assert (shorter["args"].cycles, shorter["args"].schedule_cycles) == (2, 5)
@@ -389,7 +393,7 @@ def test_gradient_baselines_refuse_a_batch_schedule():
      "--preset fastest trains mnist_paper_net"),
     ("mnist_rso.py", ["--preset", "fastest", "--filters", "8"],
      "--preset fastest trains mnist_paper_net"),
-    ("mnist_rso.py", ["--preset", "fastest", "--pool-after", "1,3"],
+    ("mnist_rso.py", ["--preset", "fastest", "--pool-after", "2,4"],
      "--preset fastest trains mnist_paper_net"),
     ("mnist_rso.py", ["--net", "paper", "--pool-after", "1,3"],
      "--net paper pools where the authors do"),
