@@ -50,6 +50,10 @@ def _label(run: dict) -> str:
         # `--batch-schedule 4096:10,8192:4` runs its cycles at those batches.
         batch = (" → ".join(str(b) for b, _ in a["batch_schedule"])
                  if a.get("batch_schedule") else a["batch_size"])
+        if a.get("freeze_discrete"):
+            # A warm start that searches only the real-valued variables.
+            return (f"RSO, gamma/beta only, batch {batch}, cycles "
+                    f"{a['initial_cycle'] + 1}-{a['cycles']}, seed {a['seed']}")
         return f"RSO, batch {batch}, {a['cycles']} cycles, seed {a['seed']}"
     return f"{_NAMES.get(_method(run), _method(run))}, seed {a['seed']}"
 
