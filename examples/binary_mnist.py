@@ -21,10 +21,15 @@ Both hold out the last --validation-size training images; settings are
 chosen on validation accuracy and the test set is read for the final model.
 
 Example (the README's binary result, chosen on validation: 14 cycles, the
-last 4 on batches of 8,192):
+last 4 on batches of 8,192, then 10 passes over gamma and beta alone, the
+binary kernels frozen):
     python examples/binary_mnist.py --method rso --batch-schedule 4096:10,8192:4 \\
         --schedule-cycles 10 --weights-per-batch 64 --order random \\
-        --results docs/results/binary_mnist_rso_seed0.json
+        --results docs/results/binary_mnist_rso_seed0.json --save binary_c14.keras
+    python examples/binary_mnist.py --method rso --initial-weights binary_c14.keras \\
+        --initial-cycle 14 --cycles 24 --freeze-discrete --batch-size 8192 \\
+        --weights-per-batch 16 --order random --step-rule parabolic --schedule-cycles 10 \\
+        --results docs/results/binary_mnist_rso_polished_seed0.json
     python examples/binary_mnist.py --method ste --epochs 5 --learning-rate 0.01 \\
         --results docs/results/binary_mnist_ste_seed0.json
 """
