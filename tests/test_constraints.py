@@ -5,6 +5,8 @@ import os
 import keras
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import keras_rso
 from testing_utils import fit_rso
@@ -261,3 +263,53 @@ def test_discrete_variables_frozen_leave_the_search_to_the_rest(toy_data):
         np.testing.assert_array_equal(variable.numpy(), before, err_msg=variable.path)
     after = [v.numpy() for v in model.variables if v.path.endswith("gamma")]
     assert any(not np.array_equal(a, b) for a, b in zip(after, gammas))
+
+
+@st.composite
+def _domains(draw):
+    """A weight domain, a network shape and search options (plain data only)."""
+    scale = draw(st.sampled_from([0.05, 1.0, 3.0]))
+    kind = draw(st.sampled_from(["binary", "ternary", "integer", "uneven"]))
+    if kind == "integer":
+        values = Discrete.integer(draw(st.integers(2, 4)), scale).values
+    elif kind == "uneven":
+        gaps = draw(st.lists(st.sampled_from([0.1, 0.5, 2.0]), min_size=2, max_size=4))
+        values = tuple(np.cumsum([-1.0] + gaps) * scale)
+    else:
+        values = getattr(Discrete, kind)(scale).values
+    return dict(values=values, conv=draw(st.booleans()), width=draw(st.integers(2, 4)),
+                k=draw(st.integers(1, 40)), order=draw(st.sampled_from(keras_rso.optimizer.ORDERS)),
+                step_rule=draw(st.sampled_from(keras_rso.optimizer.STEP_RULES)),
+                ties=draw(st.sampled_from(["keep", "move"])), fast=draw(st.booleans()),
+                sigma_scale=draw(st.sampled_from([0.5, 3.0])), seed=draw(st.integers(0, 1000)))
+
+
+@settings(max_examples=8, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(_domains())
+def test_discrete_weights_never_leave_their_set(domain):
+    # Over sets (even and uneven spacing), shapes, orders and step and tie
+    # rules: every element of every discrete variable is one of its values
+    # after a cycle, and the search did move some of them.
+    keras.utils.set_random_seed(domain["seed"])
+    constraint = Discrete(domain["values"])
+    width = domain["width"]
+    layers = ([L.Conv2D(width, 3, padding="same", use_bias=False, kernel_constraint=constraint),
+               L.BatchNormalization(), L.ReLU(), L.GlobalAveragePooling2D()]
+              if domain["conv"] else
+              [L.Flatten(), L.Dense(width, kernel_constraint=constraint,
+                                    bias_constraint=constraint), L.ReLU()])
+    model = keras.Sequential([keras.Input((6, 6, 1)), *layers,
+                              L.Dense(3, kernel_constraint=constraint)])
+    rng = np.random.default_rng(domain["seed"])
+    x = rng.normal(size=(48, 6, 6, 1)).astype("float32")
+    y = rng.integers(0, 3, size=48).astype("int32")
+    trainer, _ = _train(model, x, y, fast=domain["fast"], epochs=1, k=domain["k"],
+                        order=domain["order"], step_rule=domain["step_rule"],
+                        ties=domain["ties"], sigma_scale=domain["sigma_scale"])
+    allowed = np.asarray(domain["values"], "float32")
+    discrete = keras_rso.constraints.discrete_variables(model)
+    assert len(discrete) == (3 if not domain["conv"] else 2)
+    for v in discrete:
+        assert np.all(np.isin(v.numpy(), allowed)), (v.path, np.unique(v.numpy()), allowed)
+    assert int(trainer.optimizer.weight_updates.numpy()) > 0
