@@ -175,3 +175,21 @@ def test_step_activations_take_the_fast_path_and_match_the_full_path(toy_data, f
     # Their gradient is zero almost everywhere; RSO trains through them,
     # and the fast path treats them as the element-wise functions they are.
     assert any(_same_weights_on_both_paths(sign_and_round, toy_data))
+
+
+
+def argmax_lookup():
+    """A hard choice inside the graph: each pixel's argmax over four
+    channels, one-hot encoded, feeds the next convolution (a lookup)."""
+    inputs = keras.Input((8, 8, 1))
+    a = _conv(4)(inputs)
+    choice = keras.ops.one_hot(keras.ops.argmax(a, axis=-1), 4)
+    return inputs, L.Add()([_conv(4)(choice), a])
+
+
+def test_an_argmax_lookup_trains_and_the_fast_path_matches_the_full_path(toy_data, float64):
+    # argmax and one_hot are not element-wise: the graph evaluator reruns
+    # every node after the perturbed layer in full, and the weights come out
+    # as on full forward passes; every variable moves.
+    changed = _same_weights_on_both_paths(argmax_lookup, toy_data)
+    assert all(changed), changed
