@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_rso.evaluators import ChainEvaluator, FullForwardEvaluator, chain_layers
+from testing_utils import fit_rso
 
 L = keras.layers
 
@@ -58,3 +59,27 @@ def test_supports_only_variables_of_its_layers():
     assert not ChainEvaluator.supports(model.trainable_variables, layers[1:])
     with pytest.raises(ValueError, match="outside the chain"):
         ChainEvaluator(layers[1:], model.trainable_variables, _loss)
+
+
+def test_an_argmax_lookup_layer_in_a_chain_matches_the_full_path(float64):
+    # A Lambda that one-hot encodes the argmax of the layer before it: the
+    # chain evaluator reruns it in full after the perturbed layer, and the
+    # weights equal those of full forward passes; every variable moves.
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 5)), rng.integers(0, 3, 64)
+    weights = {}
+    for fast in (True, False):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([
+            keras.Input((5,)), keras.layers.Dense(4),
+            keras.layers.Lambda(lambda h: keras.ops.one_hot(keras.ops.argmax(h, axis=-1), 4)),
+            keras.layers.Dense(3)])
+        initial = [v.numpy().copy() for v in model.weights]
+        fitted = fit_rso(model, x, y, fast_path=fast, batch_size=32, epochs=2, shuffle=False,
+                         weights_per_batch=4, seed=1,
+                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        assert isinstance(fitted.trainer._plan()[0], ChainEvaluator if fast else FullForwardEvaluator)
+        weights[fast] = [v.numpy() for v in model.weights]
+        assert all(np.any(w != w0) for w, w0 in zip(weights[fast], initial))
+    for a, b in zip(weights[True], weights[False]):
+        np.testing.assert_array_equal(a, b)
