@@ -441,15 +441,23 @@ class RSO(keras.optimizers.Optimizer):
         )
         sigmas = stds.copy()
         nonzero = stds[stds > 0]
+        # The sigmas that `sigma_rule` and `sigma_overrides` set (an override
+        # wins). The others are the stds, with a fallback for a zero std,
+        # which the ones set here do not need (a binary net whose kernels are
+        # frozen searches only BatchNormalization's gamma and beta, all of
+        # zero std at the start).
+        ruled = {}
+        if self.sigma_rule == "he":
+            for i, v in enumerate(variables):
+                if batchnorm is not None and batchnorm[i]:
+                    ruled[i] = self.batchnorm_sigma
+                elif len(v.shape) >= 2:
+                    ruled[i] = np.sqrt(2.0 / np.prod(v.shape[:-1]))
+        index = {v.path: i for i, v in enumerate(variables)}
         overrides = self.sigma_overrides or {}
-        # Variables whose sigma the rule or an override sets below need no
-        # fallback (a binary net whose kernels are frozen searches only
-        # BatchNormalization's gamma and beta, all of zero std).
-        ruled = [(self.sigma_rule == "he" and ((batchnorm is not None and batchnorm[i])
-                                              or len(v.shape) >= 2)) or v.path in overrides
-                 for i, v in enumerate(variables)]
+        ruled.update({index[path]: sigma for path, sigma in overrides.items() if path in index})
         for i, s in enumerate(stds):
-            if s > 0 or ruled[i]:
+            if s > 0 or i in ruled:
                 continue
             if self.zero_std_sigma is not None:
                 sigmas[i] = self.zero_std_sigma
@@ -467,21 +475,13 @@ class RSO(keras.optimizers.Optimizer):
                     "`RSO(zero_std_sigma=...)` or initialise the weights "
                     "randomly (the paper uses He-normal)."
                 )
-        if self.sigma_rule == "he":
-            for i, v in enumerate(variables):
-                if batchnorm is not None and batchnorm[i]:
-                    sigmas[i] = self.batchnorm_sigma
-                elif len(v.shape) >= 2:
-                    sigmas[i] = np.sqrt(2.0 / np.prod(v.shape[:-1]))
-        if self.sigma_overrides:
-            index = {v.path: i for i, v in enumerate(variables)}
-            unknown = sorted(set(self.sigma_overrides) - set(index))
-            if unknown:
-                raise ValueError(
-                    f"`sigma_overrides` names {unknown}, which are not trainable "
-                    f"variables of the model. Its variables are: {sorted(index)}")
-            for path, sigma in self.sigma_overrides.items():
-                sigmas[index[path]] = sigma
+        unknown = sorted(set(overrides) - set(index))
+        if unknown:
+            raise ValueError(
+                f"`sigma_overrides` names {unknown}, which are not trainable "
+                f"variables of the model. Its variables are: {sorted(index)}")
+        for i, sigma in ruled.items():
+            sigmas[i] = sigma
         factors = self.sigma_factors.numpy()[:len(sigmas)]
         self.sigmas.assign((sigmas * factors).astype(np.float32))
         self.sigmas_ready.assign(1)

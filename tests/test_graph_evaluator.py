@@ -177,7 +177,6 @@ def test_step_activations_take_the_fast_path_and_match_the_full_path(toy_data, f
     assert any(_same_weights_on_both_paths(sign_and_round, toy_data))
 
 
-
 def argmax_lookup():
     """A hard choice inside the graph: each pixel's argmax over four
     channels, one-hot encoded, feeds the next convolution (a lookup)."""
