@@ -5,6 +5,7 @@ For every searched variable (layer) of `keras_rso.models.mnist_paper_net`,
 at batch size 256, this times weight trials per second of
 
 * keras_rso (`RSOModel`, fast chain path) at K = weights_per_batch in --ks,
+  for each step rule in --step-rule (one run, so their ratios are measured),
 * the naive reference (`naive_reference.py`: 3 full forward passes per trial
   in a tf.function, fresh batch each trial),
 
@@ -16,6 +17,8 @@ variable is smaller).
 
 Example:
     python -m benchmarks.bench_speed --output docs/results/bench_speed.json
+    python -m benchmarks.bench_speed --ks 64 --batch-size 2048 --no-naive \
+        --pool-after 1 3 --step-rule parabolic vertex
 """
 
 import argparse
@@ -28,6 +31,7 @@ import tensorflow as tf
 
 import keras_rso
 from examples.experiment import provenance, write_json
+from keras_rso.optimizer import STEP_RULES
 from benchmarks.naive_reference import NaiveRSO
 
 
@@ -45,7 +49,7 @@ class _StepTimer(keras.callbacks.Callback):
         self.total += time.perf_counter() - self._t0
 
 
-def traced_search(k, x, y, batch, step_rule="argmin", jit_compile=False):
+def traced_search(k, x, y, batch, step_rule="argmin", jit_compile=False, pool_after=(2, 4)):
     """The paper's MNIST net in an `RSOModel` whose search step is traced.
 
     Returns `(model, trainer, ds, start)`: `ds` repeats `(x, y)` in batches,
@@ -54,7 +58,7 @@ def traced_search(k, x, y, batch, step_rule="argmin", jit_compile=False):
     (`trainer.optimizer.seek(start[path])`).
     """
     keras.utils.set_random_seed(0)
-    model = keras_rso.models.mnist_paper_net()
+    model = keras_rso.models.mnist_paper_net(pool_after=pool_after)
     trainer = keras_rso.RSOModel(model)
     trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=0, step_rule=step_rule),
                     loss="sparse_categorical_crossentropy", jit_compile=jit_compile)
@@ -74,9 +78,11 @@ def start_at(model, trainer, start, name):
     return path
 
 
-def time_keras_rso(k, trials, x, y, batch, step_rule="argmin"):
-    """Trials per second of every variable, for one K (one traced function)."""
-    model, trainer, ds, start = traced_search(k, x, y, batch, step_rule)
+def time_keras_rso(k, trials, x, y, batch, step_rule="argmin", pool_after=(2, 4)):
+    """Trials per second of every variable, for one K and step rule (one
+    traced function)."""
+    model, trainer, ds, start = traced_search(k, x, y, batch, step_rule,
+                                              pool_after=pool_after)
     rates = {}
     for v in model.trainable_variables:
         size = int(np.prod(v.shape))
@@ -92,9 +98,9 @@ def time_keras_rso(k, trials, x, y, batch, step_rule="argmin"):
     return rates
 
 
-def time_naive(var_index, trials, x, y, batch):
+def time_naive(var_index, trials, x, y, batch, pool_after=(2, 4)):
     keras.utils.set_random_seed(0)
-    model = keras_rso.models.mnist_paper_net()
+    model = keras_rso.models.mnist_paper_net(pool_after=pool_after)
     var = model.trainable_variables[var_index]
     loss = keras.losses.SparseCategoricalCrossentropy()
     trial = NaiveRSO(model, loss).make_trial(var, float(np.std(var.numpy())) or 0.05)
@@ -116,8 +122,12 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--trials", type=int, default=128,
                         help="scalars timed per variable and setting")
-    parser.add_argument("--step-rule", default="argmin", choices=["argmin", "parabolic"],
-                        help="keras_rso's RSO(step_rule=...); the naive reference is argmin")
+    parser.add_argument("--step-rule", nargs="+", default=["argmin"], choices=list(STEP_RULES),
+                        help="keras_rso's RSO(step_rule=...), one or several (each timed "
+                             "in this run); the naive reference is argmin")
+    parser.add_argument("--pool-after", type=int, nargs=2, default=[2, 4],
+                        help="mnist_paper_net(pool_after=...): the convolutions the two "
+                             "poolings follow (paper: 2 4)")
     parser.add_argument("--no-naive", action="store_true",
                         help="time keras_rso only (no reference, no speed-up)")
     parser.add_argument("--output", default=None, help="write results JSON here")
@@ -125,28 +135,37 @@ def main(argv=None):
     ks = [int(k) for k in args.ks.split(",")]
 
     (x, y), _ = keras_rso.datasets.load_mnist(limit=4096)
-    model = keras_rso.models.mnist_paper_net()
+    pool_after = tuple(args.pool_after)
+    model = keras_rso.models.mnist_paper_net(pool_after=pool_after)
     variables = [(i, v.path, int(np.prod(v.shape))) for i, v in enumerate(model.trainable_variables)]
-    rso = {k: time_keras_rso(k, args.trials, x, y, args.batch_size, args.step_rule) for k in ks}
+    # One setting per K and rule, named k{K} (one rule, as before) or
+    # k{K}_{rule}.
+    settings = {(f"k{k}" if len(args.step_rule) == 1 else f"k{k}_{rule}"): (k, rule)
+                for rule in args.step_rule for k in ks}
+    rso = {name: time_keras_rso(k, args.trials, x, y, args.batch_size, rule, pool_after)
+           for name, (k, rule) in settings.items()}
     rows = []
     for i, path, size in variables:
         row = {"variable": path, "scalars": size}
         if not args.no_naive:
-            row["naive_trials_per_s"] = time_naive(i, args.trials, x, y, args.batch_size)
-        for k in ks:
-            row[f"k{k}_trials_per_s"] = rso[k][path]
+            row["naive_trials_per_s"] = time_naive(i, args.trials, x, y, args.batch_size,
+                                                   pool_after)
+        for name in settings:
+            row[f"{name}_trials_per_s"] = rso[name][path]
         rows.append(row)
         print(json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
 
     cycle = {} if args.no_naive else {
         "naive": sum(r["scalars"] / r["naive_trials_per_s"] for r in rows)}
-    for k in ks:
-        cycle[f"k{k}"] = sum(r["scalars"] / r[f"k{k}_trials_per_s"] for r in rows)
+    for name in settings:
+        cycle[name] = sum(r["scalars"] / r[f"{name}_trials_per_s"] for r in rows)
     speedup = {} if args.no_naive else {
         name: cycle["naive"] / s for name, s in cycle.items() if name != "naive"}
     print("seconds per cycle:", {k: round(v, 1) for k, v in cycle.items()})
     print("speed-up over naive:", {k: round(v, 2) for k, v in speedup.items()})
-    write_json({**provenance(args), "batch_size": args.batch_size, "step_rule": args.step_rule,
+    rules = args.step_rule[0] if len(args.step_rule) == 1 else args.step_rule
+    write_json({**provenance(args), "batch_size": args.batch_size, "step_rule": rules,
+                "pool_after": list(pool_after),
                 "per_variable": rows, "seconds_per_cycle": cycle,
                 "speedup_over_naive": speedup}, args.output)
 

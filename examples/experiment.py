@@ -724,8 +724,9 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int,
                              "every cycle (RSO(output_passes=...); paper: 0)")
     parser.add_argument("--step-rule", default="argmin", choices=list(STEP_RULES),
                         help="argmin: best of w-dw, w, w+dw (paper); parabolic: also "
-                             "the vertex of the parabola through their losses "
-                             "(RSO(step_rule=...), twice the evaluations per trial)")
+                             "the vertex of the parabola through their losses and its "
+                             "mirror (RSO(step_rule=...), twice the evaluations per "
+                             "trial); vertex: the vertex alone (1.5x the evaluations)")
     parser.add_argument("--order", default="output_to_input", choices=list(ORDERS),
                         help="order of a cycle from one batch to the next (paper: "
                              "output_to_input); the trials sharing a batch run from "

@@ -27,7 +27,7 @@ import tensorflow as tf
 from keras_rso import distribution
 
 ORDERS = ("output_to_input", "input_to_output", "random", "paper")
-STEP_RULES = ("argmin", "parabolic")
+STEP_RULES = ("argmin", "parabolic", "vertex")
 SIGMA_RULES = ("std", "he")
 KERNEL_ORDERS = ("keras", "paper")
 
@@ -110,7 +110,13 @@ class RSO(keras.optimizers.Optimizer):
             most `2 |dw|`) and keeps the best of the five, so a trial moves
             the weight to where the loss along it is lowest rather than to
             one of the random points. It evaluates twice as many
-            candidates per trial. Departs from the paper.
+            candidates per trial. `"vertex"`: the parabolic step without
+            the mirror, the best of `w - dw`, `w`, `w + dw` and `w + t`;
+            where the evaluator can run one candidate alone (a kernel on
+            the fast path) that is three candidate evaluations per trial
+            instead of four (elsewhere the mirror is evaluated and never
+            taken, so every path makes the same choice). Both depart from
+            the paper.
         sigma_rule: How each variable's sigma is set when training starts.
             `"std"` (default): its measured standard deviation (see
             `zero_std_sigma` for zero-std variables). `"he"`, the authors'

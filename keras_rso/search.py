@@ -112,9 +112,10 @@ class TrialLoop:
         # A binary weight's trial has one candidate, its flip (the other is
         # `w` itself): where the evaluator can run one candidate alone, it
         # does, at about half the cost of the stacked pair.
+        self.single = [bool(getattr(evaluator, "single_candidate", lambda v: False)(v))
+                       for v in range(len(self.variables))]
         self.flip_only = [
-            isinstance(c, constraints.Discrete) and len(c.values) == 2
-            and bool(getattr(evaluator, "single_candidate", lambda v: False)(v))
+            isinstance(c, constraints.Discrete) and len(c.values) == 2 and self.single[v]
             for v, c in enumerate(self.constrained)]
         # One `tf.switch_case` branch per group of visit slots whose trials
         # share their code (see `trial_groups`).
@@ -393,13 +394,22 @@ class TrialLoop:
                 pairs = [self._flip(ctx, v, j, offsets, carried_w, differs, loss.dtype)]
             else:
                 pairs = [self._candidates(ctx, v, j, offsets, carried_w, differs, loss.dtype)]
-            if opt.step_rule == "parabolic" and constraint is None:
+            if opt.step_rule in ("parabolic", "vertex") and constraint is None:
                 t = parabolic_offset(loss_w, pairs[0][2], pairs[0][3], dw)
                 # At t == 0 both candidates are w itself, and rounding could
                 # make w look better than w.
                 usable = tf.not_equal(t, 0.0)
-                pairs.append(self._candidates(ctx, v, j, t, carried_w, (usable, usable),
-                                              loss.dtype))
+                if opt.step_rule == "parabolic":
+                    pairs.append(self._candidates(ctx, v, j, t, carried_w, (usable, usable),
+                                                  loss.dtype))
+                elif len(group) == 1 and self.single[v]:
+                    pairs.append(self._single(ctx, v, j, t, carried_w, usable, loss.dtype))
+                else:
+                    # No single-candidate evaluation here: the pair is
+                    # evaluated and its mirror `w - t` never taken, so every
+                    # path makes the same choice.
+                    pairs.append(self._candidates(ctx, v, j, t, carried_w,
+                                                  (usable, tf.constant(False)), loss.dtype))
             choice = choose(loss_w, [l for p in pairs for l in p[2:]], opt.tolerance,
                             opt.ties)
 
@@ -439,10 +449,20 @@ class TrialLoop:
         infinite loss. The same choice as the pair's, half the work."""
         d_plus, d_minus = split_offsets(offsets)
         flip = tf.where(differs[0], d_plus, -d_minus)
-        trial = self.ev.trial(v, j, flip, ctx.fixed, carried, ctx.x, ctx.y,
+        return self._single(ctx, v, j, flip, carried, None, dtype)
+
+    def _single(self, ctx, v, j, offset, carried, differs, dtype):
+        """`_candidates` for one candidate, `w + offset`, evaluated alone
+        (the evaluator's `single_candidate`), as the pair's `w + d_plus`;
+        `w - d_minus` gets an infinite loss, and so does `w + offset` where
+        `differs` (a bool tensor, or None for always) is False."""
+        trial = self.ev.trial(v, j, offset, ctx.fixed, carried, ctx.x, ctx.y,
                               ctx.sample_weight, single=True)
-        loss_flip = distribution.cross_replica_sum(trial.loss_plus)
-        return trial, (flip, flip), loss_flip, tf.constant(np.inf, dtype)
+        inf = tf.constant(np.inf, dtype)
+        loss = distribution.cross_replica_sum(trial.loss_plus)
+        if differs is not None:
+            loss = tf.where(differs, loss, inf)
+        return trial, (offset, offset), loss, inf
 
     def _commit(self, v, j, choice, trial, offset, loss_plus, loss_minus):
         """The `tf.switch_case` branch that writes a pair's chosen candidate

@@ -4,7 +4,8 @@ A trial of scalar `w` evaluates `w + d_plus` and `w - d_minus`
 (`domain_offsets`: both `dw` for an unconstrained weight, other values of
 its set for a discrete one), optionally a second pair at the vertex of the
 parabola through the three losses (`parabolic_offset`,
-`RSO(step_rule="parabolic")`), and keeps the best by `choose`. All three
+`RSO(step_rule="parabolic")`; its vertex alone with `"vertex"`), and keeps
+the best by `choose`. All three
 are traced into the train step.
 """
 
