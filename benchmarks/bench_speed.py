@@ -49,8 +49,11 @@ class _StepTimer(keras.callbacks.Callback):
         self.total += time.perf_counter() - self._t0
 
 
-def traced_search(k, x, y, batch, step_rule="argmin", jit_compile=False, pool_after=(2, 4)):
-    """The paper's MNIST net in an `RSOModel` whose search step is traced.
+def traced_search(k, x, y, batch, step_rule="argmin", jit_compile=False, pool_after=(2, 4),
+                  strategy=None):
+    """The paper's MNIST net in an `RSOModel` whose search step is traced
+    (under `strategy` if given: its replicas synchronize the BatchNormalization
+    statistics, so they search as one device would).
 
     Returns `(model, trainer, ds, start)`: `ds` repeats `(x, y)` in batches,
     and `start[path]` is the position in the cycle of the variable's first
@@ -58,10 +61,13 @@ def traced_search(k, x, y, batch, step_rule="argmin", jit_compile=False, pool_af
     (`trainer.optimizer.seek(start[path])`).
     """
     keras.utils.set_random_seed(0)
-    model = keras_rso.models.mnist_paper_net(pool_after=pool_after)
-    trainer = keras_rso.RSOModel(model)
-    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=0, step_rule=step_rule),
-                    loss="sparse_categorical_crossentropy", jit_compile=jit_compile)
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        model = keras_rso.models.mnist_paper_net(
+            pool_after=pool_after, synchronized_bn=strategy.num_replicas_in_sync > 1)
+        trainer = keras_rso.RSOModel(model)
+        trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=0, step_rule=step_rule),
+                        loss="sparse_categorical_crossentropy", jit_compile=jit_compile)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat().prefetch(4)
     trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # trace
     start = {}

@@ -9,6 +9,12 @@ environment before TensorFlow starts, for example
 `TF_CPU_ALLOCATOR_USE_BFC=true` (TensorFlow's pooling allocator on the CPU)
 or `TF_ENABLE_ONEDNN_OPTS=0` (Eigen kernels instead of oneDNN).
 
+With `--replicas N` the step runs under `tf.distribute.MirroredStrategy`
+on N logical CPUs (synchronized BatchNormalization: the same decisions as
+one device), each replica evaluating 1/N of every batch; with one
+TensorFlow intra-op thread and N inter-op threads, each replica's
+operations run on their own thread.
+
 Example:
     TF_CPU_ALLOCATOR_USE_BFC=true python -m benchmarks.step_time --batch-size 2048
 """
@@ -17,7 +23,10 @@ import argparse
 import resource
 import time
 
+import tensorflow as tf
+
 from benchmarks.bench_speed import start_at, traced_search
+from keras_rso.optimizer import STEP_RULES
 from keras_rso import datasets
 from keras_rso.evaluators.chain import ChainEvaluator
 
@@ -42,12 +51,28 @@ def main(argv=None):
     parser.add_argument("--jit-tails", action="store_true",
                         help="compile only the shared tail functions with XLA "
                              "(`ChainEvaluator.jit_tails`)")
+    parser.add_argument("--step-rule", default="argmin", choices=list(STEP_RULES))
+    parser.add_argument("--pool-after", type=int, nargs=2, default=[2, 4],
+                        help="mnist_paper_net(pool_after=...) (paper: 2 4)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="run under MirroredStrategy on this many logical CPUs")
     args = parser.parse_args(argv)
 
+    strategy = None
+    if args.replicas > 1:
+        # Logical devices must be set before TensorFlow runs any operation.
+        tf.config.set_logical_device_configuration(
+            tf.config.list_physical_devices("CPU")[0],
+            [tf.config.LogicalDeviceConfiguration()] * args.replicas)
+        strategy = tf.distribute.MirroredStrategy(
+            [f"/cpu:{i}" for i in range(args.replicas)])
     ChainEvaluator.jit_tails = args.jit_tails
     (x, y), _ = datasets.load_mnist(limit=10 * args.batch_size)
     model, trainer, ds, start = traced_search(args.weights_per_batch, x, y, args.batch_size,
-                                               jit_compile=args.jit_compile)
+                                               step_rule=args.step_rule,
+                                               jit_compile=args.jit_compile,
+                                               pool_after=tuple(args.pool_after),
+                                               strategy=strategy)
     for name in args.variables:
         start_at(model, trainer, start, name)
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
