@@ -42,7 +42,7 @@ def setups(draw):
         dropout=draw(st.sampled_from([0.0, 0.0, 0.3])),
         k=draw(st.integers(1, 40)),
         order=draw(st.sampled_from(["output_to_input", "input_to_output", "random"])),
-        step_rule=draw(st.sampled_from(["argmin", "argmin", "parabolic"])),
+        step_rule=draw(st.sampled_from(["argmin", "argmin", "parabolic", "vertex"])),
         output_passes=draw(st.sampled_from([0, 0, 2])),
         fast=draw(st.booleans()),
         scale=draw(st.sampled_from([0.1, 1.0, 10.0])),
