@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_rso import constraints
-from keras_rso.callbacks import LayerAcceptRates, SigmaAnnealing, SigmaBalancing
+from keras_rso.callbacks import FreezeAfter, LayerAcceptRates, SigmaAnnealing, SigmaBalancing
 from keras_rso.datasets import TFDSData, load_tfds
 from keras_rso.model import RSOModel
 from keras_rso.models import paper_loss, paper_sigmas
@@ -405,7 +405,7 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
         args: Parsed flags: validation_size, limit, cycles, batch_size, weights_per_batch, seed,
             sigma_scale, final_fraction, remeasure_sigma, balance_sigma, order, stop_after,
             no_bn_refresh, tolerance, ties, sigma_rule, output_passes, step_rule,
-            initial_weights, initial_cycle, freeze_discrete (optional),
+            initial_weights, initial_cycle, freeze_discrete, freeze_after (optional),
             backup_dir, backup_every, logdir, save, results, verbose.
         loss: The loss without `--preset paper` (which uses `paper_loss()`).
         raw_pixels: When `data` is standardized outside the model: how to
@@ -467,6 +467,8 @@ def run_rso(build_model: Callable[[], keras.Model], data, args,
         # Before BackupAndRestore, so that an epoch's backup holds the
         # sigmas the next cycle will use.
         callbacks.insert(1, SigmaBalancing())
+    if getattr(args, "freeze_after", None):
+        callbacks.append(FreezeAfter(args.freeze_after))
     after_backup = [StopAfter(args.stop_after)] if args.stop_after else []
     # --initial-cycle N: the weights hold cycles 1-N already; the fits start
     # at cycle N + 1 of the schedules (`RSOModel.fit`'s `initial_epoch`).
@@ -594,6 +596,20 @@ def parse_batch_schedule(text: str) -> List[Tuple[int, int]]:
                 f"batch sizes and cycles must be >= 1; got {entry.strip()!r}")
         schedule.append((batch_size, cycles))
     return schedule
+
+
+def parse_freeze_after(text: str) -> dict:
+    """`--freeze-after` as `{layer name or variable path: last cycle}`:
+    "block1_conv:3,block2_conv:3"."""
+    last = {}
+    for entry in text.split(","):
+        name, _, cycle = entry.strip().rpartition(":")
+        if not name or not cycle.isdigit():
+            raise argparse.ArgumentTypeError(
+                f"expected LAYER:CYCLE pairs separated by commas (e.g. block1_conv:3), "
+                f"CYCLE >= 0; got {entry.strip()!r} in {text!r}")
+        last[name] = int(cycle)
+    return last
 
 
 def _pool_size(args, train, paper: bool) -> Optional[int]:
@@ -777,6 +793,13 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int,
                              "discrete kernels stay as they are: usually with "
                              "--initial-weights, to tune the real-valued variables of a "
                              "settled binary net")
+    parser.add_argument("--freeze-after", type=parse_freeze_after, default=None,
+                        metavar="LAYER:CYCLE,...",
+                        help="stop searching a layer (or variable path) after that cycle: "
+                             "its trials are skipped from the next cycle on, the others "
+                             "run as before (keras_rso.callbacks.FreezeAfter; e.g. "
+                             "block1_conv:3,block2_conv:3; paper: every cycle tries every "
+                             "weight)")
     parser.add_argument("--backup-dir", default=None,
                         help="keep a backup here; rerunning the same command after an "
                              "interruption resumes where it stopped (removed at the end)")
@@ -788,7 +811,7 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int,
 # The search flags --preset paper fixes itself; setting one is an error.
 PRESET_FIXED = ("weights_per_batch", "sigma_scale", "final_fraction", "remeasure_sigma",
                 "balance_sigma", "output_passes", "step_rule", "order", "no_bn_refresh",
-                "tolerance", "ties", "sigma_rule")
+                "tolerance", "ties", "sigma_rule", "freeze_after")
 
 
 class Preset(NamedTuple):

@@ -1,4 +1,5 @@
-"""Callbacks for RSO training: sigma annealing and balancing, per-layer logs."""
+"""Callbacks for RSO training: sigma annealing and balancing, per-layer logs,
+freezing layers by cycle."""
 
 from __future__ import annotations
 
@@ -248,3 +249,75 @@ class LayerAcceptRates(_EpochCounts):
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.close()
+
+
+class FreezeAfter(keras.callbacks.Callback):
+    """Stops searching chosen layers or variables after a given cycle.
+
+    `FreezeAfter({"block1_conv": 3})` searches the weights of the layer
+    `block1_conv` in cycles 1-3 only: from cycle 4 on they keep their
+    values and their trials are skipped (`RSOModel.freeze`), while every
+    other weight is tried on the same batch with the same perturbation as
+    without the freeze. A cycle's cost falls by what the skipped trials
+    cost; in the paper's MNIST net the trials of the first convolutions,
+    which rerun nearly the whole net, cost most (docs/results.md "The limit,
+    measured"). Departs from the paper, whose every cycle tries every
+    weight. Epochs are cycles (`fit` with `steps_per_epoch=None`) and
+    counted from 0 as `fit` counts them, so a resumed fit or one with
+    `initial_epoch` freezes by the same schedule.
+
+    Args:
+        last_cycles: `{layer name or variable path: the last cycle (from
+            1) in which its weights are searched}`. A layer name covers
+            every searched variable of that layer.
+
+    Example:
+
+    ```python
+    trainer.fit(x, y, batch_size=2048, epochs=5, callbacks=[
+        keras_rso.callbacks.SigmaAnnealing(0.3333),
+        keras_rso.callbacks.FreezeAfter({"block1_conv": 3, "block2_conv": 3})])
+    ```
+    """
+
+    def __init__(self, last_cycles: dict):
+        super().__init__()
+        if not isinstance(last_cycles, dict) or not last_cycles:
+            raise ValueError("`last_cycles` must be a non-empty dict {layer name or "
+                             f"variable path: last cycle}}; received {last_cycles!r}.")
+        for name, cycle in last_cycles.items():
+            if isinstance(cycle, bool) or not isinstance(cycle, (int, np.integer)) or cycle < 0:
+                raise ValueError(f"The last cycle of {name!r} must be an int >= 0; "
+                                 f"received {cycle!r}.")
+        self.last_cycles = dict(last_cycles)
+        self._last = None  # per searched variable: its last cycle, or None
+
+    def on_train_begin(self, logs=None):
+        trainer = self.model
+        if not hasattr(trainer, "freeze"):
+            raise ValueError("FreezeAfter needs a `keras_rso.RSOModel`; "
+                             f"received {type(trainer).__name__}.")
+        _rso_optimizer(trainer)
+        from keras_rso.evaluators.topology import owner_layers
+
+        searched = trainer.searched_variables()
+        owner = {id(v): layer for v, layer in
+                 zip(searched, owner_layers(trainer.model, searched))}
+        self._last = {}
+        for name, cycle in self.last_cycles.items():
+            named = [v for v in searched
+                     if v.path == name or getattr(owner.get(id(v)), "name", None) == name]
+            if not named:
+                layers = sorted({owner[id(v)].name for v in searched if owner.get(id(v))})
+                raise ValueError(
+                    f"FreezeAfter: {name!r} names no searched variable: neither a "
+                    f"variable path nor the name of a layer with searched weights "
+                    f"({layers}).")
+            for v in named:
+                self._last[id(v)] = min(cycle, self._last.get(id(v), cycle))
+        self._searched = searched
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # `epoch` counts from 0: cycle `epoch + 1` begins.
+        self.model.freeze([v for v in self._searched
+                           if id(v) in self._last and epoch >= self._last[id(v)]])

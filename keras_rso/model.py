@@ -36,6 +36,27 @@ VariableSpec = Union[None, Sequence[Union[keras.Variable, str]],
                      Callable[[keras.Variable], bool]]
 
 
+def _select(candidates: List[keras.Variable], spec, option: str,
+            among: str) -> List[keras.Variable]:
+    """The `candidates` a variable spec names (a list of variables or paths,
+    or a predicate), in their order; a ValueError names what `option`
+    names outside them (`among` says what they are)."""
+    if callable(spec):
+        return [v for v in candidates if spec(v)]
+    wanted = list(spec)
+    chosen = [v for v in candidates
+              if any(w is v or (isinstance(w, str) and w == v.path) for w in wanted)]
+    known = {v.path for v in candidates}
+    unknown = [w for w in wanted if isinstance(w, str) and w not in known]
+    unknown += [w.path for w in wanted if isinstance(w, keras.Variable)
+                and all(w is not v for v in candidates)]
+    if unknown:
+        raise ValueError(
+            f"{option} names weights that are not {among}: {unknown}. "
+            f"{among[0].upper() + among[1:]}: {sorted(known)}")
+    return chosen
+
+
 def _copy_metrics(metrics):
     """Fresh metric objects, so the two models never share metric state."""
     if metrics is None:
@@ -123,6 +144,9 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
         # by `CycleKeeper.on_train_begin`); not saved either.
         self._replay_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._pool = None  # a `LayerInputPool` under `RSO(pool_size=...)`
+        # One bool per trainable variable, made by the first `freeze`; not a
+        # Keras variable, so never saved (`FreezeAfter` sets it every cycle).
+        self._frozen = None
         if model.built:
             self._check_trainable()
 
@@ -141,30 +165,62 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
         """The variables RSO searches, in the model's (input-to-output) order."""
         all_vars = list(self.model.trainable_variables)
         spec = self.variable_spec
-        if spec is None:
-            chosen = all_vars
-        elif callable(spec):
-            chosen = [v for v in all_vars if spec(v)]
-        else:
-            wanted = list(spec)
-            chosen = []
-            for v in all_vars:
-                if any(w is v or (isinstance(w, str) and w == v.path) for w in wanted):
-                    chosen.append(v)
-            known = {v.path for v in all_vars}
-            unknown = [w for w in wanted if isinstance(w, str) and w not in known]
-            unknown += [w.path for w in wanted if isinstance(w, keras.Variable)
-                        and all(w is not v for v in all_vars)]
-            if unknown:
-                raise ValueError(
-                    f"`variables` names weights that are not trainable weights "
-                    f"of '{self.model.name}': {unknown}. Trainable weights: "
-                    f"{sorted(known)}")
+        chosen = all_vars if spec is None else _select(
+            all_vars, spec, "`variables`", f"trainable weights of '{self.model.name}'")
         if not chosen:
             raise ValueError(
                 "No variable is selected for RSO: the `variables` option "
                 "matches none of the model's trainable weights.")
         return chosen
+
+    def freeze(self, variables: VariableSpec = ()) -> None:
+        """Skips the trials of `variables` from the next step on, until the
+        next call; `freeze()` searches everything again.
+
+        A frozen variable keeps its value. Its trials keep their places in
+        the cycle and their numbers, so every other weight is tried on the
+        same batch with the same perturbation as without the freeze; a step
+        whose trials are all frozen still runs its base pass. Counters and
+        accept rates count only the trials made. For a schedule by cycle,
+        see `keras_rso.callbacks.FreezeAfter`.
+
+        Args:
+            variables: Searched variables, as `RSOModel(variables=...)`
+                takes them: a list of variables or variable paths, or a
+                predicate `fn(variable) -> bool`. An empty list (default)
+                freezes nothing.
+
+        Raises:
+            ValueError: if the model is not built yet, if `variables` names
+                a variable that is not searched, or if it would freeze every
+                searched variable.
+
+        Example:
+
+        ```python
+        trainer.freeze(lambda v: v.path.startswith("rso_mnist_net/block1_"))
+        ```
+        """
+        if not self.built or not self.model.built:
+            raise ValueError(
+                "`freeze` needs a built model: call it after the model has run "
+                "once (a callback's `on_train_begin` is late enough).")
+        searched = self.searched_variables()
+        frozen = _select(searched, variables, "`freeze`", "searched variables")
+        if len(frozen) == len(searched):
+            raise ValueError(
+                f"`freeze` would freeze every searched variable ({len(searched)}), "
+                "leaving RSO nothing to try. Freeze fewer, or stop training.")
+        ids = {id(v) for v in frozen}
+        mask = np.array([id(v) in ids for v in self.trainable_variables])
+        if self._frozen is None:
+            with self.distribute_strategy.scope():
+                self._frozen = tf.Variable(mask, trainable=False, name="rso_frozen")
+            if self.train_function is not None:
+                # The step was traced without the mask: trace it again.
+                self.make_train_function(force=True)
+        else:
+            self._frozen.assign(mask)
 
     def _plan(self) -> Tuple[object, CycleSchedule]:
         """Chooses an evaluator and plans the cycle (Python only)."""
@@ -393,7 +449,7 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         evaluator, plan = self._plan()
         result = TrialLoop(self.optimizer, evaluator, plan, replay_steps=self._replay_steps,
-                           pool=self._pool)(x, y, sample_weight)
+                           pool=self._pool, frozen=self._frozen)(x, y, sample_weight)
         # The predictions are for the targets the step returns: under a
         # layer-input pool, the batch drawn from the pool; in a replayed
         # step, one row of the batch.

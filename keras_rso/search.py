@@ -91,9 +91,15 @@ class TrialLoop:
     """
 
     def __init__(self, optimizer: RSO, evaluator, schedule: CycleSchedule,
-                 replay_steps: Optional[tf.Variable] = None, pool=None):
+                 replay_steps: Optional[tf.Variable] = None, pool=None,
+                 frozen: Optional[tf.Variable] = None):
         self.opt = optimizer
         self.replay_steps = replay_steps
+        # One bool per variable (`RSOModel.freeze`): a frozen variable's
+        # trials are skipped, and still numbered, so every other trial
+        # draws the perturbation it would draw without the freeze. None:
+        # nothing can be frozen (no extra control flow in the step).
+        self.frozen = frozen
         self.ev = evaluator
         self.schedule = schedule
         self.visit = schedule.visit
@@ -325,11 +331,14 @@ class TrialLoop:
             with tf.control_dependencies([loss]):
                 self._write_state(good, updated, only=seeds)
         opt.record_step(n, accepted, tried_vec, accepted_vec, replaying)
+        # The trials made: a frozen variable's were skipped (the position
+        # moves past them all the same).
+        made = n if self.frozen is None else tf.reduce_sum(tried_vec)
         one = tf.constant(1, tf.int64)
         if self.replay_steps is not None:
             distribution.assign_add(self.replay_steps, tf.where(
                 replaying, -one, tf.constant(0, tf.int64)))
-        return StepResult(loss, y_pred, n, accepted, replaying, y, sample_weight)
+        return StepResult(loss, y_pred, made, accepted, replaying, y, sample_weight)
 
     def _trial(self, ctx, step_g, slots, k, loss, y_pred, carried, accepted_vec, tried_vec):
         """The step's `k`-th trial: one weight, its candidates, the choice.
@@ -354,11 +363,23 @@ class TrialLoop:
         member = tf.gather(tf.constant(self.member_of_slot, tf.int64), slot)
         branches = [self._variable_trial(ctx, self.groups[g], member, j, noise, state)
                     for g in groups]
-        new_loss, new_y_pred, new_carried, acc = tf.switch_case(
-            tf.cast(branch_index, tf.int32), branches)
-        v_index = tf.reshape(tf.gather(self.visit_t, slot), [1, 1])
+        v = tf.gather(self.visit_t, slot)
+
+        def search():
+            return tf.switch_case(tf.cast(branch_index, tf.int32), branches)
+
+        if self.frozen is None:
+            new_loss, new_y_pred, new_carried, acc = search()
+            tried = tf.ones([1], tf.int64)
+        else:
+            searched = tf.logical_not(tf.gather(tf.convert_to_tensor(self.frozen), v))
+            new_loss, new_y_pred, new_carried, acc = tf.cond(
+                searched, search,
+                lambda: (tf.identity(loss), y_pred, carried, tf.constant(0, tf.int64)))
+            tried = tf.reshape(tf.cast(searched, tf.int64), [1])
+        v_index = tf.reshape(v, [1, 1])
         accepted_vec = tf.tensor_scatter_nd_add(accepted_vec, v_index, [acc])
-        tried_vec = tf.tensor_scatter_nd_add(tried_vec, v_index, tf.ones([1], tf.int64))
+        tried_vec = tf.tensor_scatter_nd_add(tried_vec, v_index, tried)
         return k + 1, new_loss, new_y_pred, new_carried, accepted_vec, tried_vec
 
     def _variable_trial(self, ctx, group, member, j, noise, state):
@@ -513,6 +534,10 @@ class TrialLoop:
         trial (`decay_in_base`)."""
         slot, j = self.schedule.locate(self.schedule.step_trials(position, tf.maximum(n, 1), perm)[0])
         chosen = tf.where(n > 0, tf.gather(self.visit_t, slot), tf.constant(-1, tf.int64))
+        if self.frozen is not None:
+            # A frozen weight's trial is skipped, so it is not decayed either.
+            chosen = tf.where(tf.gather(tf.convert_to_tensor(self.frozen), tf.maximum(chosen, 0)),
+                              tf.constant(-1, tf.int64), chosen)
         mapped = []
         for v, (var, value) in enumerate(current):
             if self.constrained[v] is not None:

@@ -475,6 +475,33 @@ def test_binary_mnist_exports_a_binary_model_that_reloads_and_goes_on(tmp_path, 
         _run_here("examples/mnist_rso.py", "--freeze-discrete", "--cycles", "1", *common)
 
 
+def test_freeze_after_stops_searching_a_layer_from_the_next_cycle(tmp_path):
+    results = tmp_path / "f.json"
+    _run_here("examples/mnist_rso.py", "--cycles", "2", "--freeze-after", "block1_conv:1",
+              "--limit", "128", "--validation-size", "32", "--batch-size", "4",
+              "--weights-per-batch", "1024", "--test-limit", "500", "--verbose", "0",
+              "--results", str(results))
+    rows = json.loads(results.read_text())["per_cycle"]
+    first = "rso_mnist_net/block1_conv/kernel"
+    # Accept rates list the variables with trials in the cycle.
+    assert first in rows[0]["accept_rate_per_variable"]
+    assert first not in rows[1]["accept_rate_per_variable"]
+    assert "rso_mnist_net/block2_conv/kernel" in rows[1]["accept_rate_per_variable"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--freeze-after", "block1_conv"], "expected LAYER:CYCLE pairs"),
+    (["--preset", "fastest", "--freeze-after", "block1_conv:3"],
+     "--preset fastest fixes --freeze-after"),
+])
+def test_freeze_after_flag_errors(argv, message, capsys):
+    module = importlib.import_module("examples.mnist_rso")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err, err[-2000:]
+
+
 def test_sign_activations_train_under_rso_and_not_under_sgd(tmp_path):
     # The sign's gradient is zero: SGD leaves the hidden kernel exactly where
     # it was; RSO moves it.
