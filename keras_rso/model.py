@@ -180,8 +180,9 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
         A frozen variable keeps its value. Its trials keep their places in
         the cycle and their numbers, so every other weight is tried on the
         same batch with the same perturbation as without the freeze; a step
-        whose trials are all frozen still runs its base pass. Counters and
-        accept rates count only the trials made. For a schedule by cycle,
+        whose trials are all frozen still runs its base pass (and under
+        `RSO(pool_size=...)` a frozen layer's segment still fills its pool).
+        Counters and accept rates count only the trials made. For a schedule by cycle,
         see `keras_rso.callbacks.FreezeAfter`.
 
         Args:
