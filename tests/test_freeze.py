@@ -130,12 +130,16 @@ class _FreezeLast(keras.callbacks.Callback):
         self.model.freeze([self.model.model.layers[-1].kernel])
 
 
-def test_freeze_errors(toy_data):
-    x, y = toy_data
-    model = small_convnet(first_bias=False)
+def _compiled(model):
     trainer = keras_rso.RSOModel(model)
     trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=8, seed=0),
                     loss="sparse_categorical_crossentropy")
+    return trainer
+
+
+def test_freeze_errors(toy_data):
+    x, y = toy_data
+    trainer = _compiled(small_convnet(first_bias=False))
     fresh = keras_rso.RSOModel(keras.Sequential([keras.layers.Dense(2)]))
     with pytest.raises(ValueError, match="built model"):
         fresh.freeze([])
@@ -157,9 +161,7 @@ def test_freeze_between_fits_retraces_the_step(toy_data):
     # makes the next fit trace it again, with the mask.
     x, y = toy_data
     model = small_convnet(first_bias=False)
-    trainer = keras_rso.RSOModel(model)
-    trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=8, seed=0),
-                    loss="sparse_categorical_crossentropy")
+    trainer = _compiled(model)
     trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
     kernel = model.layers[-1].kernel
     after_first = kernel.numpy().copy()
