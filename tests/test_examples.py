@@ -23,6 +23,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
+# A few seconds of RSO on the paper's MNIST net: 128 images, 12 steps a cycle.
+_TINY_MNIST = ["--limit", "128", "--validation-size", "32", "--batch-size", "4",
+               "--weights-per-batch", "1024", "--test-limit", "500", "--verbose", "0"]
+
+
 def _run_here(script, *args):
     """Runs `script` as `python script args` does (`__main__`, `sys.argv`),
     inside this process: TensorFlow is already imported, which saves each
@@ -439,8 +444,7 @@ def test_binary_mnist_exports_a_binary_model_that_reloads_and_goes_on(tmp_path, 
                                   again.predict(x_test[:256], verbose=0))
     # --initial-weights M --initial-cycle 1: a second run goes on from the
     # saved model and runs cycle 2 of the schedules only.
-    common = ["--limit", "128", "--validation-size", "32", "--batch-size", "4",
-              "--weights-per-batch", "1024", "--test-limit", "500", "--verbose", "0"]
+    common = _TINY_MNIST
     second = tmp_path / "second.json"
     _run_here("examples/binary_mnist.py", "--cycles", "2", "--initial-weights", str(saved),
               "--initial-cycle", "1", *common, "--results", str(second))
@@ -480,9 +484,7 @@ def test_binary_mnist_exports_a_binary_model_that_reloads_and_goes_on(tmp_path, 
 def test_freeze_after_stops_searching_a_layer_from_the_next_cycle(tmp_path):
     results = tmp_path / "f.json"
     _run_here("examples/mnist_rso.py", "--cycles", "2", "--freeze-after", "block1_conv:1",
-              "--limit", "128", "--validation-size", "32", "--batch-size", "4",
-              "--weights-per-batch", "1024", "--test-limit", "500", "--verbose", "0",
-              "--results", str(results))
+              *_TINY_MNIST, "--results", str(results))
     rows = json.loads(results.read_text())["per_cycle"]
     first = "rso_mnist_net/block1_conv/kernel"
     # Accept rates list the variables with trials in the cycle.
