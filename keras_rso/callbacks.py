@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_rso.evaluators.topology import owner_layers
+
 
 def _rso_optimizer(model):
     from keras_rso.optimizer import RSO
@@ -290,7 +292,9 @@ class FreezeAfter(keras.callbacks.Callback):
                 raise ValueError(f"The last cycle of {name!r} must be an int >= 0; "
                                  f"received {cycle!r}.")
         self.last_cycles = dict(last_cycles)
-        self._last = None  # per searched variable: its last cycle, or None
+        # Set when training begins: the searched variables, and the last
+        # cycle of each one `last_cycles` names (by `id`).
+        self._searched, self._last = [], {}
 
     def on_train_begin(self, logs=None):
         trainer = self.model
@@ -298,8 +302,6 @@ class FreezeAfter(keras.callbacks.Callback):
             raise ValueError("FreezeAfter needs a `keras_rso.RSOModel`; "
                              f"received {type(trainer).__name__}.")
         _rso_optimizer(trainer)
-        from keras_rso.evaluators.topology import owner_layers
-
         searched = trainer.searched_variables()
         owner = {id(v): layer for v, layer in
                  zip(searched, owner_layers(trainer.model, searched))}
