@@ -182,8 +182,8 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
         same batch with the same perturbation as without the freeze; a step
         whose trials are all frozen still runs its base pass (and under
         `RSO(pool_size=...)` a frozen layer's segment still fills its pool).
-        Counters and accept rates count only the trials made. For a schedule by cycle,
-        see `keras_rso.callbacks.FreezeAfter`.
+        Counters and accept rates count only the trials made. For a
+        schedule by cycle, see `keras_rso.callbacks.FreezeAfter`.
 
         Args:
             variables: Searched variables, as `RSOModel(variables=...)`

@@ -66,6 +66,7 @@ class _StepInputs(NamedTuple):
     first_trial: tf.Tensor  # `RSO.trials` before the step: keys the draws
     sigmas: tf.Tensor
     scale: tf.Tensor
+    frozen: Optional[tf.Tensor]  # `TrialLoop.frozen` read once per step, or None
 
 
 class TrialLoop:
@@ -269,8 +270,9 @@ class TrialLoop:
         # regularizers (which read them through the scope) see them.
         current = [(v, tf.convert_to_tensor(v.value)) for v in self.variables]
         perm = self.schedule.permutation(tf.convert_to_tensor(opt.cycle))
+        frozen = None if self.frozen is None else tf.convert_to_tensor(self.frozen)
         if self.decay_in_base:
-            current = self._decayed_mapping(current, position, n, perm)
+            current = self._decayed_mapping(current, position, n, perm, frozen)
         with keras.StatelessScope(state_mapping=current) as scope:
             if start:
                 loss0, y_pred0, fixed, carried0 = self.ev.begin(x, y, sample_weight,
@@ -300,7 +302,7 @@ class TrialLoop:
         ctx = _StepInputs(x, y, sample_weight, fixed,
                           first_trial=tf.convert_to_tensor(opt.trials),
                           sigmas=tf.convert_to_tensor(opt.sigmas),
-                          scale=tf.convert_to_tensor(opt.sigma_scale))
+                          scale=tf.convert_to_tensor(opt.sigma_scale), frozen=frozen)
         step_g = self.schedule.step_trials(position, n, perm)
 
         def body(k, loss, y_pred, carried, accepted_vec, tried_vec):
@@ -333,7 +335,7 @@ class TrialLoop:
         opt.record_step(n, accepted, tried_vec, accepted_vec, replaying)
         # The trials made: a frozen variable's were skipped (the position
         # moves past them all the same).
-        made = n if self.frozen is None else tf.reduce_sum(tried_vec)
+        made = n if frozen is None else tf.reduce_sum(tried_vec)
         one = tf.constant(1, tf.int64)
         if self.replay_steps is not None:
             distribution.assign_add(self.replay_steps, tf.where(
@@ -368,11 +370,11 @@ class TrialLoop:
         def search():
             return tf.switch_case(tf.cast(branch_index, tf.int32), branches)
 
-        if self.frozen is None:
+        if ctx.frozen is None:
             new_loss, new_y_pred, new_carried, acc = search()
             tried = tf.ones([1], tf.int64)
         else:
-            searched = tf.logical_not(tf.gather(tf.convert_to_tensor(self.frozen), v))
+            searched = tf.logical_not(tf.gather(ctx.frozen, v))
             new_loss, new_y_pred, new_carried, acc = tf.cond(
                 searched, search,
                 lambda: (tf.identity(loss), y_pred, carried, tf.constant(0, tf.int64)))
@@ -529,14 +531,14 @@ class TrialLoop:
             value = tf.convert_to_tensor(var.value)
             distribution.assign(var, tf.where(tf.equal(v.chosen, k), new_value(value), value))
 
-    def _decayed_mapping(self, current, position, n, perm):
+    def _decayed_mapping(self, current, position, n, perm, frozen):
         """`current` with the step's one trial weight decayed, if it has a
-        trial (`decay_in_base`)."""
+        trial (`decay_in_base`) and its variable is not `frozen`."""
         slot, j = self.schedule.locate(self.schedule.step_trials(position, tf.maximum(n, 1), perm)[0])
         chosen = tf.where(n > 0, tf.gather(self.visit_t, slot), tf.constant(-1, tf.int64))
-        if self.frozen is not None:
+        if frozen is not None:
             # A frozen weight's trial is skipped, so it is not decayed either.
-            chosen = tf.where(tf.gather(tf.convert_to_tensor(self.frozen), tf.maximum(chosen, 0)),
+            chosen = tf.where(tf.gather(frozen, tf.maximum(chosen, 0)),
                               tf.constant(-1, tf.int64), chosen)
         mapped = []
         for v, (var, value) in enumerate(current):
