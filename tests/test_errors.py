@@ -9,10 +9,7 @@ import tensorflow as tf
 
 import keras_rso
 from conftest import deeper_convnet, small_convnet
-
-
-def _weights(model):
-    return [v.numpy().copy() for v in model.weights]
+from testing_utils import weights_of
 
 
 def _compiled(model, **opt):
@@ -42,10 +39,10 @@ def test_gradient_optimizer_is_rejected():
 def test_fit_before_compile_is_rejected(toy_data):
     x, y = toy_data
     model = small_convnet()
-    before = _weights(model)
+    before = weights_of(model)
     with pytest.raises(ValueError, match="compile"):
         keras_rso.RSOModel(model).fit(x, y, verbose=0)
-    for a, b in zip(before, _weights(model)):
+    for a, b in zip(before, weights_of(model)):
         np.testing.assert_array_equal(a, b)
 
 
@@ -76,12 +73,12 @@ def test_sigma_annealing_rejects_bad_fraction_and_schedule(toy_data):
         keras_rso.callbacks.SigmaAnnealing(final_fraction=0.0)
     x, y = toy_data
     model = small_convnet()
-    before = _weights(model)
+    before = weights_of(model)
     trainer = _compiled(model, weights_per_batch=64)
     with pytest.raises(ValueError, match="positive finite scale"):
         trainer.fit(x, y, verbose=0, callbacks=[
             keras_rso.callbacks.SigmaAnnealing(schedule=lambda e, s: -1.0)])
-    for a, b in zip(before, _weights(model)):
+    for a, b in zip(before, weights_of(model)):
         np.testing.assert_array_equal(a, b)
 
 
@@ -105,12 +102,12 @@ def test_nan_batch_stops_with_step_and_variable_named_and_keeps_last_good_weight
 
     class Snap(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            snapshots.append(_weights(model))
+            snapshots.append(weights_of(model))
 
     with pytest.raises(keras_rso.NonFiniteLossError, match=r"train step 2 .*trial 8 of 211, next variable 'sequential\S*/dense\S*/kernel'\): the inputs of this batch contain NaN"):
         trainer.fit(ds, epochs=1, verbose=0, callbacks=[Snap()])
     assert len(snapshots) == 2  # steps 0 and 1 completed
-    for a, b in zip(snapshots[-1], _weights(model)):
+    for a, b in zip(snapshots[-1], weights_of(model)):
         np.testing.assert_array_equal(a, b)
     assert int(trainer.optimizer.trials.numpy()) == 8
     # The flag is cleared: training on clean data carries on.
@@ -162,7 +159,7 @@ def test_nan_pixel_stops_even_where_the_loss_stays_finite(toy_data, fast_path):
 
     class Snap(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            snapshots.append(_weights(model))
+            snapshots.append(weights_of(model))
 
     with pytest.raises(keras_rso.NonFiniteLossError,
                        match=r"train step 1 .*: the inputs of this batch contain NaN"):
@@ -171,7 +168,7 @@ def test_nan_pixel_stops_even_where_the_loss_stays_finite(toy_data, fast_path):
     assert trainer._plan()[0].fast == fast_path
     assert len(snapshots) == 1  # step 0 completed
     # Weights and BN moving statistics are as the clean step left them.
-    for a, b in zip(snapshots[0], _weights(model)):
+    for a, b in zip(snapshots[0], weights_of(model)):
         np.testing.assert_array_equal(a, b)
     assert int(trainer.optimizer.trials.numpy()) == 4
 
@@ -247,11 +244,11 @@ def test_wrong_input_shape_raises_before_any_change(toy_data):
     x, y = toy_data
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
                               keras.layers.Dense(3, activation="softmax")])
-    before = _weights(model)
+    before = weights_of(model)
     trainer = _compiled(model)
     with pytest.raises(ValueError, match="incompatible|expected|shape"):
         trainer.fit(np.zeros((64, 9, 9, 1), "float32"), y[:64], verbose=0)
-    for a, b in zip(before, _weights(model)):
+    for a, b in zip(before, weights_of(model)):
         np.testing.assert_array_equal(a, b)
 
 
@@ -278,6 +275,6 @@ def test_unknown_layer_in_a_chain_is_evaluated_per_candidate(toy_data):
         trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=16, seed=1),
                         loss="sparse_categorical_crossentropy")
         trainer.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
-        results[fast] = _weights(model)
+        results[fast] = weights_of(model)
     for a, b in zip(results[True], results[False]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -7,11 +7,7 @@ import pytest
 import keras_rso
 from conftest import small_convnet
 from test_resume import InterruptAtBatch
-from testing_utils import fit_rso
-
-
-def _weights(model):
-    return [v.numpy().copy() for v in model.weights]
+from testing_utils import fit_rso, weights_of
 
 
 class _Snapshots(keras.callbacks.Callback):
@@ -22,7 +18,7 @@ class _Snapshots(keras.callbacks.Callback):
         self.watched, self.epochs = model, []
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epochs.append(_weights(self.watched))
+        self.epochs.append(weights_of(self.watched))
 
 
 def _fit(x, y, callbacks_of=lambda model: [], epochs=2, fast_path=True, **rso):

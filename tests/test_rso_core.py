@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_rso
-from testing_utils import fit_rso
+from testing_utils import fit_rso, weights_of
 from conftest import deeper_convnet, small_convnet
 
 
@@ -15,10 +15,6 @@ def _trainer(model, k=4, seed=0, order="output_to_input", fast_path=True, **kw):
     trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=k, seed=seed, order=order, **kw),
                     loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return trainer
-
-
-def _weights(model):
-    return [v.numpy().copy() for v in model.weights]
 
 
 class StepRecorder(keras.callbacks.Callback):
@@ -214,11 +210,11 @@ def test_fast_path_matches_full_forward_path(toy_data, float64, build, k, passes
         trainer.fit(x, y, batch_size=32, epochs=2 if order == "random" else 1,
                     shuffle=False, verbose=0)
         assert trainer._plan()[0].fast == fast
-        weights[fast] = _weights(model)
+        weights[fast] = weights_of(model)
     for a, b in zip(weights[True], weights[False]):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     # The search moved weights (the comparison is not of two untouched nets).
-    assert any(np.any(a != b) for a, b in zip(weights[True], _weights(build())))
+    assert any(np.any(a != b) for a, b in zip(weights[True], weights_of(build())))
 
 
 @pytest.fixture
@@ -253,7 +249,7 @@ def test_trials_share_tail_pieces_and_batchnorm_branches(toy_data, traced_loops)
     # from every variable's branch, instead of one inline copy per variable.
     x, y = toy_data
     model = deeper_convnet()
-    before = _weights(model)
+    before = weights_of(model)
     trainer = _trainer(model, k=64)
     trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
     (loop,) = traced_loops
@@ -279,7 +275,7 @@ def test_trials_share_tail_pieces_and_batchnorm_branches(toy_data, traced_loops)
                 if node.op in ("Case", "StatelessCase")]
     assert max(branches) == 10
     # ... and both parameters of each pair are searched through it.
-    after = _weights(model)
+    after = weights_of(model)
     for bn in bns:
         for var in (bn.gamma, bn.beta):
             k = next(i for i, w in enumerate(model.weights) if w is var)
@@ -455,7 +451,7 @@ def test_same_seed_gives_identical_weights(toy_data):
         model = small_convnet()
         _trainer(model, k=8, seed=seed).fit(x, y, batch_size=32, epochs=1,
                                             shuffle=False, verbose=0)
-        runs.append(_weights(model))
+        runs.append(weights_of(model))
     for a, b in zip(runs[0], runs[1]):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, c) for a, c in zip(runs[0], runs[2]))
@@ -465,12 +461,12 @@ def test_variables_option_restricts_the_search(toy_data):
     x, y = toy_data
     model = small_convnet()
     dense = model.layers[-1]
-    before = _weights(model)
+    before = weights_of(model)
     trainer = keras_rso.RSOModel(model, variables=[dense.kernel.path, dense.bias])
     trainer.compile(optimizer=keras_rso.RSO(weights_per_batch=4), loss="sparse_categorical_crossentropy")
     trainer.fit(x, y, batch_size=32, epochs=1, verbose=0)
     assert trainer.trials_per_cycle == 15
-    after = _weights(model)
+    after = weights_of(model)
     for v, a, b in zip(model.weights, before, after):
         if v is dense.kernel or v is dense.bias:
             assert not np.array_equal(a, b)

@@ -8,6 +8,12 @@ import tensorflow as tf
 import keras_rso
 
 
+def weights_of(model: keras.Model) -> list:
+    """Copies of every weight of `model`, as NumPy arrays, in `model.weights`
+    order (to compare before and after a fit)."""
+    return [v.numpy().copy() for v in model.weights]
+
+
 class Fitted(NamedTuple):
     """What `fit_rso` returns."""
 
