@@ -603,3 +603,19 @@ def test_last_cycle_ablation_reverts_one_layer_and_restores_everything(monkeypat
         np.testing.assert_array_equal(model.get_layer("b").kernel.numpy(), final[-2])
     for v, value in zip(model.variables, final):
         np.testing.assert_array_equal(v.numpy(), value)
+
+
+def test_last_cycle_ablation_scores_validation_without_reading_the_test_set(monkeypatch):
+    ablation = importlib.import_module("benchmarks.studies.last_cycle_ablation")
+    x = np.arange(10, dtype="float32").reshape(10, 1)
+    test = (np.full((4, 1), -1.0, "float32"), np.zeros(4, "int64"))
+    monkeypatch.setattr(ablation.datasets, "load_mnist", lambda: ((x, 2 * x[:, 0]), test))
+    x_bn, (x_score, y_score), split = ablation.scoring_data(validation_size=3, bn_images=5)
+    assert split == "validation"
+    np.testing.assert_array_equal(x_score[:, 0], [7, 8, 9])
+    np.testing.assert_array_equal(y_score, [14, 16, 18])
+    np.testing.assert_array_equal(x_bn[:, 0], [0, 1, 2, 3, 4])
+    # Asking for more BatchNorm images than precede the split stops short of it.
+    assert ablation.scoring_data(validation_size=3, bn_images=100)[0].max() == 6
+    x_bn, (x_score, _), split = ablation.scoring_data(validation_size=0, bn_images=5)
+    assert split == "test" and x_score is test[0] and len(x_bn) == 5

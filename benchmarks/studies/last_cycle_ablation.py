@@ -6,7 +6,8 @@ the layers nearest the input come last, after the layers above them were
 tuned to the features they replace. This takes a trained model and the
 backup of the same run written when its last cycle began (the
 `latest.weights.h5` of `--backup-dir`, copied before the run ended), and
-evaluates the final model on the test set with one layer at a time put back
+evaluates the final model on the test set (or, with `--validation-size`, on
+the examples' validation split) with one layer at a time put back
 to its weights at the start of that cycle. If putting a layer back lowers
 the test loss, its last-cycle changes hurt.
 
@@ -28,7 +29,7 @@ import numpy as np
 
 import keras_rso  # noqa: F401  (registers the saved classes)
 from keras_rso import datasets
-from examples.experiment import provenance, write_json
+from examples.experiment import provenance, split_validation, write_json
 from benchmarks.studies.head_probe import score
 from benchmarks.studies.precise_bn import set_population_statistics
 
@@ -57,9 +58,22 @@ def reverted(model: keras.Model, start: Sequence[np.ndarray],
             v.assign(value)
 
 
-def evaluate(model, x_bn, x_test, y_test) -> dict:
+def scoring_data(validation_size: int, bn_images: int):
+    """MNIST images for the BatchNorm statistics, the `(x, y)` to score on,
+    and the name of that split: the test set, or with `validation_size` > 0
+    the last `validation_size` training images (the examples' validation
+    split, `split_validation`), the BatchNorm images then coming from the
+    training images before them, so that nothing is read from the test set."""
+    data = datasets.load_mnist()
+    if not validation_size:
+        return data[0][0][:bn_images], data[1], "test"
+    (x_train, _), validation, _ = split_validation(data, validation_size)
+    return x_train[:bn_images], validation, "validation"
+
+
+def evaluate(model, x_bn, x_score, y_score) -> dict:
     set_population_statistics(model, x_bn)
-    return score(model.predict(x_test, batch_size=2000, verbose=0), y_test)
+    return score(model.predict(x_score, batch_size=2000, verbose=0), y_score)
 
 
 def main(argv=None):
@@ -70,17 +84,20 @@ def main(argv=None):
                                             "(a `--backup-dir` latest.weights.h5)")
     parser.add_argument("--bn-images", type=int, default=20000,
                         help="training images for the BatchNorm statistics of every variant")
+    parser.add_argument("--validation-size", type=int, default=0,
+                        help="score on the last N training images (the examples' "
+                             "validation split) instead of the test set, for choosing "
+                             "a setting; the BatchNorm images then come from before them")
     parser.add_argument("--output", default=None, help="write the results JSON here")
     args = parser.parse_args(argv)
-    (x_train, _), (x_test, y_test) = datasets.load_mnist()
-    x_bn = x_train[:args.bn_images]
+    x_bn, (x_score, y_score), scored_on = scoring_data(args.validation_size, args.bn_images)
 
     model = keras.saving.load_model(args.model)
     start_model = keras.saving.load_model(args.model)
     # The backup holds the `RSOModel` that trained the net (and its
     # optimizer, which is not needed here): load it through the same wrapper.
     trainer = keras_rso.RSOModel(start_model)
-    trainer(x_test[:1])  # builds the wrapper, which load_weights requires
+    trainer(x_score[:1])  # builds the wrapper, which load_weights requires
     trainer.load_weights(args.cycle_start, skip_mismatch=True)
     start = [v.numpy() for v in start_model.trainable_variables]
     # skip_mismatch also skips layers that do not match: catch a wrong file.
@@ -89,20 +106,20 @@ def main(argv=None):
                          "(or holds its final weights): nothing to compare.")
     groups = layer_groups(model)
 
-    rows = {"final": evaluate(model, x_bn, x_test, y_test)}
+    rows = {"final": evaluate(model, x_bn, x_score, y_score)}
     with reverted(model, start, [i for idx in groups.values() for i in idx]):
-        rows["all layers at cycle start"] = evaluate(model, x_bn, x_test, y_test)
+        rows["all layers at cycle start"] = evaluate(model, x_bn, x_score, y_score)
     for layer, indices in groups.items():
         with reverted(model, start, indices):
-            rows[f"{layer} at cycle start"] = evaluate(model, x_bn, x_test, y_test)
+            rows[f"{layer} at cycle start"] = evaluate(model, x_bn, x_score, y_score)
     base = rows["final"]["loss"]
-    print("| variant | test accuracy (%) | test loss | loss - final |")
+    print(f"| variant | {scored_on} accuracy (%) | {scored_on} loss | loss - final |")
     print("|---|---:|---:|---:|")
     for name, r in rows.items():
         r["loss_minus_final"] = r["loss"] - base
         print(f"| {name} | {100 * r['accuracy']:.2f} | {r['loss']:.4f} | "
               f"{r['loss_minus_final']:+.4f} |")
-    write_json({**provenance(args), "rows": rows}, args.output)
+    write_json({**provenance(args), "scored_on": scored_on, "rows": rows}, args.output)
 
 
 if __name__ == "__main__":
