@@ -58,6 +58,17 @@ def reverted(model: keras.Model, start: Sequence[np.ndarray],
             v.assign(value)
 
 
+def trained_network(path: str) -> keras.Model:
+    """The network saved at `path`: the model itself, or, for a model an
+    example saved to take raw pixels (`examples.experiment.raw_pixel_model`),
+    the network behind its standardizing layer, which takes the
+    standardized images this study feeds and is what the run's backups hold."""
+    saved = keras.saving.load_model(path)
+    if saved.name.endswith("_raw_pixels"):
+        return saved.layers[-1]
+    return saved
+
+
 def scoring_data(validation_size: int, bn_images: int):
     """MNIST images for the BatchNorm statistics, the `(x, y)` to score on,
     and the name of that split: the test set, or with `validation_size` > 0
@@ -92,8 +103,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     x_bn, (x_score, y_score), scored_on = scoring_data(args.validation_size, args.bn_images)
 
-    model = keras.saving.load_model(args.model)
-    start_model = keras.saving.load_model(args.model)
+    model = trained_network(args.model)
+    start_model = trained_network(args.model)
     # The backup holds the `RSOModel` that trained the net (and its
     # optimizer, which is not needed here): load it through the same wrapper.
     trainer = keras_rso.RSOModel(start_model)
