@@ -619,3 +619,17 @@ def test_last_cycle_ablation_scores_validation_without_reading_the_test_set(monk
     assert ablation.scoring_data(validation_size=3, bn_images=100)[0].max() == 6
     x_bn, (x_score, _), split = ablation.scoring_data(validation_size=0, bn_images=5)
     assert split == "test" and x_score is test[0] and len(x_bn) == 5
+
+
+def test_last_cycle_ablation_unwraps_a_raw_pixel_model(tmp_path):
+    ablation = importlib.import_module("benchmarks.studies.last_cycle_ablation")
+    experiment = importlib.import_module("examples.experiment")
+    net = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="a")], name="net")
+    raw = experiment.raw_pixel_model(net, keras.layers.Rescaling(0.5, name="standardize"), (3,))
+    raw.save(tmp_path / "raw.keras")
+    net.save(tmp_path / "net.keras")
+    for path in ("raw.keras", "net.keras"):
+        loaded = ablation.trained_network(str(tmp_path / path))
+        assert loaded.name == "net"
+        np.testing.assert_array_equal(loaded.get_layer("a").kernel.numpy(),
+                                      net.get_layer("a").kernel.numpy())
