@@ -246,11 +246,17 @@ class RawPixels(NamedTuple):
     test: tuple
 
 
+# The name suffix that marks a model saved by `raw_pixel_model`; readers of
+# saved models (benchmarks/studies/last_cycle_ablation.py) recognize it by it.
+RAW_PIXELS_SUFFIX = "_raw_pixels"
+
+
 def raw_pixel_model(model: keras.Model, layer: keras.layers.Layer,
                     image_shape: Sequence[int]) -> keras.Model:
-    """`model` behind `layer`: a plain Keras model that takes raw pixels."""
+    """`model` behind `layer`: a plain Keras model that takes raw pixels,
+    named `model.name + RAW_PIXELS_SUFFIX`."""
     return keras.Sequential([keras.Input(tuple(image_shape)), layer, model],
-                            name=f"{model.name}_raw_pixels")
+                            name=model.name + RAW_PIXELS_SUFFIX)
 
 
 def accuracy(model: keras.Model, x, y) -> float:

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_rso.evaluators import ChainEvaluator, FullForwardEvaluator, chain_layers
-from testing_utils import fit_rso
+from testing_utils import fit_rso, weights_of
 
 L = keras.layers
 
@@ -74,7 +74,7 @@ def test_an_argmax_lookup_layer_in_a_chain_matches_the_full_path(float64):
             keras.Input((5,)), keras.layers.Dense(4),
             keras.layers.Lambda(lambda h: keras.ops.one_hot(keras.ops.argmax(h, axis=-1), 4)),
             keras.layers.Dense(3)])
-        initial = [v.numpy().copy() for v in model.weights]
+        initial = weights_of(model)
         fitted = fit_rso(model, x, y, fast_path=fast, batch_size=32, epochs=2, shuffle=False,
                          weights_per_batch=4, seed=1,
                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))

@@ -29,7 +29,7 @@ import numpy as np
 
 import keras_rso  # noqa: F401  (registers the saved classes)
 from keras_rso import datasets
-from examples.experiment import provenance, split_validation, write_json
+from examples.experiment import RAW_PIXELS_SUFFIX, provenance, split_validation, write_json
 from benchmarks.studies.head_probe import score
 from benchmarks.studies.precise_bn import set_population_statistics
 
@@ -64,7 +64,7 @@ def trained_network(path: str) -> keras.Model:
     the network behind its standardizing layer, which takes the
     standardized images this study feeds and is what the run's backups hold."""
     saved = keras.saving.load_model(path)
-    if saved.name.endswith("_raw_pixels"):
+    if saved.name.endswith(RAW_PIXELS_SUFFIX):
         return saved.layers[-1]
     return saved
 
