@@ -35,6 +35,7 @@ HEADLINE = [
     ("mnist_fastest_pool13_seed0.keras", "mnist_fastest_pool13_seed0.json"),
     ("mnist_fastest_pool13_seed1.keras", "mnist_fastest_pool13_seed1.json"),
     ("mnist_fastest_pool13_seed2.keras", "mnist_fastest_pool13_seed2.json"),
+    ("mnist_fastest_pool13_2threads_seed3.keras", "mnist_fastest_pool13_2threads_seed3.json"),
     ("binary_mnist_rso_c14_bn_polish10_seed0.keras",
      "binary_mnist_rso_c14_bn_polish10_seed0.json"),
     ("binary_mnist_rso_c14_bn_polish10_seed1.keras",
