@@ -10,6 +10,7 @@ The raw profile stays in `--logdir` for TensorBoard's profile plugin.
 
 Example:
     python -m benchmarks.profile_step --batch-size 512 --variable block2_conv/kernel
+    python -m benchmarks.profile_step --batch-size 2048 --pool-after 1 3 --step-rule parabolic
 """
 
 import argparse
@@ -48,12 +49,17 @@ def main(argv=None):
     parser.add_argument("--variable", default="block2_conv/kernel",
                         help="the profiled steps start at this variable's first scalar")
     parser.add_argument("--steps", type=int, default=2, help="profiled steps")
+    parser.add_argument("--pool-after", type=int, nargs=2, default=[2, 4],
+                        help="convolutions followed by pooling (paper: 2 4; --preset fastest: 1 3)")
+    parser.add_argument("--step-rule", default="argmin",
+                        help="RSO step rule (--preset fastest: parabolic)")
     parser.add_argument("--top", type=int, default=20, help="ops to print")
     parser.add_argument("--logdir", default=None, help="where the profile is kept")
     args = parser.parse_args(argv)
 
     (x, y), _ = datasets.load_mnist(limit=10 * args.batch_size)
-    model, trainer, ds, start = traced_search(args.weights_per_batch, x, y, args.batch_size)
+    model, trainer, ds, start = traced_search(args.weights_per_batch, x, y, args.batch_size,
+                                            args.step_rule, pool_after=tuple(args.pool_after))
     start_at(model, trainer, start, args.variable)
     trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # warm-up, not profiled
     path = start_at(model, trainer, start, args.variable)
