@@ -149,10 +149,10 @@ def measure(batch: int, repeats: int, k: int, seed: int,
     @tf.function
     def timed_base():
         # The base pass as the step runs it: every cache is computed, but
-        # only a scalar leaves the function. Timing `base` itself would
-        # count copying its ~2 GB of caches into NumPy (`_seconds` converts
-        # what a call returns), which the step never does; until session 58
-        # that copy was timed too and made the base pass look 3-7x slower.
+        # only a scalar leaves the function. Timing `base` itself would also
+        # count copying its caches into NumPy (`_seconds` converts what a
+        # call returns), which the step never does (docs/results.md, "The
+        # limit on both cores of an AVX-512 CPU", a correction).
         loss, fixed, carried = base()
         touched = [tf.reduce_sum(tf.reshape(t, [-1])[:1])
                    for t in tf.nest.flatten((fixed, carried))]
