@@ -259,3 +259,14 @@ def test_half_precision_copies_the_model_and_reads_its_decisions():
     after = [v.numpy() for v in model.trainable_variables + copy.trainable_variables]
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
     assert 0.5 <= out["mixed_bfloat16"]["agreement"] <= 1.0
+
+
+def test_fused_batchnorm_study_normalizes_each_candidate_like_the_tails():
+    from benchmarks.studies.fused_batchnorm import compare
+
+    # Two candidates of 8 images: the fused kernel, called on each half,
+    # normalizes like the tails' moments, up to rounding.
+    r = compare(batch=8, size=3, channels=4, repeats=2)
+    assert r["shape"] == [16, 3, 3, 4]
+    assert r["moments_ms"] > 0 and r["fused_ms"] > 0
+    assert r["max_abs_difference"] < 1e-4
