@@ -36,6 +36,7 @@ HEADLINE = [
     ("mnist_fastest_pool13_seed1.keras", "mnist_fastest_pool13_seed1.json"),
     ("mnist_fastest_pool13_seed2.keras", "mnist_fastest_pool13_seed2.json"),
     ("mnist_fastest_pool13_2threads_seed3.keras", "mnist_fastest_pool13_2threads_seed3.json"),
+    ("mnist_fastest_pool13_2threads_seed4.keras", "mnist_fastest_pool13_2threads_seed4.json"),
     ("binary_mnist_rso_c14_bn_polish10_seed0.keras",
      "binary_mnist_rso_c14_bn_polish10_seed0.json"),
     ("binary_mnist_rso_c14_bn_polish10_seed1.keras",
