@@ -27,6 +27,7 @@ from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
 
 from benchmarks.bench_speed import start_at, traced_search
 from keras_rso import datasets
+from keras_rso.optimizer import STEP_RULES
 
 
 def op_table(logdir: str) -> list:
@@ -51,7 +52,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=2, help="profiled steps")
     parser.add_argument("--pool-after", type=int, nargs=2, default=[2, 4],
                         help="convolutions followed by pooling (paper: 2 4; --preset fastest: 1 3)")
-    parser.add_argument("--step-rule", default="argmin",
+    parser.add_argument("--step-rule", default="argmin", choices=list(STEP_RULES),
                         help="RSO step rule (--preset fastest: parabolic)")
     parser.add_argument("--top", type=int, default=20, help="ops to print")
     parser.add_argument("--logdir", default=None, help="where the profile is kept")
@@ -59,7 +60,7 @@ def main(argv=None):
 
     (x, y), _ = datasets.load_mnist(limit=10 * args.batch_size)
     model, trainer, ds, start = traced_search(args.weights_per_batch, x, y, args.batch_size,
-                                            args.step_rule, pool_after=tuple(args.pool_after))
+                                              args.step_rule, pool_after=tuple(args.pool_after))
     start_at(model, trainer, start, args.variable)
     trainer.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # warm-up, not profiled
     path = start_at(model, trainer, start, args.variable)
