@@ -3,7 +3,8 @@
 
 The shared tails of the fast path normalise two stacked candidates, each
 with its own batch statistics, with `tf.nn.moments` and
-`tf.nn.batch_normalization` (`keras_rso.evaluators.rank_one._candidates_batchnorm`),
+`tf.nn.batch_normalization` (`keras_rso.evaluators.rank_one._candidates_batchnorm`,
+which this times as it is),
 the ops Keras' own BatchNormalization runs, so that the fast path matches
 full forward passes bit for bit. TensorFlow's fused kernel
 (`FusedBatchNormV3`) computes the statistics and normalises in fewer passes
@@ -18,20 +19,13 @@ Example:
 """
 
 import argparse
-import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-
-def _median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn().numpy()
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times))
+from benchmarks.flop_limit import _seconds
+from keras_rso.evaluators.rank_one import _candidates_batchnorm
 
 
 def compare(batch: int, size: int, channels: int, repeats: int) -> dict:
@@ -39,27 +33,25 @@ def compare(batch: int, size: int, channels: int, repeats: int) -> dict:
     two candidates of `batch` activations of shape `size x size x channels`."""
     rng = np.random.default_rng(0)
     h = tf.constant(rng.standard_normal((2 * batch, size, size, channels)), tf.float32)
-    gamma = tf.constant(rng.uniform(0.5, 1.5, channels), tf.float32)
-    beta = tf.constant(rng.standard_normal(channels), tf.float32)
-    epsilon = 1e-3
+    layer = keras.layers.BatchNormalization()
+    layer.build(h.shape)
+    layer.gamma.assign(rng.uniform(0.5, 1.5, channels))
+    layer.beta.assign(rng.standard_normal(channels))
 
     @tf.function
     def moments():
-        two = tf.reshape(h, (2, batch, size, size, channels))
-        mean, var = tf.nn.moments(two, axes=[1, 2, 3], keepdims=True)
-        return tf.reshape(tf.nn.batch_normalization(two, mean, var, beta, gamma, epsilon),
-                          tf.shape(h))
+        return _candidates_batchnorm(layer, h, batch)
 
     @tf.function
     def fused():
-        halves = [tf.compat.v1.nn.fused_batch_norm(h[k * batch:(k + 1) * batch], gamma, beta,
-                                                   epsilon=epsilon, is_training=True)[0]
-                  for k in range(2)]
+        halves = [tf.compat.v1.nn.fused_batch_norm(
+            h[k * batch:(k + 1) * batch], layer.gamma, layer.beta,
+            epsilon=layer.epsilon, is_training=True)[0] for k in range(2)]
         return tf.concat(halves, 0)
 
     return {"shape": [2 * batch, size, size, channels],
-            "moments_ms": _median_ms(moments, repeats),
-            "fused_ms": _median_ms(fused, repeats),
+            "moments_ms": 1000 * _seconds(moments, repeats),
+            "fused_ms": 1000 * _seconds(fused, repeats),
             "max_abs_difference": float(tf.reduce_max(tf.abs(moments() - fused())))}
 
 
