@@ -32,13 +32,17 @@ from keras_rso.evaluators.chain import ChainEvaluator
 
 
 def add_step_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags that say which steps to time: batch, K, steps, variables."""
+    """The flags that say which steps to time: batch, K, steps, variables, step
+    rule and the network's pooling layout."""
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--weights-per-batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per variable")
     parser.add_argument("--variables", nargs="+",
                         default=["block2_conv/kernel", "block4_conv/kernel"],
                         help="variables whose first scalars the timed steps try")
+    parser.add_argument("--step-rule", default="argmin", choices=list(STEP_RULES))
+    parser.add_argument("--pool-after", type=int, nargs=2, default=[2, 4],
+                        help="mnist_paper_net(pool_after=...) (paper: 2 4)")
 
 
 def main(argv=None):
@@ -51,9 +55,6 @@ def main(argv=None):
     parser.add_argument("--jit-tails", action="store_true",
                         help="compile only the shared tail functions with XLA "
                              "(`ChainEvaluator.jit_tails`)")
-    parser.add_argument("--step-rule", default="argmin", choices=list(STEP_RULES))
-    parser.add_argument("--pool-after", type=int, nargs=2, default=[2, 4],
-                        help="mnist_paper_net(pool_after=...) (paper: 2 4)")
     parser.add_argument("--replicas", type=int, default=1,
                         help="run under MirroredStrategy on this many logical CPUs")
     args = parser.parse_args(argv)

@@ -46,13 +46,15 @@ from keras_rso import datasets
 HALF = ("mixed_bfloat16", "mixed_float16")
 
 
-def time_steps(policy: str, x, y, batch_size: int, k: int, variables, steps: int) -> dict:
+def time_steps(policy: str, x, y, batch_size: int, k: int, variables, steps: int,
+               step_rule: str = "argmin", pool_after=(2, 4)) -> dict:
     """Seconds per search step of `mnist_paper_net` built under `policy`,
     and the dtype its convolutions compute in."""
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:
-        model, trainer, ds, start = traced_search(k, x, y, batch_size)
+        model, trainer, ds, start = traced_search(k, x, y, batch_size, step_rule,
+                                                  pool_after=tuple(pool_after))
     finally:
         keras.config.set_dtype_policy(previous)
     dtype = model.get_layer("block1_conv").compute_dtype
@@ -164,7 +166,8 @@ def main(argv=None):
     (x_std, y_std), _ = datasets.load_mnist(limit=10 * args.batch_size)
     out["seconds_per_step"] = {
         p: time_steps(p, x_std, y_std, args.batch_size, args.weights_per_batch,
-                      args.variables, args.steps) for p in args.policies}
+                      args.variables, args.steps, args.step_rule, args.pool_after)
+        for p in args.policies}
     (x, y), _ = datasets.load_mnist(raw=args.raw)
     pick = np.random.default_rng(args.seed).permutation(len(x))[:args.batch_size]
     reference = keras.saving.load_model(args.model)
