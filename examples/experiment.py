@@ -28,6 +28,7 @@ from keras_rso.datasets import TFDSData, load_tfds
 from keras_rso.model import RSOModel
 from keras_rso.models import paper_loss, paper_sigmas
 from keras_rso.optimizer import ORDERS, RSO, STEP_RULES
+from keras_rso.sampling import LossSampling
 
 
 class StopAfter(keras.callbacks.Callback):
@@ -388,11 +389,21 @@ def _fit(model: keras.Model, splits, args, epochs: int, callbacks: list,
     if args.logdir:
         callbacks = callbacks + [keras.callbacks.TensorBoard(args.logdir)]
     batch_size = (batch_size or args.batch_size) if isinstance(train, tuple) else None
+    data = _xy(train)
+    if getattr(args, "sampling", "uniform") == "loss":
+        if not isinstance(train, tuple):
+            raise ValueError("--sampling loss draws from training arrays; a streamed "
+                             "data set (--dataset tfds:...) cannot be drawn from by loss.")
+        # Batches drawn by loss, weighted: the stream replaces the arrays.
+        sampling = LossSampling(*train, batch_size, power=args.sampling_power,
+                                uniform_share=args.sampling_share,
+                                refresh_every=args.sampling_refresh, seed=args.seed)
+        data, batch_size, callbacks = (sampling.dataset(),), None, [sampling] + callbacks
     # Each cycle's validation pass uses the final evaluation's batch
     # (`_finish`), not the search's: a pass is then a few large batches even
     # when the search runs on small ones, and the last cycle's validation
     # numbers are the final ones.
-    model.fit(*_xy(train), batch_size=batch_size, epochs=epochs,
+    model.fit(*data, batch_size=batch_size, epochs=epochs,
               initial_epoch=initial_epoch, validation_data=validation,
               validation_batch_size=_eval_batch(validation),
               callbacks=callbacks, verbose=args.verbose)
@@ -806,6 +817,16 @@ def add_rso_flags(parser, cycles: int, batch_size: int, weights_per_batch: int,
                              "run as before (keras_rso.callbacks.FreezeAfter; e.g. "
                              "block1_conv:3,block2_conv:3; paper: every cycle tries every "
                              "weight)")
+    parser.add_argument("--sampling", choices=("uniform", "loss"), default="uniform",
+                        help="how a batch is drawn: uniform (paper), or loss: in proportion "
+                             "to each training image's current loss, weighted to stay "
+                             "unbiased (keras_rso.sampling.LossSampling; arrays only)")
+    parser.add_argument("--sampling-power", type=float, default=1.0,
+                        help="--sampling loss: exponent of the loss in the probabilities")
+    parser.add_argument("--sampling-share", type=float, default=0.1,
+                        help="--sampling loss: share of the probability spread evenly")
+    parser.add_argument("--sampling-refresh", type=int, default=25,
+                        help="--sampling loss: steps between two measurements of the losses")
     parser.add_argument("--backup-dir", default=None,
                         help="keep a backup here; rerunning the same command after an "
                              "interruption resumes where it stopped (removed at the end)")

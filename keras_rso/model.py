@@ -144,6 +144,7 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
         # by `CycleKeeper.on_train_begin`); not saved either.
         self._replay_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._pool = None  # a `LayerInputPool` under `RSO(pool_size=...)`
+        self._sampling = None  # a `LossSampling` that draws each step's batch
         # One bool per trainable variable, made by the first `freeze`; not a
         # Keras variable, so never saved (`FreezeAfter` sets it every cycle).
         self._frozen = None
@@ -445,9 +446,30 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
         return self.compute_loss(x=None, y=y, y_pred=y_pred,
                                  sample_weight=sample_weight, training=True)
 
+    def _attach_sampling(self, sampling) -> None:
+        """Makes `sampling` (a `keras_rso.sampling.LossSampling`, or None)
+        draw each step's batch; the train step is traced again when it
+        changes."""
+        if sampling is not None:
+            if self.optimizer is not None and getattr(self.optimizer, "pool_size", None):
+                raise ValueError("LossSampling draws each step's batch itself and does not "
+                                 "combine with a layer-input pool (RSO(pool_size=...)).")
+            if len(self.model.inputs or [None]) != 1:
+                raise ValueError(f"LossSampling draws batches for a model with one input; "
+                                 f"{self.model.name} has {len(self.model.inputs)}.")
+        if sampling is not self._sampling:
+            self._sampling = sampling
+            self.train_function = None
+
     # ---------------------------------------------------------- train step
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if self._sampling is not None:
+            # The stream's batch only sets the step's rows; the step draws
+            # its own, by its count, so that a draw never runs ahead of the
+            # probabilities it should use.
+            x, y, sample_weight = self._sampling.draw(self.optimizer.iterations,
+                                                      tf.shape(x)[0])
         evaluator, plan = self._plan()
         result = TrialLoop(self.optimizer, evaluator, plan, replay_steps=self._replay_steps,
                            pool=self._pool, frozen=self._frozen)(x, y, sample_weight)

@@ -633,3 +633,16 @@ def test_last_cycle_ablation_unwraps_a_raw_pixel_model(tmp_path):
         assert loaded.name == "net"
         np.testing.assert_array_equal(loaded.get_layer("a").kernel.numpy(),
                                       net.get_layer("a").kernel.numpy())
+
+
+def test_sampling_by_loss_trains_other_weights_than_uniform_batches(tmp_path):
+    saved = {}
+    for sampling in ("uniform", "loss"):
+        saved[sampling] = tmp_path / f"{sampling}.keras"
+        _run_here("examples/mnist_rso.py", "--cycles", "2", "--sampling", sampling,
+                  "--sampling-refresh", "5", *_TINY_MNIST, "--save", str(saved[sampling]))
+    weights = {k: keras.saving.load_model(p).get_weights() for k, p in saved.items()}
+    assert not all(np.array_equal(a, b) for a, b in zip(weights["uniform"], weights["loss"]))
+    with pytest.raises(ValueError, match="layer-input pool"):
+        _run_here("examples/mnist_rso.py", "--cycles", "1", "--sampling", "loss",
+                  "--pool-size", "64", *_TINY_MNIST)
