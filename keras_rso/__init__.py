@@ -10,6 +10,7 @@ from keras_rso import datasets
 from keras_rso import losses
 from keras_rso import memory
 from keras_rso import models
+from keras_rso import sampling
 from keras_rso.errors import NonFiniteLossError
 from keras_rso.model import RSOModel
 from keras_rso.optimizer import RSO
@@ -17,4 +18,4 @@ from keras_rso.optimizer import RSO
 __version__ = "0.1.0"
 
 __all__ = ["RSO", "RSOModel", "NonFiniteLossError", "callbacks", "constraints", "datasets",
-           "losses", "memory", "models"]
+           "losses", "memory", "models", "sampling"]

@@ -116,6 +116,15 @@ def cross_replica_mean(value: tf.Tensor) -> tf.Tensor:
     return cross_replica_sum(value) / tf.cast(n, value.dtype)
 
 
+def replica_variable(initial_value, name: str) -> tf.Variable:
+    """A non-trainable variable with one copy per replica (inside a
+    strategy's scope; a plain variable outside any). Assigned outside the
+    replicas, it sets every copy."""
+    return tf.Variable(initial_value, trainable=False, name=name,
+                       synchronization=tf.VariableSynchronization.ON_READ,
+                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+
 def local(var):
     """This replica's own copy of `var`; `var` itself off any strategy."""
     copy = _compat.local_variable(var)

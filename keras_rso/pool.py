@@ -136,11 +136,11 @@ class LayerInputPool:
         self.buffers = {}
         for w, dtype, n in buffer_keys:
             name = f"pool_{w}" if n == 0 else f"pool_{w}_{n}"
-            self.buffers[w, dtype, n] = _replica_variable(tf.zeros([self.size, w], dtype), name)
-        self.targets = _replica_variable(
+            self.buffers[w, dtype, n] = distribution.replica_variable(tf.zeros([self.size, w], dtype), name)
+        self.targets = distribution.replica_variable(
             tf.zeros([self.size] + y.shape[1:].as_list(), y.dtype), "pool_targets")
         # Rows filled so far in the live segment (not saved; see module doc).
-        self.rows = _replica_variable(tf.constant(0, tf.int64), "pool_rows")
+        self.rows = distribution.replica_variable(tf.constant(0, tf.int64), "pool_rows")
 
     def _check_memory(self) -> None:
         """Refuses a pool that cannot fit in the memory this machine has
@@ -221,11 +221,3 @@ class LayerInputPool:
                              [-1, *shape])
                   for key, shape in zip(self.key[anchor], self.shapes[anchor]))
         return h, distribution.local(self.targets).sparse_read(index)
-
-
-def _replica_variable(initial_value, name: str) -> tf.Variable:
-    """A non-trainable variable with one copy per replica (inside a
-    strategy's scope; a plain variable outside any)."""
-    return tf.Variable(initial_value, trainable=False, name=name,
-                       synchronization=tf.VariableSynchronization.ON_READ,
-                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)

@@ -20,8 +20,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_rso import distribution
-
 
 class LossSampling(keras.callbacks.Callback):
     """Draws an `RSOModel`'s training batches in proportion to each example's loss.
@@ -42,8 +40,8 @@ class LossSampling(keras.callbacks.Callback):
     chunks of `refresh_batch` examples, without touching its state. A fit
     resumed by `BackupAndRestore` repeats the uninterrupted fit exactly when
     its backups fall on epoch ends or on multiples of `refresh_every` steps
-    (`save_freq=refresh_every`). Under a `tf.distribute` strategy each
-    replica takes its rows of the step's drawn global batch.
+    (`save_freq=refresh_every`). It runs on one device: a model replicated
+    by a `tf.distribute` strategy is refused.
 
     BatchNormalization in training mode normalises with the drawn batch's
     own statistics, which the harder examples shift: the weights correct
@@ -93,12 +91,10 @@ class LossSampling(keras.callbacks.Callback):
         self.refresh_every = int(refresh_every)
         self.refresh_batch = int(refresh_batch)
         self.seed = int(seed)
-        n = len(self.x)
-        # The cumulative probabilities a draw inverts; uniform until the
-        # first measurement.
-        self._cdf = tf.Variable(tf.range(1, n + 1, dtype=tf.float64) / n, trainable=False,
-                                name="loss_sampling_cdf")
-        self._data = None  # the arrays as tensors, made when first drawn from
+        # The cumulative probabilities a draw inverts (made by `set_model`);
+        # uniform until measured.
+        self._cdf = None
+        self._data = None  # the arrays as tensors, captured by the train step
         self._refreshed_at = -1
         self._chunk = None  # (network, its traced loss function)
         self.losses: Optional[np.ndarray] = None
@@ -121,15 +117,11 @@ class LossSampling(keras.callbacks.Callback):
         return tf.data.Dataset.counter().map(uniform)
 
     def draw(self, step, count):
-        """Traced in the train step: this replica's `count` rows of the
-        global batch of `step`, as `(x, y, sample_weight)`."""
-        if self._data is None:
-            self._data = (tf.constant(self.x), tf.constant(self.y))
+        """Traced in the train step: the `count` rows of the batch of
+        `step`, as `(x, y, sample_weight)`."""
         x, y = self._data
-        before, total = distribution.replica_rows(count)
-        u = tf.random.stateless_uniform([total], seed=tf.stack(
+        u = tf.random.stateless_uniform(tf.reshape(count, [1]), seed=tf.stack(
             [tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)]), dtype=tf.float64)
-        u = u[before:before + tf.cast(count, tf.int64)]
         cdf = self._cdf.read_value()
         n = tf.shape(cdf, out_type=tf.int64)[0]
         index = tf.minimum(tf.searchsorted(cdf, u * cdf[-1], side="right", out_type=tf.int64),
@@ -181,7 +173,16 @@ class LossSampling(keras.callbacks.Callback):
         if attach is None:
             raise ValueError(f"LossSampling draws the batches of a keras_rso.RSOModel's "
                              f"train step; got {type(model).__name__}.")
+        self._build()
         attach(self)
+
+    def _build(self) -> None:
+        # Made here, outside the traced step, which captures them.
+        if self._data is None:
+            n = len(self.x)
+            self._data = (tf.constant(self.x), tf.constant(self.y))
+            self._cdf = tf.Variable(tf.range(1, n + 1, dtype=tf.float64) / n,
+                                    trainable=False, name="loss_sampling_cdf")
 
     def _step(self) -> int:
         return int(self.model.optimizer.iterations.numpy())

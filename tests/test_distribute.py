@@ -239,3 +239,13 @@ def test_residual_fast_path_two_replicas_match_one_device(toy_data):
         weights.append([v.numpy() for v in model.weights])
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+
+def test_loss_sampling_refuses_replicas(toy_data):
+    from keras_rso.sampling import LossSampling
+    x, y = toy_data
+    sampling = LossSampling(x, y, batch_size=32)
+    with pytest.raises(ValueError, match="one device"):
+        fit_rso(lambda: small_convnet(bn=False), sampling.dataset(), None, strategy=_mirrored(),
+                batch_size=None, weights_per_batch=8, callbacks=[sampling])

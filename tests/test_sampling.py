@@ -25,6 +25,7 @@ def _net():
 
 
 def _draw(sampling, step, count):
+    sampling._build()  # as `fit` does through set_model
     return tuple(t.numpy() for t in sampling.draw(tf.constant(step, tf.int64), count))
 
 
@@ -43,6 +44,7 @@ def test_draws_favour_high_losses_with_weights_that_undo_it():
     sampling = LossSampling(x, y, batch_size=4000, uniform_share=0.1, seed=3)
     losses = np.where(np.arange(100) < 10, 5.0, 0.05)
     probs = sampling.probabilities(losses)
+    sampling._build()
     sampling._cdf.assign(np.cumsum(probs))
     xb, yb, w = _draw(sampling, 0, 4000)
     index = np.array([np.flatnonzero((x == row).all(axis=1))[0] for row in xb])
