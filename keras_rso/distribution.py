@@ -91,6 +91,13 @@ def replica_rows(count) -> tuple:
     return tf.reduce_sum(rows[:_replica_id()]), tf.reduce_sum(rows)
 
 
+def even_replica_rows(count) -> tuple:
+    """`replica_rows` when every replica holds `count` rows: no collective
+    (a global batch that the strategy split evenly)."""
+    count = tf.cast(count, tf.int64)
+    return count * _replica_id(), count * num_replicas()
+
+
 def all_gather(value: tf.Tensor) -> tf.Tensor:
     """Every replica's `value` (equal shapes), concatenated along axis 0 in
     replica order; usable inside control flow, as `cross_replica_sum`."""

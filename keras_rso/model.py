@@ -454,12 +454,10 @@ class RSOModel(_compat.BuildsFromFirstBatch, keras.Model):
             if self.optimizer is not None and getattr(self.optimizer, "pool_size", None):
                 raise ValueError("LossSampling draws each step's batch itself and does not "
                                  "combine with a layer-input pool (RSO(pool_size=...)).")
-            if self.distribute_strategy.num_replicas_in_sync > 1:
-                # Measured: the step hangs under MirroredStrategy (not yet
-                # found why; docs/design.md "Batches drawn by loss").
-                raise ValueError("LossSampling runs on one device for now; this model is "
-                                 f"replicated {self.distribute_strategy.num_replicas_in_sync} "
-                                 "times (a tf.distribute strategy).")
+            replicas = self.distribute_strategy.num_replicas_in_sync
+            if sampling.batch_size % replicas:
+                raise ValueError(f"LossSampling's batch_size ({sampling.batch_size}) must "
+                                 f"split evenly over the strategy's {replicas} replicas.")
             if len(self.model.inputs or [None]) != 1:
                 raise ValueError(f"LossSampling draws batches for a model with one input; "
                                  f"{self.model.name} has {len(self.model.inputs)}.")

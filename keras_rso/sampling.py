@@ -20,6 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_rso import distribution
+
 
 class LossSampling(keras.callbacks.Callback):
     """Draws an `RSOModel`'s training batches in proportion to each example's loss.
@@ -40,8 +42,9 @@ class LossSampling(keras.callbacks.Callback):
     chunks of `refresh_batch` examples, without touching its state. A fit
     resumed by `BackupAndRestore` repeats the uninterrupted fit exactly when
     its backups fall on epoch ends or on multiples of `refresh_every` steps
-    (`save_freq=refresh_every`). It runs on one device: a model replicated
-    by a `tf.distribute` strategy is refused.
+    (`save_freq=refresh_every`). Under a `tf.distribute` strategy each
+    replica takes its rows of the step's drawn global batch, which
+    `batch_size` must split evenly.
 
     BatchNormalization in training mode normalises with the drawn batch's
     own statistics, which the harder examples shift: the weights correct
@@ -117,11 +120,14 @@ class LossSampling(keras.callbacks.Callback):
         return tf.data.Dataset.counter().map(uniform)
 
     def draw(self, step, count):
-        """Traced in the train step: the `count` rows of the batch of
-        `step`, as `(x, y, sample_weight)`."""
+        """Traced in the train step: this replica's `count` rows of the
+        global batch of `step`, as `(x, y, sample_weight)`."""
         x, y = self._data
-        u = tf.random.stateless_uniform(tf.reshape(count, [1]), seed=tf.stack(
+        # The global batch's draws, of which this replica takes its rows.
+        before, total = distribution.even_replica_rows(count)
+        u = tf.random.stateless_uniform(tf.reshape(total, [1]), seed=tf.stack(
             [tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)]), dtype=tf.float64)
+        u = u[before:before + tf.cast(count, tf.int64)]
         cdf = self._cdf.read_value()
         n = tf.shape(cdf, out_type=tf.int64)[0]
         index = tf.minimum(tf.searchsorted(cdf, u * cdf[-1], side="right", out_type=tf.int64),

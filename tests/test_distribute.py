@@ -242,10 +242,25 @@ def test_residual_fast_path_two_replicas_match_one_device(toy_data):
 
 
 
-def test_loss_sampling_refuses_replicas(toy_data):
+
+def test_loss_sampling_two_replicas_match_one_device(toy_data):
+    # Each replica takes its rows of the step's drawn global batch, so the
+    # replicas together see what one device sees (a tolerance keeps float
+    # rounding of the replica-summed loss from flipping exact near-ties).
     from keras_rso.sampling import LossSampling
     x, y = toy_data
-    sampling = LossSampling(x, y, batch_size=32)
-    with pytest.raises(ValueError, match="one device"):
-        fit_rso(lambda: small_convnet(bn=False), sampling.dataset(), None, strategy=_mirrored(),
-                batch_size=None, weights_per_batch=8, callbacks=[sampling])
+    runs = []
+    for strategy in (tf.distribute.get_strategy(), _mirrored()):
+        sampling = LossSampling(x, y, batch_size=32, refresh_every=3, refresh_batch=64, seed=2)
+        runs.append(fit_rso(lambda: small_convnet(bn=False), sampling.dataset(), None,
+                            strategy=strategy, batch_size=None, epochs=2,
+                            weights_per_batch=8, seed=3, tolerance=1e-6, callbacks=[sampling]))
+    assert runs[1].trainer.distribute_strategy.num_replicas_in_sync == 2
+    assert int(runs[0].trainer.optimizer.weight_updates.numpy()) == \
+        int(runs[1].trainer.optimizer.weight_updates.numpy()) > 0
+    for a, b in zip(runs[0].model.weights, runs[1].model.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
+    odd = LossSampling(x, y, batch_size=33)
+    with pytest.raises(ValueError, match="split evenly"):
+        fit_rso(lambda: small_convnet(bn=False), odd.dataset(), None, strategy=_mirrored(),
+                batch_size=None, weights_per_batch=8, callbacks=[odd])
