@@ -40,14 +40,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
 
-import keras
 import numpy as np
 
-from benchmarks.studies.sequential_decisions import _decide, measure
+from benchmarks.studies.sequential_decisions import _decide, losses_from_args
 from examples.experiment import provenance, write_json
-from keras_rso import datasets
 
 
 def proposal(current: np.ndarray, power: float, uniform_share: float) -> np.ndarray:
@@ -154,20 +151,7 @@ def main(argv=None):
     if any(not 0 < lam <= 1 for lam in args.uniform_shares):
         parser.error("--uniform-shares must lie in (0, 1]: a share of 0 leaves weights unbounded")
     out = provenance(args)
-    if args.reanalyse:
-        stored = np.load(args.reanalyse)
-        decision, held_out = stored["decision"], stored["held_out"]
-        out["reanalysed"] = os.path.basename(args.reanalyse)
-    elif args.model is None:
-        parser.error("give a model, or --reanalyse NPZ")
-    else:
-        (x, y), _ = datasets.load_mnist(raw=args.raw)
-        model = keras.saving.load_model(args.model)
-        out["model"] = os.path.basename(args.model)
-        decision, held_out, out["picked"] = measure(model, x, y, args.trials, args.sigma_scale,
-                                                    args.batch_size, args.seed)
-        if args.losses:
-            np.savez_compressed(args.losses, decision=decision, held_out=held_out)
+    decision, held_out = losses_from_args(parser, args, out)
     out.update(analyse(decision, held_out, args.sizes, args.powers, args.uniform_shares,
                        args.draws, args.seed))
     print(f"current loss {out['current_loss']}")

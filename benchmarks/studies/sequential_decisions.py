@@ -178,6 +178,27 @@ def measure(model: keras.Model, x: np.ndarray, y: np.ndarray, trials: int,
     return losses[0], losses[1], picked
 
 
+def losses_from_args(parser, args, out: dict):
+    """The per-sample losses `(decision, held_out)` the flags ask for: read
+    back from `--reanalyse`, or measured on `args.model` (and kept in
+    `--losses`); notes their origin in `out`. `args.raw` (if the script has
+    it) feeds raw pixels, for models that standardize inside."""
+    if args.reanalyse:
+        stored = np.load(args.reanalyse)
+        out["reanalysed"] = os.path.basename(args.reanalyse)
+        return stored["decision"], stored["held_out"]
+    if args.model is None:
+        parser.error("give a model, or --reanalyse NPZ")
+    (x, y), _ = datasets.load_mnist(raw=getattr(args, "raw", False))
+    model = keras.saving.load_model(args.model)
+    out["model"] = os.path.basename(args.model)
+    decision, held_out, out["picked"] = measure(model, x, y, args.trials, args.sigma_scale,
+                                                args.batch_size, args.seed)
+    if args.losses:
+        np.savez_compressed(args.losses, decision=decision, held_out=held_out)
+    return decision, held_out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -198,18 +219,7 @@ def main(argv=None):
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     out = provenance(args)
-    if args.reanalyse:
-        stored = np.load(args.reanalyse)
-        decision, held_out = stored["decision"], stored["held_out"]
-        out["reanalysed"] = os.path.basename(args.reanalyse)
-    elif args.model is None:
-        parser.error("give a model, or --reanalyse NPZ")
-    else:
-        (x, y), _ = datasets.load_mnist()
-        model = keras.saving.load_model(args.model)
-        out["model"] = os.path.basename(args.model)
-        decision, held_out, out["picked"] = measure(model, x, y, args.trials, args.sigma_scale,
-                                                    args.batch_size, args.seed)
+    decision, held_out = losses_from_args(parser, args, out)
     out["by_z"] = {str(z): analyse(decision, held_out, args.chunks, z, args.deltas)
                    for z in args.z}
     for z, result in out["by_z"].items():
@@ -218,8 +228,6 @@ def main(argv=None):
         for name, rule in result["rules"].items():
             print(f"  {name}: {rule}")
         print(f"  fixed batches: {result['held_out_change_fixed']}")
-    if args.losses:
-        np.savez_compressed(args.losses, decision=decision, held_out=held_out)
     write_json(out, args.output)
 
 
