@@ -339,23 +339,23 @@ def test_mnist_fastest_preset_is_the_validated_command(monkeypatch):
     # validated runs' command (docs/results.md), with the sigma schedule's
     # length fixed at their 5 cycles, so that fewer --cycles stop early on
     # the same schedule.
-    validated = ["--cycles", "5", "--batch-size", "2048", "--sigma-scale", "3",
+    validated = ["--cycles", "4", "--batch-size", "1024", "--sigma-scale", "3",
                  "--final-fraction", "0.3333", "--balance-sigma", "--order", "random",
-                 "--step-rule", "parabolic", "--pool-after", "1,3", "--seed", "1",
-                 "--validation-size", "10000"]
+                 "--step-rule", "parabolic", "--pool-after", "1,3", "--sampling", "loss",
+                 "--seed", "1", "--validation-size", "10000"]
     preset = _handed_to_run_rso(monkeypatch, "mnist_rso", ["--preset", "fastest", "--seed", "1"])
     explicit = _handed_to_run_rso(monkeypatch, "mnist_rso", validated)
     a, b = vars(preset["args"]), vars(explicit["args"])
     assert (a.pop("preset"), b.pop("preset")) == ("fastest", None)
-    assert (a.pop("schedule_cycles"), b.pop("schedule_cycles")) == (5, None)
-    assert a == b and a["pool_after"] == (1, 3)
+    assert (a.pop("schedule_cycles"), b.pop("schedule_cycles")) == (4, None)
+    assert a == b and a["pool_after"] == (1, 3) and a["sampling"] == "loss"
     assert preset["model"].name == explicit["model"].name == "rso_mnist_net"
     pooled = [layer.name for layer in preset["model"].layers
               if isinstance(layer, keras.layers.AveragePooling2D)]
     assert pooled == ["pool1", "pool3"]
     assert preset["loss"] == explicit["loss"] and preset["raw_pixels"] is not None
     shorter = _handed_to_run_rso(monkeypatch, "mnist_rso", ["--preset", "fastest", "--cycles", "2"])
-    assert (shorter["args"].cycles, shorter["args"].schedule_cycles) == (2, 5)
+    assert (shorter["args"].cycles, shorter["args"].schedule_cycles) == (2, 4)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -390,8 +390,10 @@ def test_gradient_baselines_refuse_a_batch_schedule():
     ("cifar10_rso.py", ["--net", "paper", "--filters", "8,8,8"],
      "--net paper has the paper's channels"),
     ("mnist_rso.py", ["--net", "paper", "--filters", "8"], "--net paper has the paper's channels"),
-    ("mnist_rso.py", ["--preset", "fastest", "--batch-size", "1024"],
+    ("mnist_rso.py", ["--preset", "fastest", "--batch-size", "2048"],
      "--preset fastest fixes --batch-size"),
+    ("mnist_rso.py", ["--preset", "fastest", "--sampling", "uniform"],
+     "--preset fastest fixes --sampling"),
     ("mnist_rso.py", ["--preset", "fastest", "--step-rule", "argmin", "--order", "paper"],
      "--preset fastest fixes --order, --step-rule"),
     ("mnist_rso.py", ["--preset", "fastest", "--net", "paper"],
