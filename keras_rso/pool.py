@@ -136,7 +136,8 @@ class LayerInputPool:
         self.buffers = {}
         for w, dtype, n in buffer_keys:
             name = f"pool_{w}" if n == 0 else f"pool_{w}_{n}"
-            self.buffers[w, dtype, n] = distribution.replica_variable(tf.zeros([self.size, w], dtype), name)
+            self.buffers[w, dtype, n] = distribution.replica_variable(
+                tf.zeros([self.size, w], dtype), name)
         self.targets = distribution.replica_variable(
             tf.zeros([self.size] + y.shape[1:].as_list(), y.dtype), "pool_targets")
         # Rows filled so far in the live segment (not saved; see module doc).

@@ -23,6 +23,17 @@ import tensorflow as tf
 from keras_rso import distribution
 
 
+def loss_probabilities(losses, power: float, uniform_share: float) -> np.ndarray:
+    """`uniform_share / N + (1 - uniform_share) * loss**power / sum(loss**power)`
+    over the `N` per-example `losses` (uniform if they sum to 0 or are not
+    finite)."""
+    tilt = np.maximum(np.asarray(losses, np.float64), 0.0) ** power
+    total = tilt.sum()
+    if not np.isfinite(total) or total <= 0:
+        tilt, total = np.ones_like(tilt), float(len(tilt))
+    return uniform_share / len(tilt) + (1 - uniform_share) * tilt / total
+
+
 class LossSampling(keras.callbacks.Callback):
     """Draws an `RSOModel`'s training batches in proportion to each example's loss.
 
@@ -109,7 +120,8 @@ class LossSampling(keras.callbacks.Callback):
         draw while this callback is attached), so that the stream alone
         still trains on the data rather than on a fixed batch.
         """
-        x, y = tf.constant(self.x), tf.constant(self.y)
+        self._build()
+        x, y = self._data  # the tensors the step draws from: one copy, not two
         n = len(self.x)
 
         def uniform(step):
@@ -138,11 +150,7 @@ class LossSampling(keras.callbacks.Callback):
 
     def probabilities(self, losses: np.ndarray) -> np.ndarray:
         """The draw probabilities for per-example `losses`."""
-        tilt = np.maximum(np.asarray(losses, np.float64), 0.0) ** self.power
-        total = tilt.sum()
-        if not np.isfinite(total) or total <= 0:
-            tilt, total = np.ones_like(tilt), float(len(tilt))
-        return self.uniform_share / len(tilt) + (1 - self.uniform_share) * tilt / total
+        return loss_probabilities(losses, self.power, self.uniform_share)
 
     def measure(self) -> np.ndarray:
         """Per-example losses of the network being trained, in training mode."""

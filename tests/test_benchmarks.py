@@ -277,13 +277,13 @@ def test_importance_sampling_weights_the_hard_images_without_bias():
     rng = np.random.default_rng(0)
     n = 400
     current = np.where(np.arange(n) < 40, 2.0, 0.01)  # 40 hard images, the rest easy
-    q = study.proposal(current, power=1.0, uniform_share=0.2)
+    q = study.loss_probabilities(current, power=1.0, uniform_share=0.2)
     assert q.sum() == pytest.approx(1.0) and q.min() >= 0.2 / n  # weights bounded by 1/0.2
     # The candidate's loss moves only on the hard images: a weighted batch
     # sees that difference with far less noise than a uniform one.
     diff = np.where(current > 1, rng.normal(-0.01, 0.05, n), 0.0)
     assert study.variance_gain(diff, q) > 3
-    assert study.variance_gain(diff, study.proposal(current, 1.0, 1.0)) == pytest.approx(1.0)
+    assert study.variance_gain(diff, study.loss_probabilities(current, 1.0, 1.0)) == pytest.approx(1.0)
     # Options w, w + dw, w - dw on a decision and a held-out batch: w + dw
     # better everywhere. Weighted batches of 20 find it more often than
     # uniform ones, and the whole batch always does.

@@ -45,12 +45,7 @@ import numpy as np
 
 from benchmarks.studies.sequential_decisions import _decide, losses_from_args
 from examples.experiment import provenance, write_json
-
-
-def proposal(current: np.ndarray, power: float, uniform_share: float) -> np.ndarray:
-    """Sampling probabilities over the batch's images, from their current losses."""
-    tilt = np.maximum(current, 0.0) ** power
-    return uniform_share / current.size + (1.0 - uniform_share) * tilt / tilt.sum()
+from keras_rso.sampling import loss_probabilities
 
 
 def _decisive(losses: np.ndarray) -> np.ndarray:
@@ -113,7 +108,7 @@ def analyse(decision: np.ndarray, held_out: np.ndarray, sizes, powers, uniform_s
            "proposals": {}}
     for power in powers:
         for lam in uniform_shares:
-            q = proposal(current, power, lam)
+            q = loss_probabilities(current, power, lam)
             gains = np.array([variance_gain(d, q) for d in diffs])
             out["proposals"][f"power{power:g}_uniform{lam:g}"] = {
                 "variance_gain": {"median": float(np.median(gains)),
