@@ -8,8 +8,10 @@ validation accuracy after every cycle, the final model's test accuracy,
 the recorded wall-clock seconds (cumulative, as the file records them),
 the first cycle whose validation accuracy reaches `--target` and the
 seconds to the end of that cycle, and the CPU; then the mean ± sample sd
-(ddof=1) of the final validation and test accuracies over the seeds. The
-headline numbers are the last cycle's (not the best one's).
+(ddof=1) of the final validation and test accuracies and of the recorded
+seconds over the finished seeds (with a warning when they ran on
+different CPUs, whose seconds do not average). The headline numbers are
+the last cycle's (not the best one's).
 
 Example:
     python -m benchmarks.seed_summary \\
@@ -36,12 +38,20 @@ def mean_sd(values: Sequence[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}%"
 
 
+def seconds_mean_sd(values: Sequence[float]) -> str:
+    """`"mean ± sd s (minutes)"` of wall-clock seconds, or the one value."""
+    if len(values) == 1:
+        return f"{values[0]:,.0f} s (one seed)"
+    mean = statistics.mean(values)
+    return f"{mean:,.0f} ± {statistics.stdev(values):,.0f} s ({mean / 60:.1f} min)"
+
+
 def summarize(results: List[dict], target: float) -> str:
     """The markdown table for `results` (one results dictionary per seed)."""
     lines = ["| seed | validation accuracy per cycle (%) | test accuracy | seconds "
              f"| first cycle at ≥ {100 * target:g}% validation (seconds) | CPU |",
              "|---|---|---|---|---|---|"]
-    finals, tests = [], []
+    finals, tests, seconds = [], [], []
     for r in results:
         rows = r["per_cycle"]
         vals = " / ".join(f"{100 * row['val_accuracy']:.2f}" for row in rows)
@@ -50,6 +60,7 @@ def summarize(results: List[dict], target: float) -> str:
         if complete and test is not None:
             finals.append(rows[-1]["val_accuracy"])
             tests.append(test)
+            seconds.append(r.get("seconds", rows[-1]["seconds"]))
         reached = first_reaching(rows, target)
         reached = (f"{reached['epoch']} ({reached['seconds']:,.0f})" if reached
                    else "not reached")
@@ -60,7 +71,7 @@ def summarize(results: List[dict], target: float) -> str:
                      f"| {r.get('seconds', rows[-1]['seconds']):,.0f} | {reached} | {cpu} |")
     if tests:
         lines.append(f"| mean ± sd ({len(tests)} finished) | {mean_sd(finals)} after the last "
-                     f"cycle | {mean_sd(tests)} | | | |")
+                     f"cycle | {mean_sd(tests)} | {seconds_mean_sd(seconds)} | | |")
     return "\n".join(lines)
 
 
@@ -76,6 +87,9 @@ def main(argv=None) -> None:
     print(summarize(results, args.target))
     if len(commands) > 1:
         print("\nWarning: the files come from different commands (seed aside).")
+    cpus = {r.get("machine", {}).get("cpu") for r in results}
+    if len(cpus) > 1:
+        print("\nWarning: the files come from different CPUs; their seconds do not average.")
 
 
 if __name__ == "__main__":

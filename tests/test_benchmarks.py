@@ -99,12 +99,12 @@ def test_plots_say_which_held_out_data_each_run_is_measured_on(tmp_path):
 def test_seed_summary_reports_the_last_cycle_and_when_the_target_was_reached(tmp_path, capsys):
     from benchmarks import seed_summary
 
-    def result(seed, vals, test, complete=True):
-        rows = [{"epoch": i + 1, "seconds": 100.0 * (i + 1), "val_accuracy": v}
+    def result(seed, vals, test, complete=True, cpu="a CPU"):
+        rows = [{"epoch": i + 1, "seconds": (100.0 + seed) * (i + 1), "val_accuracy": v}
                 for i, v in enumerate(vals)]
         r = {"command": f"python examples/mnist_rso.py --seed {seed} --results r_seed{seed}.json",
              "args": {"seed": seed}, "per_cycle": rows, "complete": complete,
-             "seconds": rows[-1]["seconds"], "machine": {"cpu": "a CPU"}}
+             "seconds": rows[-1]["seconds"], "machine": {"cpu": cpu}}
         if complete:
             r["test_accuracy"] = test
         path = tmp_path / f"r{seed}.json"
@@ -118,11 +118,14 @@ def test_seed_summary_reports_the_last_cycle_and_when_the_target_was_reached(tmp
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert "| 0 | 97.00 / 98.10 / 97.50 | 97.80% | 300 | 2 (200) | a CPU |" in lines
-    assert "| 1 | 96.00 / 97.90 / 98.20 | 98.40% | 300 | 3 (300) | a CPU |" in lines
-    assert "| 2 | 95.00 / 98.50 (running) | - | 200 | 2 (200) | a CPU |" in lines
-    # Mean ± sample sd of the two finished seeds' last cycles.
-    assert lines[-1] == "| mean ± sd (2 finished) | 97.85 ± 0.49% after the last cycle | 98.10 ± 0.42% | | | |"
-    assert "different commands" not in out
+    assert "| 1 | 96.00 / 97.90 / 98.20 | 98.40% | 303 | 3 (303) | a CPU |" in lines
+    assert "| 2 | 95.00 / 98.50 (running) | - | 204 | 2 (204) | a CPU |" in lines
+    # Mean ± sample sd of the two finished seeds' last cycles and seconds.
+    assert lines[-1] == ("| mean ± sd (2 finished) | 97.85 ± 0.49% after the last cycle "
+                         "| 98.10 ± 0.42% | 302 ± 2 s (5.0 min) | | |")
+    assert "different commands" not in out and "different CPUs" not in out
+    seed_summary.main(paths[:2] + [result(3, [0.98], 0.98, cpu="another CPU")])
+    assert "different CPUs; their seconds do not average" in capsys.readouterr().out
 
 
 def test_pool_departure_caches_differ_only_by_the_batchnorm_statistics():

@@ -637,14 +637,30 @@ def test_last_cycle_ablation_unwraps_a_raw_pixel_model(tmp_path):
                                       net.get_layer("a").kernel.numpy())
 
 
-def test_sampling_by_loss_trains_other_weights_than_uniform_batches(tmp_path):
-    saved = {}
-    for sampling in ("uniform", "loss"):
-        saved[sampling] = tmp_path / f"{sampling}.keras"
-        _run_here("examples/mnist_rso.py", "--cycles", "2", "--sampling", sampling,
-                  "--sampling-refresh", "5", *_TINY_MNIST, "--save", str(saved[sampling]))
-    weights = {k: keras.saving.load_model(p).get_weights() for k, p in saved.items()}
-    assert not all(np.array_equal(a, b) for a, b in zip(weights["uniform"], weights["loss"]))
+def test_sampling_by_loss_flags_reach_the_draws_of_a_trained_run(tmp_path, monkeypatch):
+    # One cycle of the example with --sampling loss: the flags reach the
+    # LossSampling that drew the fit's batches, which measured the losses
+    # of every training image, and the run trained (its weights moved).
+    made = []
+    # The training loop's module, as the script imports it.
+    loop = sys.modules[importlib.import_module("examples.mnist_rso").run_rso.__module__]
+
+    class Spy(loop.LossSampling):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(loop, "LossSampling", Spy)
+    results = tmp_path / "loss.json"
+    _run_here("examples/mnist_rso.py", "--cycles", "1", "--sampling", "loss",
+              "--sampling-refresh", "5", "--sampling-power", "2", "--sampling-share", "0.5",
+              "--seed", "3", *_TINY_MNIST, "--results", str(results))
+    (sampling,) = made
+    assert (sampling.refresh_every, sampling.power, sampling.uniform_share, sampling.seed,
+            sampling.batch_size) == (5, 2.0, 0.5, 3, 4)
+    # One loss per training image (--limit; the validation split is apart).
+    assert sampling.losses.shape == (128,) and np.all(np.isfinite(sampling.losses))
+    assert json.loads(results.read_text())["weight_updates"] > 0
     with pytest.raises(ValueError, match="layer-input pool"):
         _run_here("examples/mnist_rso.py", "--cycles", "1", "--sampling", "loss",
                   "--pool-size", "64", *_TINY_MNIST)
