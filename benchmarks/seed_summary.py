@@ -57,10 +57,11 @@ def summarize(results: List[dict], target: float) -> str:
         vals = " / ".join(f"{100 * row['val_accuracy']:.2f}" for row in rows)
         test = r.get("test_accuracy")
         complete = r.get("complete", True)
+        took = r.get("seconds", rows[-1]["seconds"])
         if complete and test is not None:
             finals.append(rows[-1]["val_accuracy"])
             tests.append(test)
-            seconds.append(r.get("seconds", rows[-1]["seconds"]))
+            seconds.append(took)
         reached = first_reaching(rows, target)
         reached = (f"{reached['epoch']} ({reached['seconds']:,.0f})" if reached
                    else "not reached")
@@ -68,7 +69,7 @@ def summarize(results: List[dict], target: float) -> str:
         lines.append(f"| {r['args'].get('seed')} | {vals}"
                      f"{'' if complete else ' (running)'} "
                      f"| {'-' if test is None else f'{100 * test:.2f}%'} "
-                     f"| {r.get('seconds', rows[-1]['seconds']):,.0f} | {reached} | {cpu} |")
+                     f"| {took:,.0f} | {reached} | {cpu} |")
     if tests:
         lines.append(f"| mean ± sd ({len(tests)} finished) | {mean_sd(finals)} after the last "
                      f"cycle | {mean_sd(tests)} | {seconds_mean_sd(seconds)} | | |")

@@ -337,7 +337,7 @@ def test_pool_size_flag_reaches_the_optimizer(monkeypatch):
 def test_mnist_fastest_preset_is_the_validated_command(monkeypatch):
     # --preset fastest hands the training loop exactly the flags of the
     # validated runs' command (docs/results.md), with the sigma schedule's
-    # length fixed at their 5 cycles, so that fewer --cycles stop early on
+    # length fixed at their 4 cycles, so that fewer --cycles stop early on
     # the same schedule.
     validated = ["--cycles", "4", "--batch-size", "1024", "--sigma-scale", "3",
                  "--final-fraction", "0.3333", "--balance-sigma", "--order", "random",
